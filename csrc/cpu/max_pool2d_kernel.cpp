@@ -1,0 +1,129 @@
+// Max pooling with indices on the CPU, one (image, channel) plane per work item. The window scan
+// order and the NaN rule follow PyTorch's, so the indices are identical to torch's.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "../shape_checks.h"
+#include "parallel.h"
+
+namespace lenetx::cpu {
+namespace {
+
+// First position >= start on the grid start + k * step that is not negative.
+inline int64_t first_non_negative(int64_t start, int64_t step) {
+  return start >= 0 ? start : start + (-start + step - 1) / step * step;
+}
+
+template <typename T>
+void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShape& s) {
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    const int64_t h_start = oh * s.stride_h - s.pad_h;
+    const int64_t h_end = std::min(h_start + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
+    const int64_t h0 = first_non_negative(h_start, s.dilation_h);
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      const int64_t w_start = ow * s.stride_w - s.pad_w;
+      const int64_t w_end = std::min(w_start + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
+      const int64_t w0 = first_non_negative(w_start, s.dilation_w);
+      int64_t best_index = h0 * s.in_w + w0;
+      T best = -std::numeric_limits<T>::infinity();
+      for (int64_t ih = h0; ih < h_end; ih += s.dilation_h) {
+        for (int64_t iw = w0; iw < w_end; iw += s.dilation_w) {
+          const int64_t index = ih * s.in_w + iw;
+          const T value = input[index];
+          // A NaN wins over any number, and a later NaN over an earlier one, as in PyTorch.
+          if (value > best || std::isnan(value)) {
+            best = value;
+            best_index = index;
+          }
+        }
+      }
+      output[oh * s.out_w + ow] = best;
+      indices[oh * s.out_w + ow] = best_index;
+    }
+  }
+}
+
+// Returns false when an index points outside the plane: only a hand-made indices tensor can.
+template <typename T>
+bool backward_plane(const T* grad_output, const int64_t* indices, T* grad_input,
+                    int64_t out_plane, int64_t in_plane) {
+  std::fill_n(grad_input, in_plane, T(0));
+  for (int64_t i = 0; i < out_plane; ++i) {
+    const int64_t index = indices[i];
+    if (index < 0 || index >= in_plane) return false;
+    grad_input[index] += grad_output[i];
+  }
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                     "lenetx.max_pool2d");
+  const at::Tensor in = input.contiguous();
+  at::Tensor output = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  at::Tensor indices = at::empty(output.sizes(), input.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_max_pool2d", [&] {
+    const scalar_t* in_data = in.const_data_ptr<scalar_t>();
+    scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
+    int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
+    const int64_t out_plane = s.out_h * s.out_w;
+    parallel_for(s.batch * s.channels, [&](int64_t plane) {
+      forward_plane<scalar_t>(in_data + plane * s.in_h * s.in_w, out_data + plane * out_plane,
+                              idx_data + plane * out_plane, s);
+    });
+  });
+  return {output, indices};
+}
+
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& indices) {
+  constexpr const char* op = "lenetx.max_pool2d_backward";
+  TORCH_CHECK(input.dim() == 4, op, ": expected a 4-D input (N, C, H, W), but got input of size ",
+              input.sizes());
+  check_floating_dtype(input, op);
+  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.device() == input.device(), op,
+              ": expected int64 indices on ", input.device(), ", but got ", indices.scalar_type(),
+              " indices on ", indices.device());
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == input.size(0) &&
+                  grad_output.size(1) == input.size(1),
+              op, ": grad_output of size ", grad_output.sizes(), " does not match input of size ",
+              input.sizes());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": expected indices of size ",
+              grad_output.sizes(), ", but got indices of size ", indices.sizes());
+  const at::Tensor go = grad_output.contiguous(), idx = indices.contiguous();
+  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  std::atomic<bool> indices_valid{true};
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_max_pool2d_backward", [&] {
+    const scalar_t* go_data = go.const_data_ptr<scalar_t>();
+    const int64_t* idx_data = idx.const_data_ptr<int64_t>();
+    scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
+    const int64_t out_plane = go.size(2) * go.size(3), in_plane = input.size(2) * input.size(3);
+    parallel_for(input.size(0) * input.size(1), [&](int64_t plane) {
+      if (!backward_plane<scalar_t>(go_data + plane * out_plane, idx_data + plane * out_plane,
+                                    gi_data + plane * in_plane, out_plane, in_plane)) {
+        indices_valid = false;
+      }
+    });
+  });
+  TORCH_CHECK(indices_valid, op, ": indices must lie in [0, H*W) = [0, ",
+              input.size(2) * input.size(3), ") for input of size ", input.sizes());
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenetx, CPU, m) {
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices);
+  m.impl("max_pool2d_backward", &max_pool2d_backward);
+}
+
+}  // namespace lenetx::cpu

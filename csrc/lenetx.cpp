@@ -1,0 +1,53 @@
+// Operator schemas of the lenetx namespace and the Python module that loads them.
+// Kernels for each device register themselves beside their sources (cpu/, cuda/).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/simd.h"
+
+TORCH_LIBRARY(lenetx, m) {
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv2d_grad_input(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv2d_grad_weight(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_grad_bias(Tensor grad_output) -> Tensor");
+
+  m.def(
+      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+
+  m.def(
+      "max_pool2d_with_indices(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
+
+  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+}
+
+namespace {
+
+PyObject* cpu_capability(PyObject*, PyObject*) {
+  return PyUnicode_FromString(lenetx::cpu::simd_capability());
+}
+
+PyMethodDef methods[] = {
+    {"cpu_capability", cpu_capability, METH_NOARGS,
+     "The instruction set the CPU kernels dispatch to on this machine."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,48 @@
+#pragma once
+// Argument validation and output-shape arithmetic shared by the CPU and CUDA kernels.
+// Every failure raises a RuntimeError that names the offending argument and its value.
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace lenetx {
+
+struct Conv2dShape {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, out_h, out_w;
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t groups;
+  int64_t in_channels_per_group() const { return in_channels / groups; }
+  int64_t out_channels_per_group() const { return out_channels / groups; }
+};
+
+struct Pool2dShape {
+  int64_t batch, channels, in_h, in_w, out_h, out_w;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
+// dtypes the kernels of `device_type` accept; the CPU takes float32/float64, CUDA adds the
+// half types.
+void check_floating_dtype(const at::Tensor& input, const char* op);
+
+void check_same_dtype_and_device(
+    const at::Tensor& reference, const char* reference_name, const at::Tensor& other,
+    const char* other_name, const char* op);
+
+Conv2dShape check_conv2d(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+Pool2dShape check_pool2d(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, const char* op);
+
+void check_divisor_override(std::optional<int64_t> divisor_override);
+
+void check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size);
+
+// grad_output of a backward op must have exactly the shape the forward op produced.
+void check_grad_output(const at::Tensor& grad_output, at::IntArrayRef expected, const char* op);
+
+}  // namespace lenetx

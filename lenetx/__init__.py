@@ -1,0 +1,17 @@
+"""lenetx: convolution and pooling kernels of our own for PyTorch, drop-in layers, and the
+LeNet/VGG image-recognition models and tools built on them."""
+
+from . import functional, nn, ops
+from .convert import convert
+from .shapes import conv_output_size
+from .version import __version__
+
+
+def cpu_capability() -> str:
+    """The instruction set lenetx's CPU kernels run with on this machine."""
+    from . import _C
+
+    return _C.cpu_capability()
+
+
+__all__ = ["functional", "nn", "ops", "convert", "conv_output_size", "cpu_capability", "__version__"]

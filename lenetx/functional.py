@@ -1,0 +1,116 @@
+"""Functional interface with the signatures and semantics of torch.nn.functional."""
+
+import torch
+import torch.nn.functional as F
+
+from .ops import ops
+
+
+def _is_int(value):
+    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
+
+
+def _pair(name, value):
+    if _is_int(value):
+        return [value, value]
+    if not isinstance(value, (tuple, list, torch.Size)):
+        raise TypeError(f"{name} must be an int or a pair of ints, but got {name}={value!r}")
+    values = list(value)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(_is_int(v) for v in values):
+        raise TypeError(f"{name} must be an int or a pair of ints, but got {name}={value!r}")
+    return values
+
+
+def _batched(input, op):
+    """Returns (4-D input, whether a batch dimension was added)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}: input must be a Tensor, but got {type(input).__name__}")
+    if input.dim() == 4:
+        return input, False
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    raise RuntimeError(
+        f"{op}: expected a 3-D (unbatched) or 4-D (batched) input, but got input of size "
+        f"{list(input.shape)}"
+    )
+
+
+def _same_padding(input, kernel_size, stride, dilation):
+    """PyTorch's padding='same': symmetric where the total is even, one extra row/column on the
+    bottom/right where it is odd. Returns (input padded for the odd part, symmetric padding)."""
+    if stride != [1, 1]:
+        raise RuntimeError(
+            f"lenetx.conv2d: padding='same' is not supported for strided convolutions, but got "
+            f"stride={tuple(stride)}"
+        )
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+    left = [t // 2 for t in totals]
+    extra_h, extra_w = (t - 2 * l for t, l in zip(totals, left))
+    if extra_h or extra_w:
+        input = F.pad(input, [0, extra_w, 0, extra_h])
+    return input, left
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution; see torch.nn.functional.conv2d."""
+    input, unbatched = _batched(input, "lenetx.conv2d")
+    stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = [0, 0]
+        elif padding == "same":
+            input, padding = _same_padding(input, weight.shape[2:], stride, dilation)
+        else:
+            raise RuntimeError(
+                f"lenetx.conv2d: invalid padding string {padding!r}; expected 'same' or 'valid'"
+            )
+    else:
+        padding = _pair("padding", padding)
+    output = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return output.squeeze(0) if unbatched else output
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None):
+    """2-D average pooling; see torch.nn.functional.avg_pool2d."""
+    input, unbatched = _batched(input, "lenetx.avg_pool2d")
+    kernel_size = _pair("kernel_size", kernel_size)
+    stride = kernel_size if stride is None or stride == [] else _pair("stride", stride)
+    output = ops.avg_pool2d(input, kernel_size, stride, _pair("padding", padding), ceil_mode,
+                            count_include_pad, divisor_override)
+    return output.squeeze(0) if unbatched else output
+
+
+def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode=False):
+    """2-D max pooling that also returns, per output, the flat index within its H x W plane."""
+    input, unbatched = _batched(input, "lenetx.max_pool2d")
+    kernel_size = _pair("kernel_size", kernel_size)
+    stride = kernel_size if stride is None or stride == [] else _pair("stride", stride)
+    output, indices = ops.max_pool2d_with_indices(
+        input, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation), ceil_mode
+    )
+    if unbatched:
+        output, indices = output.squeeze(0), indices.squeeze(0)
+    return output, indices
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """2-D max pooling; see torch.nn.functional.max_pool2d."""
+    output, indices = max_pool2d_with_indices(input, kernel_size, stride, padding, dilation,
+                                              ceil_mode)
+    return (output, indices) if return_indices else output
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """2-D adaptive average pooling; see torch.nn.functional.adaptive_avg_pool2d. A None entry in
+    output_size keeps that dimension's input size."""
+    input, unbatched = _batched(input, "lenetx.adaptive_avg_pool2d")
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        output_size = [input.shape[2 + i] if size is None else size
+                       for i, size in enumerate(output_size)]
+    output = ops.adaptive_avg_pool2d(input, _pair("output_size", output_size))
+    return output.squeeze(0) if unbatched else output

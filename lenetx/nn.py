@@ -1,0 +1,49 @@
+"""Drop-in layers: subclasses of the torch.nn classes (same constructor, parameters, repr and
+state_dict) whose forward runs lenetx's kernels."""
+
+import torch
+
+from . import functional as LF
+
+
+class Conv2d(torch.nn.Conv2d):
+    __doc__ = torch.nn.Conv2d.__doc__
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice,
+                                            mode=self.padding_mode)
+            return LF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return LF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    __doc__ = torch.nn.AvgPool2d.__doc__
+
+    def forward(self, input):
+        return LF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad, self.divisor_override)
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    __doc__ = torch.nn.MaxPool2d.__doc__
+
+    def forward(self, input):
+        return LF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    __doc__ = torch.nn.AdaptiveAvgPool2d.__doc__
+
+    def forward(self, input):
+        return LF.adaptive_avg_pool2d(input, self.output_size)
+
+
+# torch.nn class -> its lenetx replacement; convert() swaps exactly these types.
+REPLACEMENTS = {
+    torch.nn.Conv2d: Conv2d,
+    torch.nn.AvgPool2d: AvgPool2d,
+    torch.nn.MaxPool2d: MaxPool2d,
+    torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+}

@@ -1,0 +1,164 @@
+"""Fake (meta) kernels and autograd formulas of the lenetx operators.
+
+The schemas and the CPU/CUDA kernels live in csrc/; this module makes the operators traceable by
+torch.compile and differentiable. Every backward formula calls lenetx's own backward kernels.
+"""
+
+import torch
+
+from . import _extension  # noqa: F401  (loads the schemas before they are referenced)
+from .shapes import pooled_size
+
+ops = torch.ops.lenetx
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels: output metadata only. Outputs are contiguous (NCHW), as the real kernels' are.
+
+
+def _empty(reference, *shape, dtype=None):
+    return reference.new_empty(shape, dtype=dtype or reference.dtype)
+
+
+def _conv2d_output_shape(input, weight, stride, padding, dilation, groups):
+    torch._check(input.dim() == 4 and weight.dim() == 4,
+                 lambda: f"lenetx.conv2d: expected 4-D input and weight, got {tuple(input.shape)} "
+                         f"and {tuple(weight.shape)}")
+    torch._check(input.shape[1] == weight.shape[1] * groups,
+                 lambda: f"lenetx.conv2d: expected input with {weight.shape[1] * groups} channels, "
+                         f"but got input of size {tuple(input.shape)}")
+    out_h = pooled_size(input.shape[2], weight.shape[2], padding[0], stride[0], dilation[0], False)
+    out_w = pooled_size(input.shape[3], weight.shape[3], padding[1], stride[1], dilation[1], False)
+    torch._check(out_h >= 1 and out_w >= 1,
+                 lambda: "lenetx.conv2d: the kernel is larger than the padded input")
+    return input.shape[0], weight.shape[0], out_h, out_w
+
+
+@torch.library.register_fake("lenetx::conv2d")
+def _(input, weight, bias, stride, padding, dilation, groups):
+    return _empty(input, *_conv2d_output_shape(input, weight, stride, padding, dilation, groups))
+
+
+@torch.library.register_fake("lenetx::conv2d_grad_input")
+def _(grad_output, input, weight, stride, padding, dilation, groups):
+    return _empty(input, *input.shape)
+
+
+@torch.library.register_fake("lenetx::conv2d_grad_weight")
+def _(grad_output, input, weight, stride, padding, dilation, groups):
+    return _empty(weight, *weight.shape)
+
+
+@torch.library.register_fake("lenetx::conv2d_grad_bias")
+def _(grad_output):
+    return _empty(grad_output, grad_output.shape[1])
+
+
+def _pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode, op):
+    torch._check(input.dim() == 4,
+                 lambda: f"{op}: expected a 4-D input, but got input of size {tuple(input.shape)}")
+    out_h = pooled_size(input.shape[2], kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode)
+    out_w = pooled_size(input.shape[3], kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode)
+    torch._check(out_h >= 1 and out_w >= 1, lambda: f"{op}: output size is too small")
+    return input.shape[0], input.shape[1], out_h, out_w
+
+
+@torch.library.register_fake("lenetx::avg_pool2d")
+def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    shape = _pool2d_output_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode,
+                                 "lenetx.avg_pool2d")
+    return _empty(input, *shape)
+
+
+@torch.library.register_fake("lenetx::avg_pool2d_backward")
+def _(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+      divisor_override):
+    return _empty(input, *input.shape)
+
+
+@torch.library.register_fake("lenetx::max_pool2d_with_indices")
+def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                 "lenetx.max_pool2d")
+    return _empty(input, *shape), _empty(input, *shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lenetx::max_pool2d_backward")
+def _(grad_output, input, indices):
+    return _empty(input, *input.shape)
+
+
+@torch.library.register_fake("lenetx::adaptive_avg_pool2d")
+def _(input, output_size):
+    torch._check(input.dim() == 4, lambda: "lenetx.adaptive_avg_pool2d: expected a 4-D input")
+    return _empty(input, input.shape[0], input.shape[1], output_size[0], output_size[1])
+
+
+@torch.library.register_fake("lenetx::adaptive_avg_pool2d_backward")
+def _(grad_output, input):
+    return _empty(input, *input.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: each backward asks only for the gradients that are needed.
+
+
+def _setup_conv2d(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.geometry = (stride, padding, dilation, groups)
+
+
+def _backward_conv2d(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    grad_input = ops.conv2d_grad_input(grad_output, input, weight, *ctx.geometry) if needs_input else None
+    grad_weight = ops.conv2d_grad_weight(grad_output, input, weight, *ctx.geometry) if needs_weight else None
+    grad_bias = ops.conv2d_grad_bias(grad_output) if needs_bias else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("lenetx::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
+
+
+def _setup_avg_pool2d(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.arguments = inputs[1:]
+
+
+def _backward_avg_pool2d(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    grad_input = ops.avg_pool2d_backward(grad_output, input, *ctx.arguments)
+    return (grad_input,) + (None,) * len(ctx.arguments)
+
+
+torch.library.register_autograd("lenetx::avg_pool2d", _backward_avg_pool2d,
+                                setup_context=_setup_avg_pool2d)
+
+
+def _setup_max_pool2d(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _backward_max_pool2d(ctx, grad_output, grad_indices):
+    input, indices = ctx.saved_tensors
+    grad_input = None if grad_output is None else ops.max_pool2d_backward(grad_output, input, indices)
+    return grad_input, None, None, None, None, None
+
+
+torch.library.register_autograd("lenetx::max_pool2d_with_indices", _backward_max_pool2d,
+                                setup_context=_setup_max_pool2d)
+
+
+def _setup_adaptive_avg_pool2d(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward_adaptive_avg_pool2d(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return ops.adaptive_avg_pool2d_backward(grad_output, input), None
+
+
+torch.library.register_autograd("lenetx::adaptive_avg_pool2d", _backward_adaptive_avg_pool2d,
+                                setup_context=_setup_adaptive_avg_pool2d)

@@ -1,0 +1,156 @@
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import LAYOUTS, assert_matches_torch, make_input
+
+import lenetx
+import lenetx.functional as LF
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def _generated_cases(count=150, seed=2024):
+    """A seeded sample of the whole parameter space; every case is small enough to run in ms."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        depthwise = rng.random() < 0.2
+        groups = rng.choice([2, 3, 4]) if depthwise else rng.choice([1, 1, 2, 3])
+        in_per_group = 1 if depthwise else rng.choice([1, 2, 3])
+        out_per_group = rng.choice([1, 2, 3])  # channel multiplier when depthwise
+        kernel = rng.choice([(1, 1), (3, 3), (2, 3), (5, 5), (3, 1), (4, 2)])
+        stride = rng.choice([1, 1, 2, (1, 3), (3, 2), 4])
+        padding = rng.choice([0, 1, (2, 0), (0, 3)])
+        dilation = rng.choice([1, 1, 2, (1, 2)])
+        size = []
+        for d in range(2):
+            k, p = kernel[d], padding if isinstance(padding, int) else padding[d]
+            dil = dilation if isinstance(dilation, int) else dilation[d]
+            size.append(max(rng.randint(1, 11), dil * (k - 1) + 1 - 2 * p))
+        cases.append(dict(
+            batch=rng.choice([0, 1, 2, 3]), in_channels=groups * in_per_group,
+            out_channels=groups * out_per_group, size=tuple(size), kernel=kernel, stride=stride,
+            padding=padding, dilation=dilation, groups=groups, bias=rng.random() < 0.7,
+            layout=LAYOUTS[i % 3], dtype=DTYPES[i % 2],
+        ))
+    return cases
+
+
+EDGE_CASES = [
+    dict(batch=2, in_channels=3, out_channels=4, size=(7, 5), kernel=(1, 1)),  # 1x1 kernel
+    dict(batch=2, in_channels=2, out_channels=3, size=(5, 6), kernel=(5, 6)),  # kernel = input
+    dict(batch=3, in_channels=2, out_channels=2, size=(9, 11), kernel=(2, 2), stride=5),  # stride > kernel
+    dict(batch=0, in_channels=3, out_channels=6, size=(8, 8), kernel=(3, 3)),  # empty batch
+    dict(batch=1, in_channels=1, out_channels=6, size=(28, 28), kernel=(5, 5), padding=2),  # LeNet conv1
+    dict(batch=2, in_channels=6, out_channels=16, size=(14, 14), kernel=(5, 5)),  # LeNet conv2
+    dict(batch=2, in_channels=16, out_channels=32, size=(13, 13), kernel=(5, 5)),  # improved conv2
+    dict(batch=1, in_channels=8, out_channels=8, size=(6, 6), kernel=(3, 3), padding=1, groups=8),
+    dict(batch=2, in_channels=4, out_channels=12, size=(7, 7), kernel=(3, 3), groups=4, stride=2),
+    dict(batch=1, in_channels=3, out_channels=5, size=(1, 1), kernel=(3, 3), padding=1),  # 1x1 image
+    dict(batch=1, in_channels=3, out_channels=5, size=(13, 3), kernel=(3, 2), padding=(1, 0),
+         stride=(2, 1), dilation=(3, 1)),
+]
+
+
+def _run_case(case, generator):
+    dtype = case.get("dtype", torch.float32)
+    groups = case.get("groups", 1)
+    input = make_input((case["batch"], case["in_channels"], *case["size"]), dtype,
+                       case.get("layout", "contiguous"), generator)
+    weight = torch.randn(case["out_channels"], case["in_channels"] // groups, *case["kernel"],
+                         dtype=dtype, generator=generator)
+    bias = torch.randn(case["out_channels"], dtype=dtype, generator=generator) if case.get("bias", True) else None
+    kwargs = {k: case[k] for k in ("stride", "padding", "dilation") if k in case}
+    kwargs["groups"] = groups
+
+    assert_matches_torch(lambda x, w, b: LF.conv2d(x, w, b, **kwargs),
+                         lambda x, w, b: F.conv2d(x, w, b, **kwargs),
+                         [input, weight, bias], dtype, generator)
+
+
+@pytest.mark.parametrize("case", _generated_cases(), ids=lambda c: (
+    f"n{c['batch']}c{c['in_channels']}o{c['out_channels']}s{c['size']}k{c['kernel']}st{c['stride']}"
+    f"p{c['padding']}d{c['dilation']}g{c['groups']}{'b' if c['bias'] else ''}-{c['layout']}-"
+    f"{str(c['dtype'])[6:]}").replace(" ", ""))
+def test_matches_torch_on_generated_grid(case, generator):
+    _run_case(case, generator)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", EDGE_CASES, ids=range(len(EDGE_CASES)))
+def test_matches_torch_on_edge_cases(case, dtype, generator):
+    _run_case(dict(case, dtype=dtype), generator)
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (4, 4), (2, 5)])
+@pytest.mark.parametrize("dilation", [1, 2, (1, 3)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_padding_strings_match_torch(kernel, dilation, padding, generator):
+    input = torch.randn(2, 3, 9, 16, generator=generator)
+    weight = torch.randn(4, 3, *kernel, generator=generator)
+    assert_matches_torch(lambda x, w: LF.conv2d(x, w, padding=padding, dilation=dilation),
+                         lambda x, w: F.conv2d(x, w, padding=padding, dilation=dilation),
+                         [input, weight], torch.float32, generator)
+
+
+def test_unbatched_input_matches_torch(generator):
+    input = torch.randn(3, 8, 8, generator=generator)
+    weight = torch.randn(5, 3, 3, 3, generator=generator)
+    bias = torch.randn(5, generator=generator)
+    assert_matches_torch(lambda x, w, b: LF.conv2d(x, w, b, padding=1),
+                         lambda x, w, b: F.conv2d(x, w, b, padding=1),
+                         [input, weight, bias], torch.float32, generator)
+
+
+def test_only_requested_gradients_are_computed(generator):
+    input = torch.randn(2, 3, 8, 8, generator=generator)
+    weight = torch.randn(4, 3, 3, 3, generator=generator, requires_grad=True)
+    bias = torch.randn(4, generator=generator)
+    LF.conv2d(input, weight, bias).sum().backward()
+    assert input.grad is None and bias.grad is None and weight.grad is not None
+
+
+def test_results_are_bit_identical_from_run_to_run(generator):
+    input = torch.randn(16, 6, 14, 14, generator=generator, requires_grad=True)
+    weight = torch.randn(16, 6, 5, 5, generator=generator, requires_grad=True)
+    bias = torch.randn(16, generator=generator, requires_grad=True)
+    upstream = torch.randn(16, 16, 10, 10, generator=generator)
+    runs = []
+    for _ in range(3):
+        out = LF.conv2d(input, weight, bias)
+        grads = torch.autograd.grad(out, (input, weight, bias), upstream)
+        runs.append((out, *grads))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(stride=2, padding=1), dict(dilation=2, padding=(2, 1)), dict(groups=2, stride=(1, 2)),
+])
+def test_gradcheck(kwargs, generator):
+    input = torch.randn(2, 4, 7, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(6, 4 // kwargs.get("groups", 1), 3, 2, dtype=torch.float64,
+                         generator=generator, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: LF.conv2d(x, w, b, **kwargs), (input, weight, bias))
+
+
+def test_course_notes_worked_example():
+    image = torch.tensor([[1, 1, 1, 0, 0],
+                          [0, 1, 1, 1, 0],
+                          [0, 0, 1, 1, 1],
+                          [0, 0, 1, 1, 0],
+                          [0, 1, 1, 0, 0]], dtype=torch.float32).view(1, 1, 5, 5)
+    kernel = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch.float32).view(1, 1, 3, 3)
+
+    valid = LF.conv2d(image, kernel)
+    assert valid.shape[-2:] == (3, 3) == (lenetx.conv_output_size(5, 3),) * 2
+    assert valid[0, 0, 0, 0].item() == 4
+    assert valid[0, 0].tolist() == [[4, 3, 4], [2, 4, 3], [2, 3, 4]]
+
+    strided = LF.conv2d(image, kernel, padding=1, stride=2)
+    assert strided.shape[-2:] == (3, 3) == (lenetx.conv_output_size(5, 3, padding=1, stride=2),) * 2
+    assert strided[0, 0, 0, 0].item() == 2

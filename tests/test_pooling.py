@@ -1,0 +1,128 @@
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import LAYOUTS, assert_matches_torch, make_input
+
+import lenetx.functional as LF
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def _pool_cases(count, seed, dilated):
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        kernel = rng.choice([1, 2, 3, (2, 3), (3, 1), 4])
+        k = (kernel, kernel) if isinstance(kernel, int) else kernel
+        padding = rng.choice([0, 1, (1, 0), (0, 1)])
+        p = (padding, padding) if isinstance(padding, int) else padding
+        padding = tuple(min(pi, ki // 2) for pi, ki in zip(p, k))
+        dilation = rng.choice([1, 2, (1, 2)]) if dilated else 1
+        d = (dilation, dilation) if isinstance(dilation, int) else dilation
+        size = tuple(max(rng.randint(1, 12), di * (ki - 1) + 1 - 2 * pi)
+                     for ki, pi, di in zip(k, padding, d))
+        cases.append(dict(
+            shape=(rng.choice([0, 1, 2]), rng.choice([1, 3]), *size), kernel_size=kernel,
+            stride=rng.choice([None, 1, 2, (2, 1), 3, 5]), padding=padding, dilation=dilation,
+            ceil_mode=rng.random() < 0.5, layout=LAYOUTS[i % 3], dtype=DTYPES[i % 2],
+        ))
+    return cases
+
+
+def _case_id(case):
+    return "-".join(f"{k}{v}" for k, v in case.items()).replace(" ", "").replace("torch.", "")
+
+
+def _avg_cases():
+    cases = _pool_cases(120, 7, dilated=False)
+    rng = random.Random(8)
+    for case in cases:
+        del case["dilation"]
+        case["count_include_pad"] = rng.random() < 0.5
+        case["divisor_override"] = rng.choice([None, None, 1, 3, -2])
+    return cases
+
+
+@pytest.mark.parametrize("case", _avg_cases(), ids=_case_id)
+def test_avg_pool2d_matches_torch(case, generator):
+    case = dict(case)
+    input = make_input(case.pop("shape"), case["dtype"], case.pop("layout"), generator)
+    dtype = case.pop("dtype")
+    assert_matches_torch(lambda x: LF.avg_pool2d(x, **case), lambda x: F.avg_pool2d(x, **case),
+                         [input], dtype, generator)
+
+
+@pytest.mark.parametrize("case", _pool_cases(150, 9, dilated=True), ids=_case_id)
+def test_max_pool2d_matches_torch_with_identical_indices(case, generator):
+    case = dict(case)
+    input = make_input(case.pop("shape"), case["dtype"], case.pop("layout"), generator)
+    dtype = case.pop("dtype")
+    assert_matches_torch(lambda x: LF.max_pool2d(x, **case, return_indices=True),
+                         lambda x: F.max_pool2d(x, **case, return_indices=True),
+                         [input], dtype, generator)
+    # assert_close already compared the int64 indices exactly; ties must resolve like torch too.
+    ties = torch.randint(0, 3, input.shape, generator=generator).to(dtype)
+    assert torch.equal(LF.max_pool2d(ties, **case, return_indices=True)[1],
+                       F.max_pool2d(ties, **case, return_indices=True)[1])
+
+
+def test_max_pool2d_propagates_nan_like_torch(generator):
+    input = torch.randn(2, 3, 9, 9, generator=generator)
+    input[0, 0, 1, 1] = input[0, 0, 2, 2] = input[1, 2, 8, 8] = float("nan")
+    input[1, 1] = float("-inf")
+    for kwargs in (dict(kernel_size=3), dict(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+                   dict(kernel_size=2, dilation=2)):
+        ours = LF.max_pool2d(input, return_indices=True, **kwargs)
+        theirs = F.max_pool2d(input, return_indices=True, **kwargs)
+        torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+        assert torch.equal(ours[1], theirs[1])
+
+
+ADAPTIVE_SIZES = [1, 2, 3, (5, 7), (4, None), (None, 2), (None, None), (0, 3), (13, 6), (1, 9)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("output_size", ADAPTIVE_SIZES, ids=str)
+def test_adaptive_avg_pool2d_matches_torch(output_size, layout, dtype, generator):
+    input = make_input((2, 3, 9, 11), dtype, layout, generator)
+    assert_matches_torch(lambda x: LF.adaptive_avg_pool2d(x, output_size),
+                         lambda x: F.adaptive_avg_pool2d(x, output_size), [input], dtype, generator)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("max_pool2d", dict(kernel_size=2)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 2))),
+])
+def test_unbatched_and_empty_batch_inputs_match_torch(name, kwargs, generator):
+    for shape in ((3, 8, 7), (0, 3, 8, 7)):
+        input = torch.randn(shape, generator=generator)
+        assert_matches_torch(lambda x: getattr(LF, name)(x, **kwargs),
+                             lambda x: getattr(F, name)(x, **kwargs), [input], torch.float32, generator)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("avg_pool2d", dict(kernel_size=(2, 3), divisor_override=5)),
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, dilation=2)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
+])
+def test_gradcheck(name, kwargs, generator):
+    # Distinct values, so that no max-pool window has a tie that finite differences would split.
+    input = torch.randperm(2 * 3 * 9 * 8, generator=generator).to(torch.float64).view(2, 3, 9, 8) / 7
+    input.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: getattr(LF, name)(x, **kwargs), (input,))
+
+
+def test_results_are_bit_identical_from_run_to_run(generator):
+    input = torch.randn(8, 6, 28, 28, generator=generator, requires_grad=True)
+    upstream = torch.randn(8, 6, 14, 14, generator=generator)
+    fns = [lambda x: LF.avg_pool2d(x, 2), lambda x: LF.max_pool2d(x, 2),
+           lambda x: LF.adaptive_avg_pool2d(x, 14)]
+    for fn in fns:
+        runs = [(fn(input), *torch.autograd.grad(fn(input), input, upstream)) for _ in range(3)]
+        for run in runs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
