@@ -12,11 +12,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 def _reason_to_skip(module):
     """Why `module` cannot run on lenetx kernels, or None if it can."""
+    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in module.parameters()):
+        return "its parameters are not initialised yet (lazy module)"
     if type(module) not in REPLACEMENTS:
         return (f"{type(module).__module__}.{type(module).__qualname__} subclasses a torch.nn "
                 "layer and may change its behaviour")
-    if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in module.parameters()):
-        return "its parameters are not initialised yet (lazy module)"
     dtypes = {p.dtype for p in module.parameters()}
     if not dtypes <= set(SUPPORTED_DTYPES):
         return f"its parameters have dtype {sorted(map(str, dtypes))}; lenetx takes float32/float64"

@@ -37,6 +37,13 @@ def _batched(input, op):
     )
 
 
+def _pool_stride(stride, kernel_size):
+    # As in torch.nn.functional, None or an empty sequence means "the kernel size".
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return kernel_size
+    return _pair("stride", stride)
+
+
 def _same_padding(input, kernel_size, stride, dilation):
     """PyTorch's padding='same': symmetric where the total is even, one extra row/column on the
     bottom/right where it is odd. Returns (input padded for the odd part, symmetric padding)."""
@@ -77,7 +84,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     """2-D average pooling; see torch.nn.functional.avg_pool2d."""
     input, unbatched = _batched(input, "lenetx.avg_pool2d")
     kernel_size = _pair("kernel_size", kernel_size)
-    stride = kernel_size if stride is None or stride == [] else _pair("stride", stride)
+    stride = _pool_stride(stride, kernel_size)
     output = ops.avg_pool2d(input, kernel_size, stride, _pair("padding", padding), ceil_mode,
                             count_include_pad, divisor_override)
     return output.squeeze(0) if unbatched else output
@@ -88,7 +95,7 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
     """2-D max pooling that also returns, per output, the flat index within its H x W plane."""
     input, unbatched = _batched(input, "lenetx.max_pool2d")
     kernel_size = _pair("kernel_size", kernel_size)
-    stride = kernel_size if stride is None or stride == [] else _pair("stride", stride)
+    stride = _pool_stride(stride, kernel_size)
     output, indices = ops.max_pool2d_with_indices(
         input, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation), ceil_mode
     )

@@ -20,7 +20,11 @@ def _empty(reference, *shape, dtype=None):
     return reference.new_empty(shape, dtype=dtype or reference.dtype)
 
 
-def _conv2d_output_shape(input, weight, stride, padding, dilation, groups):
+def _conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups):
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        torch._check(tensor is None or (tensor.device == input.device and tensor.dtype == input.dtype),
+                     lambda: f"lenetx.conv2d: expected {name} with the dtype and device of input "
+                             f"({input.dtype}, {input.device}), but got {tensor.dtype}, {tensor.device}")
     torch._check(input.dim() == 4 and weight.dim() == 4,
                  lambda: f"lenetx.conv2d: expected 4-D input and weight, got {tuple(input.shape)} "
                          f"and {tuple(weight.shape)}")
@@ -36,7 +40,7 @@ def _conv2d_output_shape(input, weight, stride, padding, dilation, groups):
 
 @torch.library.register_fake("lenetx::conv2d")
 def _(input, weight, bias, stride, padding, dilation, groups):
-    return _empty(input, *_conv2d_output_shape(input, weight, stride, padding, dilation, groups))
+    return _empty(input, *_conv2d_output_shape(input, weight, bias, stride, padding, dilation, groups))
 
 
 @torch.library.register_fake("lenetx::conv2d_grad_input")

@@ -20,7 +20,13 @@ def conv_output_size(input, kernel, padding=0, stride=1, dilation=1, ceil_mode=F
     _check_int("padding", padding, 0)
     _check_int("stride", stride, 1)
     _check_int("dilation", dilation, 1)
-    return pooled_size(input, kernel, padding, stride, dilation, ceil_mode)
+    size = pooled_size(input, kernel, padding, stride, dilation, ceil_mode)
+    if size < 1:
+        raise ValueError(
+            f"output size would be {size}: kernel={kernel} (dilation={dilation}) does not fit in "
+            f"input={input} with padding={padding}"
+        )
+    return size
 
 
 def pooled_size(input, kernel, padding, stride, dilation, ceil_mode):
