@@ -1,8 +1,10 @@
 // Direct 2-D convolution on the CPU: forward, grad_input, grad_weight and grad_bias.
 //
-// Every kernel walks the output one row at a time and, for each kernel tap, clips the row to the
-// columns whose input position is inside the image. The innermost loop is then a branch-free
-// axpy or dot product along a row, which the compiler vectorizes; padding costs nothing.
+// Small-channel convolutions (LeNet's 1->6, 6->16, 16->120) have rows too short to vectorize
+// along the image, so the kernels vectorize across channels instead: weights are repacked with a
+// block of output (or, for grad_input, input) channels innermost, and each input value is
+// broadcast against a whole vector of channels. A tile of output pixels x channel block stays in
+// registers for the whole reduction over input channels and kernel taps.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -18,8 +20,9 @@
 namespace lenetx::cpu {
 namespace {
 
-// Output channels computed together, so that each input row loaded into cache serves several.
-constexpr int64_t kOutChannelBlock = 4;
+// Images per grad_weight partial sum. Fixed (not tied to the thread count) so that the order of
+// the final reduction, and so the result, never changes.
+constexpr int64_t kImagesPerPartial = 8;
 
 struct Span {
   int64_t begin, end;
@@ -36,116 +39,250 @@ inline Span valid_outputs(int64_t in_size, int64_t out_size, int64_t stride, int
   return {begin, std::max(begin, end)};
 }
 
+// Channel block width: the vector the kernels accumulate in.
+inline int channel_block(int64_t channels) { return channels <= 8 ? 8 : channels <= 16 ? 16 : 32; }
+
+inline int64_t blocks_of(int64_t count, int64_t block) { return (count + block - 1) / block; }
+
+// Weights as [group][out block][in channel][kh][kw][out lane], zero-padded past out_channels.
 template <typename T>
-LENETX_SIMD_CLONES void forward_block(const T* __restrict input, const T* __restrict weight,
-                                      const T* bias, T* __restrict output, int64_t block,
-                                      const Conv2dShape& s) {
-  const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
-  const int64_t kernel_area = s.kernel_h * s.kernel_w;
-  const int64_t weight_stride = s.in_channels_per_group() * kernel_area;
-  for (int64_t b = 0; b < block; ++b) {
-    std::fill_n(output + b * out_plane, out_plane, bias ? bias[b] : T(0));
+std::vector<T> pack_weight_by_output(const T* w, const Conv2dShape& s, int block) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, nblocks = blocks_of(ocg, block);
+  std::vector<T> packed(s.groups * nblocks * icg * taps * block, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, b = oc % ocg / block, lane = oc % ocg % block;
+    for (int64_t ic = 0; ic < icg; ++ic)
+      for (int64_t t = 0; t < taps; ++t)
+        packed[(((g * nblocks + b) * icg + ic) * taps + t) * block + lane] = w[(oc * icg + ic) * taps + t];
   }
-  for (int64_t ic = 0; ic < s.in_channels_per_group(); ++ic) {
-    const T* in = input + ic * in_plane;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const int64_t row_offset = kh * s.dilation_h - s.pad_h;
-      const Span rows = valid_outputs(s.in_h, s.out_h, s.stride_h, s.pad_h, kh * s.dilation_h);
-      for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
-        const T* in_row = in + (oh * s.stride_h + row_offset) * s.in_w;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-          const int64_t offset = kw * s.dilation_w - s.pad_w;
-          const Span cols = valid_outputs(s.in_w, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
-          for (int64_t b = 0; b < block; ++b) {
-            const T w = weight[b * weight_stride + ic * kernel_area + kh * s.kernel_w + kw];
-            T* out_row = output + b * out_plane + oh * s.out_w;
-            if (s.stride_w == 1) {
+  return packed;
+}
+
+// Weights as [group][in block][out channel][kh][kw][in lane], zero-padded past in_channels.
+template <typename T>
+std::vector<T> pack_weight_by_input(const T* w, const Conv2dShape& s, int block) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, nblocks = blocks_of(icg, block);
+  std::vector<T> packed(s.groups * nblocks * ocg * taps * block, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, o = oc % ocg;
+    for (int64_t ic = 0; ic < icg; ++ic)
+      for (int64_t t = 0; t < taps; ++t)
+        packed[(((g * nblocks + ic / block) * ocg + o) * taps + t) * block + ic % block] =
+            w[(oc * icg + ic) * taps + t];
+  }
+  return packed;
+}
+
+// One output row (image n, row oh) for a block of B output channels, PW pixels at a time.
+template <typename T, int B, int PW>
+LENETX_SIMD_CLONES void forward_row(const T* __restrict input, const T* __restrict packed,
+                                    const T* bias, T* __restrict output, int64_t oh,
+                                    int64_t channels, const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w;
+  const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
+  for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += PW) {
+    // Every tap of every pixel of the tile inside the row: no bounds checks needed.
+    const bool interior = ow0 * s.stride_w - s.pad_w >= 0 &&
+                          (ow0 + PW - 1) * s.stride_w - s.pad_w + (s.kernel_w - 1) * s.dilation_w < s.in_w;
+    T acc[PW][B];
+    for (int p = 0; p < PW; ++p)
 #pragma omp simd
-              for (int64_t ow = cols.begin; ow < cols.end; ++ow) out_row[ow] += w * in_row[ow + offset];
-            } else {
+      for (int c = 0; c < B; ++c) acc[p][c] = (bias && c < channels) ? bias[c] : T(0);
+    for (int64_t ic = 0; ic < icg; ++ic) {
+      const T* in = input + ic * in_plane;
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
+        if (ih < 0 || ih >= s.in_h) continue;
+        const T* in_row = in + ih * s.in_w;
+        const T* w = packed + (ic * taps + kh * s.kernel_w) * B;
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += B) {
+          const int64_t iw0 = ow0 * s.stride_w - s.pad_w + kw * s.dilation_w;
+          if (interior) {
+            for (int p = 0; p < PW; ++p) {
+              const T v = in_row[iw0 + p * s.stride_w];
 #pragma omp simd
-              for (int64_t ow = cols.begin; ow < cols.end; ++ow)
-                out_row[ow] += w * in_row[ow * s.stride_w + offset];
+              for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
+            }
+          } else {
+            for (int p = 0; p < PW; ++p) {
+              const int64_t iw = iw0 + p * s.stride_w;
+              const T v = (iw >= 0 && iw < s.in_w) ? in_row[iw] : T(0);
+#pragma omp simd
+              for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
             }
           }
         }
       }
     }
+    const int pixels = static_cast<int>(std::min<int64_t>(PW, s.out_w - ow0));
+    for (int64_t c = 0; c < channels; ++c)
+      for (int p = 0; p < pixels; ++p) output[c * out_plane + oh * s.out_w + ow0 + p] = acc[p][c];
   }
 }
 
-// One plane of grad_input: the forward's row axpy with input and output exchanged.
-template <typename T>
-LENETX_SIMD_CLONES void grad_input_plane(const T* __restrict grad_output, const T* __restrict weight,
-                                         T* __restrict grad_input, const Conv2dShape& s) {
-  const int64_t out_plane = s.out_h * s.out_w;
-  const int64_t kernel_area = s.kernel_h * s.kernel_w;
-  const int64_t weight_stride = s.in_channels_per_group() * kernel_area;
-  std::fill_n(grad_input, s.in_h * s.in_w, T(0));
-  for (int64_t oc = 0; oc < s.out_channels_per_group(); ++oc) {
-    const T* go = grad_output + oc * out_plane;
-    const T* w = weight + oc * weight_stride;
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const int64_t row_offset = kh * s.dilation_h - s.pad_h;
-      const Span rows = valid_outputs(s.in_h, s.out_h, s.stride_h, s.pad_h, kh * s.dilation_h);
-      for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
-        T* gi_row = grad_input + (oh * s.stride_h + row_offset) * s.in_w;
-        const T* go_row = go + oh * s.out_w;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-          const T wv = w[kh * s.kernel_w + kw];
-          const int64_t offset = kw * s.dilation_w - s.pad_w;
-          const Span cols = valid_outputs(s.in_w, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
-          if (s.stride_w == 1) {
-#pragma omp simd
-            for (int64_t ow = cols.begin; ow < cols.end; ++ow) gi_row[ow + offset] += wv * go_row[ow];
-          } else {
-#pragma omp simd
-            for (int64_t ow = cols.begin; ow < cols.end; ++ow)
-              gi_row[ow * s.stride_w + offset] += wv * go_row[ow];
-          }
-        }
-      }
-    }
-  }
-}
-
-// The kernel_h x kernel_w taps of grad_weight for one (output channel, input channel) pair,
-// summed over the batch in a fixed order. Row sums stay in T (short, vectorized); the total over
-// rows and images is carried in the accumulate type.
-template <typename T>
-LENETX_SIMD_CLONES void grad_weight_taps(const T* __restrict grad_output, const T* __restrict input,
-                                         T* __restrict grad_weight, const Conv2dShape& s) {
-  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+// One grad_input row (image n, row ih) for a block of B input channels: the forward's gather
+// read backwards, each input pixel collecting the outputs its taps fed.
+template <typename T, int B, int PW>
+LENETX_SIMD_CLONES void grad_input_row(const T* __restrict grad_output, const T* __restrict packed,
+                                       T* __restrict grad_input, int64_t ih, int64_t channels,
+                                       const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group(), taps = s.kernel_h * s.kernel_w;
   const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
-  const int64_t out_image = s.out_channels * out_plane, in_image = s.in_channels * in_plane;
-  std::vector<acc_t> taps(s.kernel_h * s.kernel_w, acc_t(0));
-  for (int64_t n = 0; n < s.batch; ++n) {
-    const T* go = grad_output + n * out_image;
-    const T* in = input + n * in_image;
+  for (int64_t iw0 = 0; iw0 < s.in_w; iw0 += PW) {
+    T acc[PW][B] = {};
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const int64_t row_offset = kh * s.dilation_h - s.pad_h;
-      const Span rows = valid_outputs(s.in_h, s.out_h, s.stride_h, s.pad_h, kh * s.dilation_h);
-      for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
-        const T* in_row = in + (oh * s.stride_h + row_offset) * s.in_w;
-        const T* go_row = go + oh * s.out_w;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-          const int64_t offset = kw * s.dilation_w - s.pad_w;
-          const Span cols = valid_outputs(s.in_w, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
-          T sum = 0;
-          if (s.stride_w == 1) {
-#pragma omp simd reduction(+ : sum)
-            for (int64_t ow = cols.begin; ow < cols.end; ++ow) sum += go_row[ow] * in_row[ow + offset];
+      const int64_t t = ih + s.pad_h - kh * s.dilation_h;
+      if (t < 0 || t % s.stride_h != 0 || t / s.stride_h >= s.out_h) continue;
+      const int64_t oh = t / s.stride_h;
+      for (int64_t oc = 0; oc < ocg; ++oc) {
+        const T* go_row = grad_output + oc * out_plane + oh * s.out_w;
+        const T* w = packed + (oc * taps + kh * s.kernel_w) * B;
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += B) {
+          const int64_t u0 = iw0 + s.pad_w - kw * s.dilation_w;
+          if (s.stride_w == 1 && u0 >= 0 && u0 + PW <= s.out_w) {
+            for (int p = 0; p < PW; ++p) {
+              const T v = go_row[u0 + p];
+#pragma omp simd
+              for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
+            }
+          } else if (s.stride_w == 1) {
+            for (int p = 0; p < PW; ++p) {
+              const int64_t u = u0 + p;
+              const T v = (u >= 0 && u < s.out_w) ? go_row[u] : T(0);
+#pragma omp simd
+              for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
+            }
           } else {
-#pragma omp simd reduction(+ : sum)
-            for (int64_t ow = cols.begin; ow < cols.end; ++ow)
-              sum += go_row[ow] * in_row[ow * s.stride_w + offset];
+            for (int p = 0; p < PW; ++p) {
+              const int64_t u = u0 + p;
+              const bool hit = u >= 0 && u % s.stride_w == 0 && u / s.stride_w < s.out_w;
+              const T v = hit ? go_row[u / s.stride_w] : T(0);
+#pragma omp simd
+              for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
+            }
           }
-          taps[kh * s.kernel_w + kw] += sum;
         }
       }
     }
+    const int pixels = static_cast<int>(std::min<int64_t>(PW, s.in_w - iw0));
+    for (int64_t c = 0; c < channels; ++c)
+      for (int p = 0; p < pixels; ++p) grad_input[c * in_plane + ih * s.in_w + iw0 + p] = acc[p][c];
   }
-  for (size_t i = 0; i < taps.size(); ++i) grad_weight[i] = static_cast<T>(taps[i]);
+}
+
+// grad_output of a few images repacked as [image][oh][ow][out lane] for one block of B channels.
+template <typename T>
+void pack_grad_output(const T* grad_output, T* packed, int64_t images, int64_t first_channel,
+                      int64_t channels, int B, const Conv2dShape& s) {
+  const int64_t out_plane = s.out_h * s.out_w;
+  std::fill_n(packed, images * out_plane * B, T(0));
+  for (int64_t n = 0; n < images; ++n)
+    for (int64_t c = 0; c < channels; ++c) {
+      const T* go = grad_output + (n * s.out_channels + first_channel + c) * out_plane;
+      for (int64_t i = 0; i < out_plane; ++i) packed[(n * out_plane + i) * B + c] = go[i];
+    }
+}
+
+// Partial grad_weight of one input channel, one block of B output channels and a few images:
+// taps[kh][kw][lane], each tap's vector kept in registers across all its output pixels.
+template <typename T, int B>
+LENETX_SIMD_CLONES void grad_weight_partial(const T* __restrict input, const T* __restrict packed_go,
+                                            T* __restrict taps, int64_t images,
+                                            const Conv2dShape& s) {
+  const int64_t out_plane = s.out_h * s.out_w, in_image = s.in_channels * s.in_h * s.in_w;
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    const Span rows = valid_outputs(s.in_h, s.out_h, s.stride_h, s.pad_h, kh * s.dilation_h);
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      const Span cols = valid_outputs(s.in_w, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
+      T acc[B] = {};
+      for (int64_t n = 0; n < images; ++n) {
+        const T* in = input + n * in_image;
+        for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
+          const T* in_row = in + (oh * s.stride_h - s.pad_h + kh * s.dilation_h) * s.in_w +
+                            kw * s.dilation_w - s.pad_w;
+          const T* go = packed_go + (n * out_plane + oh * s.out_w) * B;
+          for (int64_t ow = cols.begin; ow < cols.end; ++ow) {
+            const T v = in_row[ow * s.stride_w];
+#pragma omp simd
+            for (int c = 0; c < B; ++c) acc[c] += v * go[ow * B + c];
+          }
+        }
+      }
+      std::copy_n(acc, B, taps + (kh * s.kernel_w + kw) * B);
+    }
+  }
+}
+
+template <typename T, int B, int PW>
+void conv2d_forward_impl(const T* in, const T* w, const T* bias, T* out, const Conv2dShape& s) {
+  const std::vector<T> packed = pack_weight_by_output(w, s, B);
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t nblocks = blocks_of(ocg, B), taps = s.kernel_h * s.kernel_w;
+  const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
+  parallel_for(s.batch * s.groups * nblocks * s.out_h, [&](int64_t item) {
+    const int64_t oh = item % s.out_h, b = item / s.out_h % nblocks;
+    const int64_t g = item / (s.out_h * nblocks) % s.groups, n = item / (s.out_h * nblocks * s.groups);
+    const int64_t oc = g * ocg + b * B;
+    forward_row<T, B, PW>(in + (n * s.in_channels + g * icg) * in_plane,
+                          packed.data() + (g * nblocks + b) * icg * taps * B,
+                          bias ? bias + oc : nullptr, out + (n * s.out_channels + oc) * out_plane,
+                          oh, std::min<int64_t>(B, ocg - b * B), s);
+  });
+}
+
+template <typename T, int B, int PW>
+void conv2d_grad_input_impl(const T* go, const T* w, T* gi, const Conv2dShape& s) {
+  const std::vector<T> packed = pack_weight_by_input(w, s, B);
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t nblocks = blocks_of(icg, B), taps = s.kernel_h * s.kernel_w;
+  const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
+  parallel_for(s.batch * s.groups * nblocks * s.in_h, [&](int64_t item) {
+    const int64_t ih = item % s.in_h, b = item / s.in_h % nblocks;
+    const int64_t g = item / (s.in_h * nblocks) % s.groups, n = item / (s.in_h * nblocks * s.groups);
+    grad_input_row<T, B, PW>(go + (n * s.out_channels + g * ocg) * out_plane,
+                             packed.data() + (g * nblocks + b) * ocg * taps * B,
+                             gi + (n * s.in_channels + g * icg + b * B) * in_plane, ih,
+                             std::min<int64_t>(B, icg - b * B), s);
+  });
+}
+
+template <typename T, int B>
+void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape& s) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t nblocks = blocks_of(ocg, B), taps = s.kernel_h * s.kernel_w;
+  const int64_t chunks = blocks_of(s.batch, kImagesPerPartial);
+  const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
+  // partial[chunk][group][block][ic][tap][lane]
+  const int64_t per_chunk = s.groups * nblocks * icg * taps * B;
+  std::vector<T> partial(chunks * per_chunk);
+  parallel_for(chunks * s.groups * nblocks, [&](int64_t item) {
+    const int64_t b = item % nblocks, g = item / nblocks % s.groups, chunk = item / (nblocks * s.groups);
+    const int64_t first = chunk * kImagesPerPartial;
+    const int64_t images = std::min(kImagesPerPartial, s.batch - first);
+    const int64_t oc = g * ocg + b * B;
+    std::vector<T> packed_go(images * out_plane * B);
+    pack_grad_output(go + first * s.out_channels * out_plane, packed_go.data(), images, oc,
+                     std::min<int64_t>(B, ocg - b * B), B, s);
+    for (int64_t ic = 0; ic < icg; ++ic) {
+      grad_weight_partial<T, B>(in + (first * s.in_channels + g * icg + ic) * in_plane,
+                                packed_go.data(),
+                                partial.data() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
+                                images, s);
+    }
+  });
+  parallel_for(s.out_channels, [&](int64_t oc) {
+    const int64_t g = oc / ocg, b = oc % ocg / B, lane = oc % ocg % B;
+    for (int64_t ic = 0; ic < icg; ++ic)
+      for (int64_t t = 0; t < taps; ++t) {
+        acc_t sum = 0;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk)
+          sum += partial[chunk * per_chunk + (((g * nblocks + b) * icg + ic) * taps + t) * B + lane];
+        gw[(oc * icg + ic) * taps + t] = static_cast<T>(sum);
+      }
+  });
 }
 
 template <typename T>
@@ -170,26 +307,17 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor in = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
-  const int64_t blocks_per_group =
-      (s.out_channels_per_group() + kOutChannelBlock - 1) / kOutChannelBlock;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_conv2d", [&] {
-    const scalar_t* in_data = in.const_data_ptr<scalar_t>();
-    const scalar_t* w_data = w.const_data_ptr<scalar_t>();
-    const scalar_t* b_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-    const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-    const int64_t weight_stride = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
-    parallel_for(s.batch * s.groups * blocks_per_group, [&](int64_t item) {
-      const int64_t n = item / (s.groups * blocks_per_group);
-      const int64_t g = item / blocks_per_group % s.groups;
-      const int64_t first = (item % blocks_per_group) * kOutChannelBlock;
-      const int64_t oc = g * s.out_channels_per_group() + first;
-      const int64_t block = std::min(kOutChannelBlock, s.out_channels_per_group() - first);
-      forward_block<scalar_t>(
-          in_data + (n * s.in_channels + g * s.in_channels_per_group()) * in_plane,
-          w_data + oc * weight_stride, b_data ? b_data + oc : nullptr,
-          out_data + (n * s.out_channels + oc) * out_plane, block, s);
-    });
+    const scalar_t* bias_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const auto run = [&](auto kernel) {
+      kernel(in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data,
+             output.mutable_data_ptr<scalar_t>(), s);
+    };
+    switch (channel_block(s.out_channels_per_group())) {
+      case 8: run(conv2d_forward_impl<scalar_t, 8, 8>); break;
+      case 16: run(conv2d_forward_impl<scalar_t, 16, 4>); break;
+      default: run(conv2d_forward_impl<scalar_t, 32, 4>); break;
+    }
   });
   return output;
 }
@@ -212,19 +340,15 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
   const at::Tensor go = grad_output.contiguous(), w = weight.contiguous();
   at::Tensor grad_input = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_conv2d_grad_input", [&] {
-    const scalar_t* go_data = go.const_data_ptr<scalar_t>();
-    const scalar_t* w_data = w.const_data_ptr<scalar_t>();
-    scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    const int64_t kernel_area = s.kernel_h * s.kernel_w;
-    parallel_for(s.batch * s.in_channels, [&](int64_t item) {
-      const int64_t n = item / s.in_channels, c = item % s.in_channels;
-      const int64_t g = c / s.in_channels_per_group(), ic = c % s.in_channels_per_group();
-      const int64_t first_oc = g * s.out_channels_per_group();
-      grad_input_plane<scalar_t>(
-          go_data + (n * s.out_channels + first_oc) * s.out_h * s.out_w,
-          w_data + first_oc * s.in_channels_per_group() * kernel_area + ic * kernel_area,
-          gi_data + item * s.in_h * s.in_w, s);
-    });
+    const auto run = [&](auto kernel) {
+      kernel(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+             grad_input.mutable_data_ptr<scalar_t>(), s);
+    };
+    switch (channel_block(s.in_channels_per_group())) {
+      case 8: run(conv2d_grad_input_impl<scalar_t, 8, 8>); break;
+      case 16: run(conv2d_grad_input_impl<scalar_t, 16, 4>); break;
+      default: run(conv2d_grad_input_impl<scalar_t, 32, 4>); break;
+    }
   });
   return grad_input;
 }
@@ -237,16 +361,15 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
   const at::Tensor go = grad_output.contiguous(), in = input.contiguous();
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_conv2d_grad_weight", [&] {
-    const scalar_t* go_data = go.const_data_ptr<scalar_t>();
-    const scalar_t* in_data = in.const_data_ptr<scalar_t>();
-    scalar_t* gw_data = grad_weight.mutable_data_ptr<scalar_t>();
-    const int64_t in_per_group = s.in_channels_per_group();
-    parallel_for(s.out_channels * in_per_group, [&](int64_t item) {
-      const int64_t oc = item / in_per_group, ic = item % in_per_group;
-      const int64_t c = oc / s.out_channels_per_group() * in_per_group + ic;
-      grad_weight_taps<scalar_t>(go_data + oc * s.out_h * s.out_w, in_data + c * s.in_h * s.in_w,
-                                 gw_data + item * s.kernel_h * s.kernel_w, s);
-    });
+    const auto run = [&](auto kernel) {
+      kernel(go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
+             grad_weight.mutable_data_ptr<scalar_t>(), s);
+    };
+    switch (channel_block(s.out_channels_per_group())) {
+      case 8: run(conv2d_grad_weight_impl<scalar_t, 8>); break;
+      case 16: run(conv2d_grad_weight_impl<scalar_t, 16>); break;
+      default: run(conv2d_grad_weight_impl<scalar_t, 32>); break;
+    }
   });
   return grad_weight;
 }

@@ -1,0 +1,152 @@
+"""The `lenetx` command: train, evaluate and apply image-recognition networks."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import data, models, predict, training
+
+
+def _device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _loaders(spec, train_data, test_data, batch_size, seed, device):
+    train = data.BatchLoader(train_data, batch_size, spec.mean, spec.std, augment=spec.augment,
+                             shuffle=True, seed=seed, device=device)
+    test = data.BatchLoader(test_data, 1000, spec.mean, spec.std, device=device)
+    return train, test
+
+
+def train(args):
+    device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    spec = data.DATASETS[args.dataset]
+    recipe = training.default_recipe(args.model, args.dataset)
+    for field in ("epochs", "batch_size", "lr"):
+        if getattr(args, field) is not None:
+            setattr(recipe, field, getattr(args, field))
+    train_data = data.load(args.dataset, True, args.data_root, download=not args.no_download)
+    test_data = data.load(args.dataset, False, args.data_root, download=not args.no_download)
+    if args.limit:
+        train_data = train_data.subset(args.limit)
+    model_args = dict(num_classes=len(train_data.classes), in_channels=spec.channels,
+                      image_size=spec.image_size)
+    model = models.create(args.model, backend=args.backend, **model_args).to(device)
+    print(f"training {args.model} ({args.backend} backend) on {args.dataset}: "
+          f"{len(train_data.labels)} training and {len(test_data.labels)} test images, "
+          f"{recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}, seed {args.seed}, "
+          f"{torch.get_num_threads()} threads, {device}")
+    train_loader, test_loader = _loaders(spec, train_data, test_data, recipe.batch_size, args.seed, device)
+    history = training.fit(model, train_loader, test_loader, recipe, len(train_data.classes))
+    evaluation = training.evaluate(model, test_loader, len(train_data.classes))
+    print(training.report(evaluation, train_data.classes))
+
+    output = Path(args.output or f"runs/{args.model}-{args.dataset}")
+    output.mkdir(parents=True, exist_ok=True)
+    metrics = dict(accuracy=evaluation.accuracy, mean_class_accuracy=evaluation.mean_class_accuracy,
+                   per_class_accuracy=evaluation.per_class_accuracy,
+                   seconds_per_epoch=sum(h["seconds"] for h in history) / len(history))
+    training.save_checkpoint(output / "checkpoint.pt", model, args.model, model_args, spec,
+                             train_data.classes, metrics=metrics, history=history,
+                             command=" ".join(["lenetx", *sys.argv[1:]]), seed=args.seed,
+                             backend=args.backend)
+    (output / "metrics.json").write_text(json.dumps(dict(metrics, history=history), indent=2))
+    training.save_plots(output, history, evaluation, train_data.classes)
+    print(f"wrote {output / 'checkpoint.pt'}, {output / 'confusion_matrix.png'} and "
+          f"{output / 'training_curves.png'}")
+    return 0
+
+
+def evaluate(args):
+    device = _device(args.device)
+    model, checkpoint = training.load_checkpoint(args.checkpoint, args.backend, device)
+    name = args.dataset or checkpoint.get("dataset")
+    spec = data.DATASETS[name] if name in data.DATASETS else None
+    if spec is None:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(data.DATASETS)}")
+    test_data = data.load(name, False, args.data_root, download=not args.no_download)
+    if len(test_data.classes) != len(checkpoint["classes"]):
+        raise ValueError(f"the checkpoint has {len(checkpoint['classes'])} classes but dataset "
+                         f"{name!r} has {len(test_data.classes)}")
+    loader = data.BatchLoader(test_data, 1000, checkpoint["mean"], checkpoint["std"], device=device)
+    evaluation = training.evaluate(model, loader, len(checkpoint["classes"]))
+    print(training.report(evaluation, checkpoint["classes"]))
+    return 0
+
+
+def predict_command(args):
+    device = _device(args.device)
+    model, checkpoint = training.load_checkpoint(args.checkpoint, args.backend, device)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, but got --top-k={args.top_k}")
+    failures = 0
+    paths = args.paths or [predict.BUNDLED_SAMPLES]
+    for path, top, error in predict.predict_files(model, checkpoint, paths, args.top_k):
+        if error:
+            failures += 1
+            print(f"lenetx: {error}", file=sys.stderr)
+            continue
+        print(f"{path}  " + "  ".join(f"{name} {probability:.3f}" for name, probability in top))
+    return 1 if failures else 0
+
+
+def parser():
+    top = argparse.ArgumentParser(prog="lenetx", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    common.add_argument("--backend", default="lenetx", choices=list(models.BACKENDS),
+                        help="layers from lenetx kernels or from torch.nn (for comparison)")
+
+    datasets = argparse.ArgumentParser(add_help=False)
+    datasets.add_argument("--data-root", help="dataset folder (default: $LENETX_DATA or ~/.cache/lenetx/data)")
+    datasets.add_argument("--no-download", action="store_true", help="never try to download a dataset")
+
+    t = commands.add_parser("train", parents=[common, datasets], help="train a network and report its accuracy")
+    t.add_argument("--model", default="lenet5", choices=list(models.MODELS))
+    t.add_argument("--dataset", default="mnist", choices=list(data.DATASETS))
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    t.add_argument("--limit", type=int, help="train on the first N training images only")
+    t.add_argument("--output", help="folder for the checkpoint and plots (default: runs/MODEL-DATASET)")
+    t.set_defaults(run=train)
+
+    e = commands.add_parser("evaluate", parents=[common, datasets], help="report a checkpoint's test accuracy")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    e.set_defaults(run=evaluate)
+
+    p = commands.add_parser("predict", parents=[common], help="classify image files")
+    p.add_argument("--checkpoint", default=str(predict.BUNDLED_CHECKPOINT),
+                   help="default: the bundled LeNet-5 trained on MNIST")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("paths", nargs="*", help="image files or folders (default: the bundled samples)")
+    p.set_defaults(run=predict_command)
+    return top
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    for name in ("epochs", "batch_size", "threads", "limit"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            print(f"lenetx: error: --{name.replace('_', '-')} must be at least 1, but got {value}",
+                  file=sys.stderr)
+            return 2
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, data.DatasetNotFoundError) as error:
+        print(f"lenetx: error: {error}", file=sys.stderr)
+        return 2
