@@ -56,7 +56,7 @@ def train(args):
                    seconds_per_epoch=sum(h["seconds"] for h in history) / len(history))
     training.save_checkpoint(output / "checkpoint.pt", model, args.model, model_args, spec,
                              train_data.classes, metrics=metrics, history=history,
-                             command=" ".join(["lenetx", *sys.argv[1:]]), seed=args.seed,
+                             command=args.command_line, seed=args.seed,
                              backend=args.backend)
     (output / "metrics.json").write_text(json.dumps(dict(metrics, history=history), indent=2))
     training.save_plots(output, history, evaluation, train_data.classes)
@@ -85,8 +85,6 @@ def evaluate(args):
 def predict_command(args):
     device = _device(args.device)
     model, checkpoint = training.load_checkpoint(args.checkpoint, args.backend, device)
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, but got --top-k={args.top_k}")
     failures = 0
     paths = args.paths or [predict.BUNDLED_SAMPLES]
     for path, top, error in predict.predict_files(model, checkpoint, paths, args.top_k):
@@ -138,8 +136,10 @@ def parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
-    for name in ("epochs", "batch_size", "threads", "limit"):
+    args.command_line = " ".join(["lenetx", *argv])
+    for name in ("epochs", "batch_size", "threads", "limit", "top_k"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             print(f"lenetx: error: --{name.replace('_', '-')} must be at least 1, but got {value}",

@@ -197,7 +197,7 @@ def save_plots(directory, history, evaluation, classes):
 
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * n, 1 + 0.6 * n))
-    ax.imshow(evaluation.confusion, cmap="Blues")
+    ax.imshow(evaluation.confusion.numpy(), cmap="Blues")
     ax.set(xticks=range(n), yticks=range(n), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title="Confusion matrix (test set)")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
