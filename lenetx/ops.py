@@ -88,7 +88,7 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @torch.library.register_fake("lenetx::max_pool2d_backward")
-def _(grad_output, input, indices):
+def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
     return _empty(input, *input.shape)
 
 
@@ -142,13 +142,15 @@ torch.library.register_autograd("lenetx::avg_pool2d", _backward_avg_pool2d,
 
 def _setup_max_pool2d(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[1])
+    ctx.arguments = inputs[1:]
     ctx.set_materialize_grads(False)
 
 
 def _backward_max_pool2d(ctx, grad_output, grad_indices):
     input, indices = ctx.saved_tensors
-    grad_input = None if grad_output is None else ops.max_pool2d_backward(grad_output, input, indices)
-    return grad_input, None, None, None, None, None
+    grad_input = None if grad_output is None else ops.max_pool2d_backward(
+        grad_output, input, indices, *ctx.arguments)
+    return (grad_input,) + (None,) * len(ctx.arguments)
 
 
 torch.library.register_autograd("lenetx::max_pool2d_with_indices", _backward_max_pool2d,

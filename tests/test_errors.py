@@ -104,10 +104,12 @@ def test_backward_ops_reject_mismatched_gradients():
     with pytest.raises(RuntimeError, match=r"expected grad_output of size \[2, 3, 4, 4\]"):
         ops.avg_pool2d_backward(torch.randn(2, 3, 3, 3), x, [2, 2], [2, 2], [0, 0], False, True, None)
     with pytest.raises(RuntimeError, match=r"indices of size"):
-        ops.max_pool2d_backward(torch.randn(2, 3, 4, 4), x, torch.zeros(2, 3, 3, 3, dtype=torch.long))
+        ops.max_pool2d_backward(torch.randn(2, 3, 4, 4), x, torch.zeros(2, 3, 3, 3, dtype=torch.long),
+                                [2, 2], [2, 2], [0, 0], [1, 1], False)
 
 
 def test_max_pool2d_backward_rejects_out_of_range_indices():
     bad = torch.full((2, 3, 4, 4), 64, dtype=torch.long)
     with pytest.raises(RuntimeError, match=r"indices must lie in \[0, H\*W\) = \[0, 64\)"):
-        torch.ops.lenetx.max_pool2d_backward(torch.randn(2, 3, 4, 4), x, bad)
+        torch.ops.lenetx.max_pool2d_backward(torch.randn(2, 3, 4, 4), x, bad, [2, 2], [2, 2], [0, 0],
+                                             [1, 1], False)

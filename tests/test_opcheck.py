@@ -34,7 +34,7 @@ def _opcheck_samples():
         ("avg_pool2d", (_t(2, 3, 9, 8, grad=True), [2, 2], [2, 2], [0, 0], False, True, 3)),
         ("avg_pool2d_backward", (torch.randn_like(ops.avg_pool2d(x, *avg_args)), x, *avg_args)),
         ("max_pool2d_with_indices", (_t(2, 3, 9, 8, grad=True), *max_args)),
-        ("max_pool2d_backward", (torch.randn_like(out), x, idx)),
+        ("max_pool2d_backward", (torch.randn_like(out), x, idx, *max_args)),
         ("adaptive_avg_pool2d", (_t(2, 3, 9, 8, grad=True), [4, 3])),
         ("adaptive_avg_pool2d_backward", (_t(2, 3, 4, 3), x)),
     ]

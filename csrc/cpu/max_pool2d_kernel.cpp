@@ -84,19 +84,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
 }
 
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                               const at::Tensor& indices) {
+                               const at::Tensor& indices, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "lenetx.max_pool2d_backward";
-  TORCH_CHECK(input.dim() == 4, op, ": expected a 4-D input (N, C, H, W), but got input of size ",
-              input.sizes());
-  check_floating_dtype(input, op);
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, op);
   check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
+  check_grad_output(grad_output, {s.batch, s.channels, s.out_h, s.out_w}, op);
   TORCH_CHECK(indices.scalar_type() == at::kLong && indices.device() == input.device(), op,
               ": expected int64 indices on ", input.device(), ", but got ", indices.scalar_type(),
               " indices on ", indices.device());
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == input.size(0) &&
-                  grad_output.size(1) == input.size(1),
-              op, ": grad_output of size ", grad_output.sizes(), " does not match input of size ",
-              input.sizes());
   TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": expected indices of size ",
               grad_output.sizes(), ", but got indices of size ", indices.sizes());
   const at::Tensor go = grad_output.contiguous(), idx = indices.contiguous();

@@ -1,0 +1,138 @@
+// Average pooling on CUDA. The backward pass gathers: each input element sums the shares of the
+// windows that contain it, so no two threads write the same element.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../shape_checks.h"
+#include "cuda_utils.cuh"
+
+namespace lenetx::cuda {
+namespace {
+
+struct Window {
+  int64_t h0, h1, w0, w1, divisor;
+};
+
+// PyTorch's rule, as in the CPU kernel: the divisor may count padding, never the overhang of a
+// ceil_mode window past the padding.
+__device__ Window pooling_window(const Pool2dShape& s, int64_t oh, int64_t ow, bool count_include_pad,
+                                 int64_t divisor_override) {
+  int64_t h0 = oh * s.stride_h - s.pad_h, w0 = ow * s.stride_w - s.pad_w;
+  int64_t h1 = min(h0 + s.kernel_h, s.in_h + s.pad_h), w1 = min(w0 + s.kernel_w, s.in_w + s.pad_w);
+  const int64_t padded_area = (h1 - h0) * (w1 - w0);
+  h0 = max(h0, int64_t(0));
+  w0 = max(w0, int64_t(0));
+  h1 = min(h1, s.in_h);
+  w1 = min(w1, s.in_w);
+  const int64_t divisor = divisor_override != 0 ? divisor_override
+                          : count_include_pad   ? padded_area
+                                                : (h1 - h0) * (w1 - w0);
+  return {h0, h1, w0, w1, divisor};
+}
+
+template <typename T>
+__global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ output, Pool2dShape s,
+                               bool count_include_pad, int64_t divisor_override) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t total = s.batch * s.channels * s.out_h * s.out_w;
+  LENETX_GRID_STRIDE_LOOP(index, total) {
+    const int64_t ow = index % s.out_w, oh = index / s.out_w % s.out_h;
+    const int64_t plane = index / (s.out_w * s.out_h);
+    const Window win = pooling_window(s, oh, ow, count_include_pad, divisor_override);
+    const T* in = input + plane * s.in_h * s.in_w;
+    acc_t sum = 0;
+    for (int64_t ih = win.h0; ih < win.h1; ++ih)
+      for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += static_cast<acc_t>(in[ih * s.in_w + iw]);
+    const bool empty = win.h0 >= win.h1 || win.w0 >= win.w1;
+    output[index] = empty ? T(0) : static_cast<T>(sum / static_cast<acc_t>(win.divisor));
+  }
+}
+
+// Outputs along one dimension whose (unclipped) window can reach input position i.
+__device__ void candidate_outputs(int64_t i, int64_t kernel, int64_t stride, int64_t pad,
+                                  int64_t out, int64_t& first, int64_t& last) {
+  const int64_t low = i + pad - kernel + 1;
+  first = low <= 0 ? 0 : (low + stride - 1) / stride;
+  last = min((i + pad) / stride, out - 1);
+}
+
+template <typename T>
+__global__ void backward_kernel(const T* __restrict__ grad_output, T* __restrict__ grad_input,
+                                Pool2dShape s, bool count_include_pad, int64_t divisor_override) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t total = s.batch * s.channels * s.in_h * s.in_w;
+  LENETX_GRID_STRIDE_LOOP(index, total) {
+    const int64_t iw = index % s.in_w, ih = index / s.in_w % s.in_h;
+    const int64_t plane = index / (s.in_w * s.in_h);
+    const T* go = grad_output + plane * s.out_h * s.out_w;
+    int64_t oh0, oh1, ow0, ow1;
+    candidate_outputs(ih, s.kernel_h, s.stride_h, s.pad_h, s.out_h, oh0, oh1);
+    candidate_outputs(iw, s.kernel_w, s.stride_w, s.pad_w, s.out_w, ow0, ow1);
+    acc_t sum = 0;
+    for (int64_t oh = oh0; oh <= oh1; ++oh)
+      for (int64_t ow = ow0; ow <= ow1; ++ow) {
+        const Window win = pooling_window(s, oh, ow, count_include_pad, divisor_override);
+        if (ih >= win.h0 && ih < win.h1 && iw >= win.w0 && iw < win.w1)
+          sum += static_cast<acc_t>(go[oh * s.out_w + ow]) / static_cast<acc_t>(win.divisor);
+      }
+    grad_input[index] = static_cast<T>(sum);
+  }
+}
+
+Pool2dShape check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                             std::optional<int64_t> divisor_override, const char* op) {
+  check_divisor_override(divisor_override);
+  const int64_t no_dilation[] = {1, 1};
+  return check_pool2d(input, kernel_size, stride, padding, no_dilation, ceil_mode, op);
+}
+
+at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                      std::optional<int64_t> divisor_override) {
+  const Pool2dShape s = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode,
+                                         divisor_override, "lenetx.avg_pool2d");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor in = input.contiguous();
+  at::Tensor output = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  if (output.numel() == 0) return output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_avg_pool2d_cuda", [&] {
+    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), s, count_include_pad,
+        divisor_override.value_or(0));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                               std::optional<int64_t> divisor_override) {
+  constexpr const char* op = "lenetx.avg_pool2d_backward";
+  const Pool2dShape s =
+      check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override, op);
+  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
+  check_grad_output(grad_output, {s.batch, s.channels, s.out_h, s.out_w}, op);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor go = grad_output.contiguous();
+  at::Tensor grad_input = at::empty({s.batch, s.channels, s.in_h, s.in_w}, input.options());
+  if (grad_input.numel() == 0) return grad_input;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_avg_pool2d_backward_cuda", [&] {
+    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        go.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), s, count_include_pad,
+        divisor_override.value_or(0));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenetx, CUDA, m) {
+  m.impl("avg_pool2d", &avg_pool2d);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward);
+}
+
+}  // namespace lenetx::cuda

@@ -1,0 +1,128 @@
+// Max pooling with indices on CUDA: the CPU kernel's scan order and NaN rule, so the indices
+// match torch's. The backward pass gathers over the windows that can contain each input element
+// and adds the gradients whose index points at it: deterministic, no atomics.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../shape_checks.h"
+#include "cuda_utils.cuh"
+
+namespace lenetx::cuda {
+namespace {
+
+__device__ int64_t first_non_negative(int64_t start, int64_t step) {
+  return start >= 0 ? start : start + (-start + step - 1) / step * step;
+}
+
+template <typename T>
+__global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ output,
+                               int64_t* __restrict__ indices, Pool2dShape s) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t total = s.batch * s.channels * s.out_h * s.out_w;
+  LENETX_GRID_STRIDE_LOOP(index, total) {
+    const int64_t ow = index % s.out_w, oh = index / s.out_w % s.out_h;
+    const T* in = input + index / (s.out_w * s.out_h) * s.in_h * s.in_w;
+    const int64_t h_start = oh * s.stride_h - s.pad_h, w_start = ow * s.stride_w - s.pad_w;
+    const int64_t h_end = min(h_start + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
+    const int64_t w_end = min(w_start + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
+    const int64_t h0 = first_non_negative(h_start, s.dilation_h);
+    const int64_t w0 = first_non_negative(w_start, s.dilation_w);
+    int64_t best_index = h0 * s.in_w + w0;
+    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t ih = h0; ih < h_end; ih += s.dilation_h)
+      for (int64_t iw = w0; iw < w_end; iw += s.dilation_w) {
+        const acc_t value = static_cast<acc_t>(in[ih * s.in_w + iw]);
+        if (value > best || isnan(value)) {
+          best = value;
+          best_index = ih * s.in_w + iw;
+        }
+      }
+    output[index] = static_cast<T>(best);
+    indices[index] = best_index;
+  }
+}
+
+__device__ void candidate_outputs(int64_t i, int64_t kernel, int64_t stride, int64_t pad,
+                                  int64_t dilation, int64_t out, int64_t& first, int64_t& last) {
+  const int64_t low = i + pad - (kernel - 1) * dilation;
+  first = low <= 0 ? 0 : (low + stride - 1) / stride;
+  last = min((i + pad) / stride, out - 1);
+}
+
+template <typename T>
+__global__ void backward_kernel(const T* __restrict__ grad_output, const int64_t* __restrict__ indices,
+                                T* __restrict__ grad_input, Pool2dShape s) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t total = s.batch * s.channels * s.in_h * s.in_w;
+  LENETX_GRID_STRIDE_LOOP(index, total) {
+    const int64_t iw = index % s.in_w, ih = index / s.in_w % s.in_h;
+    const int64_t plane_offset = index / (s.in_w * s.in_h) * s.out_h * s.out_w;
+    int64_t oh0, oh1, ow0, ow1;
+    candidate_outputs(ih, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.out_h, oh0, oh1);
+    candidate_outputs(iw, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.out_w, ow0, ow1);
+    const int64_t flat = ih * s.in_w + iw;
+    acc_t sum = 0;
+    for (int64_t oh = oh0; oh <= oh1; ++oh)
+      for (int64_t ow = ow0; ow <= ow1; ++ow) {
+        const int64_t o = plane_offset + oh * s.out_w + ow;
+        if (indices[o] == flat) sum += static_cast<acc_t>(grad_output[o]);
+      }
+    grad_input[index] = static_cast<T>(sum);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                     "lenetx.max_pool2d");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor in = input.contiguous();
+  at::Tensor output = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
+  at::Tensor indices = at::empty(output.sizes(), input.options().dtype(at::kLong));
+  if (output.numel() == 0) return {output, indices};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_cuda", [&] {
+    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+        indices.mutable_data_ptr<int64_t>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {output, indices};
+}
+
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& indices, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, bool ceil_mode) {
+  constexpr const char* op = "lenetx.max_pool2d_backward";
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, op);
+  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
+  check_grad_output(grad_output, {s.batch, s.channels, s.out_h, s.out_w}, op);
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.device() == input.device(), op,
+              ": expected int64 indices on ", input.device(), ", but got ", indices.scalar_type(),
+              " indices on ", indices.device());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": expected indices of size ",
+              grad_output.sizes(), ", but got indices of size ", indices.sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor go = grad_output.contiguous(), idx = indices.contiguous();
+  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  if (grad_input.numel() == 0) return grad_input;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_backward_cuda", [&] {
+    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        go.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenetx, CUDA, m) {
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices);
+  m.impl("max_pool2d_backward", &max_pool2d_backward);
+}
+
+}  // namespace lenetx::cuda
