@@ -13,8 +13,8 @@ struct Conv2dShape {
   int64_t kernel_h, kernel_w;
   int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int64_t groups;
-  int64_t in_channels_per_group() const { return in_channels / groups; }
-  int64_t out_channels_per_group() const { return out_channels / groups; }
+  C10_HOST_DEVICE int64_t in_channels_per_group() const { return in_channels / groups; }
+  C10_HOST_DEVICE int64_t out_channels_per_group() const { return out_channels / groups; }
 };
 
 struct Pool2dShape {

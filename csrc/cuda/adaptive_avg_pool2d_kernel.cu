@@ -69,7 +69,7 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
   at::Tensor output = at::empty({in.size(0), in.size(1), output_size[0], output_size[1]}, input.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_adaptive_avg_pool2d_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         in.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), planes, in.size(2),
         in.size(3), output_size[0], output_size[1]);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -90,7 +90,7 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at:
   if (grad_input.numel() == 0) return grad_input;
   if (go.numel() == 0) return grad_input.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_adaptive_avg_pool2d_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), input.size(0) * input.size(1),
         input.size(2), input.size(3), go.size(2), go.size(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

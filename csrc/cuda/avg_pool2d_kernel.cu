@@ -98,7 +98,7 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
   at::Tensor output = at::empty({s.batch, s.channels, s.out_h, s.out_w}, input.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_avg_pool2d_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         in.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), s, count_include_pad,
         divisor_override.value_or(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -120,7 +120,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   at::Tensor grad_input = at::empty({s.batch, s.channels, s.in_h, s.in_w}, input.options());
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_avg_pool2d_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), s, count_include_pad,
         divisor_override.value_or(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

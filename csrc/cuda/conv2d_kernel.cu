@@ -118,7 +118,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_conv2d_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
         b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -145,7 +145,7 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
   at::Tensor grad_input = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, input.options());
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_conv2d_grad_input_cuda", [&] {
-    grad_input_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    grad_input_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -162,7 +162,7 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   if (grad_weight.numel() == 0) return grad_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_conv2d_grad_weight_cuda", [&] {
-    grad_weight_kernel<scalar_t><<<grad_weight.numel(), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    grad_weight_kernel<scalar_t><<<grad_weight.numel(), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -179,7 +179,7 @@ at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
   at::Tensor grad_bias = at::empty({go.size(1)}, go.options());
   if (grad_bias.numel() == 0) return grad_bias;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "lenetx_conv2d_grad_bias_cuda", [&] {
-    grad_bias_kernel<scalar_t><<<go.size(1), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    grad_bias_kernel<scalar_t><<<go.size(1), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), go.size(0), go.size(1),
         go.size(2) * go.size(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -2,7 +2,7 @@
 // Launch helpers shared by the CUDA kernels: every kernel runs on the current stream of the
 // input's device, uses 64-bit indices, and is checked right after launch.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 

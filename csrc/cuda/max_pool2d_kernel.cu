@@ -85,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
   at::Tensor indices = at::empty(output.sizes(), input.options().dtype(at::kLong));
   if (output.numel() == 0) return {output, indices};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         in.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
         indices.mutable_data_ptr<int64_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -111,7 +111,7 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
