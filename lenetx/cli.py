@@ -96,6 +96,24 @@ def predict_command(args):
     return 1 if failures else 0
 
 
+def bench(args):
+    from . import bench as benchmark
+
+    device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = benchmark.run(device, quick=args.quick, allow_tf32=args.allow_tf32)
+    table = benchmark.markdown(rows, benchmark.machine_description(device))
+    print(table)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{device.type}" + ("-tf32" if args.allow_tf32 else "")
+    (output / f"{stem}.md").write_text(table)
+    benchmark.bar_chart(rows, output / f"{stem}.png")
+    print(f"wrote {output / f'{stem}.md'} and {output / f'{stem}.png'}")
+    return 0
+
+
 def parser():
     top = argparse.ArgumentParser(prog="lenetx", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -132,6 +150,14 @@ def parser():
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("paths", nargs="*", help="image files or folders (default: the bundled samples)")
     p.set_defaults(run=predict_command)
+
+    b = commands.add_parser("bench", help="time lenetx's kernels against torch's (oneDNN / cuDNN)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--threads", type=int)
+    b.add_argument("--quick", action="store_true", help="fewer, smaller cases")
+    b.add_argument("--allow-tf32", action="store_true", help="let cuDNN use TF32 (CUDA only)")
+    b.add_argument("--output", default="runs/bench", help="folder for the table and the bar chart")
+    b.set_defaults(run=bench)
     return top
 
 

@@ -11,7 +11,7 @@ def make_input(shape, dtype, layout, generator, device="cpu"):
     if layout == "strided":
         # Every other column of a wider tensor: a view with a non-unit innermost stride.
         wide = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype, generator=generator)
-        return wide[..., ::2].to(device)
+        return wide.to(device)[..., ::2]
     tensor = torch.randn(*shape, dtype=dtype, generator=generator).to(device)
     if layout == "channels_last" and tensor.dim() == 4:
         tensor = tensor.contiguous(memory_format=torch.channels_last)

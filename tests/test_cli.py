@@ -2,6 +2,7 @@
 MNIST's file format and as an image folder (the real torchvision loading paths)."""
 
 import json
+import tarfile
 import os
 import struct
 from pathlib import Path
@@ -201,3 +202,36 @@ def test_lenet5_learns_real_mnist_in_one_epoch(tmp_path, capsys):
                      "--output", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.95, capsys.readouterr().out
+
+
+def test_cifar10_is_read_from_an_image_folder_archive(tmp_path):
+    folder = tmp_path / "build" / data.CIFAR10_FOLDER
+    rng = np.random.default_rng(2)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split in ("train", "test"):
+        for name in names:
+            (folder / split / name).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                folder / split / name / "0000.jpg")
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(root / f"{data.CIFAR10_FOLDER}.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname=data.CIFAR10_FOLDER)
+    test = data.load("cifar10", False, root, download=False)
+    assert test.images.shape == (10, 3, 32, 32) and test.images.dtype == torch.uint8
+    assert test.classes == data.CIFAR10_CLASSES and test.labels.tolist() == list(range(10))
+    again = data.load("cifar10", False, root, download=False)  # from the decoded cache
+    assert torch.equal(again.images, test.images)
+
+
+def test_bench_times_both_sides_and_writes_a_ratio_table():
+    from lenetx import bench
+
+    calls = []
+    case = bench.Case("group", "case", lambda: calls.append("lenetx"), lambda: calls.append("torch"))
+    ours, theirs = bench.time_pair(case, torch.device("cpu"), repeats=3, warmup=1)
+    assert calls == ["lenetx", "torch"] * 4 and ours > 0 and theirs > 0
+    table = bench.markdown([("g", "c", 2.0, 3.0, 1.5)], ["machine"])
+    assert "| g | c | 2.000 | 3.000 | 1.50 |" in table and "- machine" in table
+    names = [c.name for c in bench.layer_cases(torch.device("cpu"), batches=(1,), vgg_batch=1)]
+    assert "conv1 1->6 5x5 on 32x32, batch 1, forward+backward" in names

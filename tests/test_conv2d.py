@@ -11,7 +11,7 @@ import lenetx.functional as LF
 DTYPES = (torch.float32, torch.float64)
 
 
-def _generated_cases(count=150, seed=2024):
+def generated_cases(count=150, seed=2024):
     """A seeded sample of the whole parameter space; every case is small enough to run in ms."""
     rng = random.Random(seed)
     cases = []
@@ -54,14 +54,15 @@ EDGE_CASES = [
 ]
 
 
-def _run_case(case, generator):
+def run_case(case, generator, device="cpu"):
     dtype = case.get("dtype", torch.float32)
     groups = case.get("groups", 1)
     input = make_input((case["batch"], case["in_channels"], *case["size"]), dtype,
-                       case.get("layout", "contiguous"), generator)
+                       case.get("layout", "contiguous"), generator, device)
     weight = torch.randn(case["out_channels"], case["in_channels"] // groups, *case["kernel"],
-                         dtype=dtype, generator=generator)
-    bias = torch.randn(case["out_channels"], dtype=dtype, generator=generator) if case.get("bias", True) else None
+                         dtype=dtype, generator=generator).to(device)
+    bias = (torch.randn(case["out_channels"], dtype=dtype, generator=generator).to(device)
+            if case.get("bias", True) else None)
     kwargs = {k: case[k] for k in ("stride", "padding", "dilation") if k in case}
     kwargs["groups"] = groups
 
@@ -70,18 +71,18 @@ def _run_case(case, generator):
                          [input, weight, bias], dtype, generator)
 
 
-@pytest.mark.parametrize("case", _generated_cases(), ids=lambda c: (
+@pytest.mark.parametrize("case", generated_cases(), ids=lambda c: (
     f"n{c['batch']}c{c['in_channels']}o{c['out_channels']}s{c['size']}k{c['kernel']}st{c['stride']}"
     f"p{c['padding']}d{c['dilation']}g{c['groups']}{'b' if c['bias'] else ''}-{c['layout']}-"
     f"{str(c['dtype'])[6:]}").replace(" ", ""))
 def test_matches_torch_on_generated_grid(case, generator):
-    _run_case(case, generator)
+    run_case(case, generator)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", EDGE_CASES, ids=range(len(EDGE_CASES)))
 def test_matches_torch_on_edge_cases(case, dtype, generator):
-    _run_case(dict(case, dtype=dtype), generator)
+    run_case(dict(case, dtype=dtype), generator)
 
 
 @pytest.mark.parametrize("kernel", [(3, 3), (4, 4), (2, 5)])

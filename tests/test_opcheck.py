@@ -13,7 +13,7 @@ def _t(*shape, grad=False, dtype=torch.float32):
     return torch.randn(*shape, dtype=dtype).requires_grad_(grad)
 
 
-def _opcheck_samples():
+def opcheck_samples():
     x = _t(2, 3, 9, 8)
     w = _t(4, 3, 3, 2)
     conv_args = ([2, 1], [1, 1], [1, 2], 1)
@@ -40,7 +40,7 @@ def _opcheck_samples():
     ]
 
 
-@pytest.mark.parametrize("name, args", _opcheck_samples(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name, args", opcheck_samples(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(ops, name).default, args)
 

@@ -10,7 +10,7 @@ import lenetx.functional as LF
 DTYPES = (torch.float32, torch.float64)
 
 
-def _pool_cases(count, seed, dilated):
+def pool_cases(count, seed, dilated):
     rng = random.Random(seed)
     cases = []
     for i in range(count):
@@ -35,8 +35,8 @@ def _case_id(case):
     return "-".join(f"{k}{v}" for k, v in case.items()).replace(" ", "").replace("torch.", "")
 
 
-def _avg_cases():
-    cases = _pool_cases(120, 7, dilated=False)
+def avg_cases():
+    cases = pool_cases(120, 7, dilated=False)
     rng = random.Random(8)
     for case in cases:
         del case["dilation"]
@@ -45,7 +45,7 @@ def _avg_cases():
     return cases
 
 
-@pytest.mark.parametrize("case", _avg_cases(), ids=_case_id)
+@pytest.mark.parametrize("case", avg_cases(), ids=_case_id)
 def test_avg_pool2d_matches_torch(case, generator):
     case = dict(case)
     input = make_input(case.pop("shape"), case["dtype"], case.pop("layout"), generator)
@@ -54,7 +54,7 @@ def test_avg_pool2d_matches_torch(case, generator):
                          [input], dtype, generator)
 
 
-@pytest.mark.parametrize("case", _pool_cases(150, 9, dilated=True), ids=_case_id)
+@pytest.mark.parametrize("case", pool_cases(150, 9, dilated=True), ids=_case_id)
 def test_max_pool2d_matches_torch_with_identical_indices(case, generator):
     case = dict(case)
     input = make_input(case.pop("shape"), case["dtype"], case.pop("layout"), generator)

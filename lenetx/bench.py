@@ -1,0 +1,209 @@
+"""`lenetx bench`: lenetx's kernels against PyTorch's own path (oneDNN on the CPU, cuDNN on the
+GPU), op by op and model by model, in one process. Each case times both sides interleaved, after
+a warm-up, and reports the median; the figure is the ratio torch time / lenetx time (above 1:
+lenetx is faster)."""
+
+import dataclasses
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import functional as LF
+from . import models
+from .convert import convert
+
+
+@dataclasses.dataclass
+class Case:
+    group: str
+    name: str
+    lenetx: object  # callables run with no arguments
+    torch: object
+
+
+def _timer(device):
+    if device.type == "cuda":
+        def measure(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+    else:
+        def measure(fn):
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+    return measure
+
+
+def time_pair(case, device, repeats, warmup=2):
+    """Median seconds of (lenetx, torch), measured alternately so that drifts hit both."""
+    measure = _timer(device)
+    for _ in range(warmup):
+        case.lenetx()
+        case.torch()
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(measure(case.lenetx))
+        theirs.append(measure(case.torch))
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def _conv_cases(group, layer, batch, c_in, c_out, size, kernel, padding, device):
+    x = torch.randn(batch, c_in, size, size, device=device)
+    w = torch.randn(c_out, c_in, kernel, kernel, device=device) / kernel
+    b = torch.randn(c_out, device=device)
+    name = f"{layer} {c_in}->{c_out} {kernel}x{kernel} on {size}x{size}, batch {batch}"
+    forward = Case(group, f"{name}, forward", lambda: LF.conv2d(x, w, b, padding=padding),
+                   lambda: F.conv2d(x, w, b, padding=padding))
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    upstream = torch.randn_like(F.conv2d(x, w, b, padding=padding))
+
+    def backward(conv):
+        return lambda: torch.autograd.grad(conv(xg, wg, bg, padding=padding), (xg, wg, bg), upstream)
+
+    both = Case(group, f"{name}, forward+backward", backward(LF.conv2d), backward(F.conv2d))
+    return [forward, both]
+
+
+def _pool_cases(group, layer, batch, channels, size, kind, device):
+    x = torch.randn(batch, channels, size, size, device=device)
+    ours, theirs = (LF.avg_pool2d, F.avg_pool2d) if kind == "avg" else (LF.max_pool2d, F.max_pool2d)
+    name = f"{layer} {kind} 2x2 on {channels}x{size}x{size}, batch {batch}"
+    xg = x.clone().requires_grad_()
+    upstream = torch.randn_like(theirs(x, 2))
+    return [
+        Case(group, f"{name}, forward", lambda: ours(x, 2), lambda: theirs(x, 2)),
+        Case(group, f"{name}, forward+backward",
+             lambda: torch.autograd.grad(ours(xg, 2), xg, upstream),
+             lambda: torch.autograd.grad(theirs(xg, 2), xg, upstream)),
+    ]
+
+
+def layer_cases(device, batches=(1, 64, 256), vgg_batch=64):
+    cases = []
+    for batch in batches:
+        cases += _conv_cases("LeNet-5 layers", "conv1", batch, 1, 6, 32, 5, 0, device)
+        cases += _pool_cases("LeNet-5 layers", "pool1", batch, 6, 28, "avg", device)
+        cases += _conv_cases("LeNet-5 layers", "conv2", batch, 6, 16, 14, 5, 0, device)
+        cases += _pool_cases("LeNet-5 layers", "pool2", batch, 16, 10, "avg", device)
+        cases += _conv_cases("LeNet-5 layers", "conv3", batch, 16, 120, 5, 5, 0, device)
+    batch = batches[-1] if len(batches) == 1 else 64
+    cases += _conv_cases("improved-LeNet layers", "conv1", batch, 1, 16, 28, 3, 1, device)
+    cases += _pool_cases("improved-LeNet layers", "pool1", batch, 16, 28, "max", device)
+    cases += _conv_cases("improved-LeNet layers", "conv2", batch, 16, 32, 14, 5, 2, device)
+    cases += _pool_cases("improved-LeNet layers", "pool2", batch, 32, 14, "max", device)
+    for c_in, c_out, size in ((3, 64, 32), (64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)):
+        cases += _conv_cases("VGG-16 layers", "conv", vgg_batch, c_in, c_out, size, 3, 1, device)
+    return cases
+
+
+def _train_step(model, x, y):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def _inference(model, x):
+    model = model.eval()
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def model_cases(device, lenet_batch=128, vgg_batch=64):
+    cases = []
+    specs = [("lenet5", 1, 28, lenet_batch), ("improved_lenet", 1, 28, lenet_batch),
+             ("vgg16", 3, 32, vgg_batch)]
+    for name, channels, size, batch in specs:
+        x = torch.randn(batch, channels, size, size, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        torch.manual_seed(0)
+        ours = models.create(name, in_channels=channels).to(device)
+        theirs = models.create(name, in_channels=channels, backend="torch").to(device)
+        theirs.load_state_dict(ours.state_dict())
+        converted = convert(theirs)
+        label = f"{name}, batch {batch}"
+        cases.append(Case("models", f"{label}, train step (lenetx.models)",
+                          _train_step(ours, x, y), _train_step(theirs, x, y)))
+        cases.append(Case("models", f"{label}, train step (lenetx.convert of torch.nn)",
+                          _train_step(converted, x, y), _train_step(theirs, x, y)))
+        cases.append(Case("models", f"{label}, inference",
+                          _inference(ours, x), _inference(theirs, x)))
+    return cases
+
+
+def machine_description(device):
+    from . import cpu_capability
+
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    if device.type == "cuda":
+        lines.append(f"GPU: {torch.cuda.get_device_name(device)}; cuDNN {torch.backends.cudnn.version()}, "
+                     f"TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}")
+    else:
+        model = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        lines.append(f"CPU: {model}; lenetx kernels use {cpu_capability()}; torch uses oneDNN")
+    return lines
+
+
+def run(device="cpu", quick=False, repeats=None, allow_tf32=False, log=print):
+    """Returns rows (group, case, lenetx ms, torch ms, ratio). On CUDA, cuDNN picks its fastest
+    algorithm (cudnn.benchmark) and may use TF32 only if allow_tf32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    batches = (64,) if quick else (1, 64, 256)
+    cases = layer_cases(device, batches, vgg_batch=16 if quick else 64)
+    cases += model_cases(device, vgg_batch=16 if quick else 64)
+    rows = []
+    for case in cases:
+        count = repeats or (3 if case.group == "models" or "VGG" in case.group else 7)
+        ours, theirs = time_pair(case, device, count)
+        rows.append((case.group, case.name, 1000 * ours, 1000 * theirs, theirs / ours))
+        log(f"{case.group:22s} {case.name:70s} {theirs / ours:6.2f}x")
+    return rows
+
+
+def markdown(rows, machine):
+    lines = ["Ratio = torch time / lenetx time (higher is better; > 1 means lenetx is faster).", ""]
+    lines += [f"- {line}" for line in machine] + [""]
+    lines += ["| group | case | lenetx ms | torch ms | ratio |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {g} | {n} | {a:.3f} | {b:.3f} | {r:.2f} |" for g, n, a, b, r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1))
+    ratios = [r[4] for r in rows]
+    ax.barh(range(len(rows)), ratios, color=["tab:green" if r >= 1 else "tab:red" for r in ratios])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r[0]}: {r[1]}" for r in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("torch time / lenetx time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
