@@ -156,9 +156,13 @@ Pool2dShape check_pool2d(
   return s;
 }
 
-void check_divisor_override(std::optional<int64_t> divisor_override) {
-  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0,
-              "lenetx.avg_pool2d: divisor_override must be non-zero, but got divisor_override=0");
+Pool2dShape check_avg_pool2d(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override, const char* op) {
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, op,
+              ": divisor_override must be non-zero, but got divisor_override=0");
+  const int64_t no_dilation[] = {1, 1};
+  return check_pool2d(input, kernel_size, stride, padding, no_dilation, ceil_mode, op);
 }
 
 void check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size) {
@@ -169,9 +173,44 @@ void check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size)
   check_non_negative(output_size, "output_size", op);
 }
 
-void check_grad_output(const at::Tensor& grad_output, at::IntArrayRef expected, const char* op) {
+static void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                              at::IntArrayRef expected, const char* op) {
+  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
   TORCH_CHECK(grad_output.sizes() == expected, op, ": expected grad_output of size ", expected,
               ", but got grad_output of size ", grad_output.sizes());
+}
+
+Conv2dShape check_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    const char* op) {
+  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, {s.batch, s.out_channels, s.out_h, s.out_w}, op);
+  return s;
+}
+
+void check_pool2d_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                              const Pool2dShape& s, const char* op) {
+  check_grad_output(grad_output, input, {s.batch, s.channels, s.out_h, s.out_w}, op);
+}
+
+void check_max_pool2d_indices(const at::Tensor& indices, const at::Tensor& grad_output,
+                              const at::Tensor& input, const char* op) {
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.device() == input.device(), op,
+              ": expected int64 indices on ", input.device(), ", but got ", indices.scalar_type(),
+              " indices on ", indices.device());
+  TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": expected indices of size ",
+              grad_output.sizes(), ", but got indices of size ", indices.sizes());
+}
+
+void check_adaptive_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {
+  constexpr const char* op = "lenetx.adaptive_avg_pool2d_backward";
+  TORCH_CHECK(grad_output.dim() == 4, op,
+              ": expected a 4-D grad_output (N, C, H, W), but got grad_output of size ",
+              grad_output.sizes());
+  check_adaptive_pool2d(input, {grad_output.size(2), grad_output.size(3)});
+  check_grad_output(grad_output, input,
+                    {input.size(0), input.size(1), grad_output.size(2), grad_output.size(3)}, op);
 }
 
 }  // namespace lenetx

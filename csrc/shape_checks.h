@@ -22,8 +22,7 @@ struct Pool2dShape {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
-// dtypes the kernels of `device_type` accept; the CPU takes float32/float64, CUDA adds the
-// half types.
+// The CPU kernels take float32/float64; the CUDA kernels also float16/bfloat16.
 void check_floating_dtype(const at::Tensor& input, const char* op);
 
 void check_same_dtype_and_device(
@@ -38,11 +37,25 @@ Pool2dShape check_pool2d(
     const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, const char* op);
 
-void check_divisor_override(std::optional<int64_t> divisor_override);
+Pool2dShape check_avg_pool2d(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override, const char* op);
 
 void check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size);
 
-// grad_output of a backward op must have exactly the shape the forward op produced.
-void check_grad_output(const at::Tensor& grad_output, at::IntArrayRef expected, const char* op);
+// The backward ops: the forward's checks, plus grad_output (and indices) of exactly the dtype,
+// device and shape the forward produced.
+Conv2dShape check_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    const char* op);
+
+void check_pool2d_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
+                              const Pool2dShape& s, const char* op);
+
+void check_max_pool2d_indices(const at::Tensor& indices, const at::Tensor& grad_output,
+                              const at::Tensor& input, const char* op);
+
+void check_adaptive_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input);
 
 }  // namespace lenetx

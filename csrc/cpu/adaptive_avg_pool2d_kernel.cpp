@@ -71,14 +71,7 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
 }
 
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {
-  constexpr const char* op = "lenetx.adaptive_avg_pool2d_backward";
-  TORCH_CHECK(grad_output.dim() == 4, op,
-              ": expected a 4-D grad_output (N, C, H, W), but got grad_output of size ",
-              grad_output.sizes());
-  check_adaptive_pool2d(input, {grad_output.size(2), grad_output.size(3)});
-  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
-  check_grad_output(grad_output,
-                    {input.size(0), input.size(1), grad_output.size(2), grad_output.size(3)}, op);
+  check_adaptive_pool2d_backward(grad_output, input);
   const at::Tensor go = grad_output.contiguous();
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t in_h = input.size(2), in_w = input.size(3);

@@ -75,14 +75,6 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
   }
 }
 
-Pool2dShape check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
-                             at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                             std::optional<int64_t> divisor_override, const char* op) {
-  check_divisor_override(divisor_override);
-  const int64_t no_dilation[] = {1, 1};
-  return check_pool2d(input, kernel_size, stride, padding, no_dilation, ceil_mode, op);
-}
-
 at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                       std::optional<int64_t> divisor_override) {
@@ -109,8 +101,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   constexpr const char* op = "lenetx.avg_pool2d_backward";
   const Pool2dShape s =
       check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override, op);
-  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
-  check_grad_output(grad_output, {s.batch, s.channels, s.out_h, s.out_w}, op);
+  check_pool2d_grad_output(grad_output, input, s, op);
   const at::Tensor go = grad_output.contiguous();
   at::Tensor grad_input = at::empty({s.batch, s.channels, s.in_h, s.in_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_avg_pool2d_backward", [&] {

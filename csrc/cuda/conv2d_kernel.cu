@@ -126,19 +126,10 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
   return output;
 }
 
-Conv2dShape check_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                           const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-                           at::IntArrayRef dilation, int64_t groups, const char* op) {
-  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups);
-  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
-  check_grad_output(grad_output, {s.batch, s.out_channels, s.out_h, s.out_w}, op);
-  return s;
-}
-
 at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
                              const at::Tensor& weight, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape s = check_backward(grad_output, input, weight, stride, padding, dilation,
+  const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation,
                                        groups, "lenetx.conv2d_grad_input");
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor go = grad_output.contiguous(), w = weight.contiguous();
@@ -155,7 +146,7 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
 at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                               const at::Tensor& weight, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const Conv2dShape s = check_backward(grad_output, input, weight, stride, padding, dilation,
+  const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation,
                                        groups, "lenetx.conv2d_grad_weight");
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor go = grad_output.contiguous(), in = input.contiguous();

@@ -99,13 +99,8 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "lenetx.max_pool2d_backward";
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, op);
-  check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
-  check_grad_output(grad_output, {s.batch, s.channels, s.out_h, s.out_w}, op);
-  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.device() == input.device(), op,
-              ": expected int64 indices on ", input.device(), ", but got ", indices.scalar_type(),
-              " indices on ", indices.device());
-  TORCH_CHECK(indices.sizes() == grad_output.sizes(), op, ": expected indices of size ",
-              grad_output.sizes(), ", but got indices of size ", indices.sizes());
+  check_pool2d_grad_output(grad_output, input, s, op);
+  check_max_pool2d_indices(indices, grad_output, input, op);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor go = grad_output.contiguous(), idx = indices.contiguous();
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
