@@ -32,4 +32,4 @@ step "cuDNN comparison, TF32 off"
 timeout 150 python3 -m lenetx bench --device cuda --output "$LOG" > "$LOG/bench.log" 2>&1
 step "cuDNN comparison, TF32 on"
 timeout 150 python3 -m lenetx bench --device cuda --allow-tf32 --output "$LOG" > "$LOG/bench-tf32.log" 2>&1
-cat "$LOG"/bench-cuda.md "$LOG"/bench-cuda-tf32.md 2>/dev/null
+cat "$LOG"/RESULTS-cuda.md "$LOG"/RESULTS-cuda-tf32.md 2>/dev/null

@@ -107,10 +107,11 @@ def bench(args):
     print(table)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{device.type}" + ("-tf32" if args.allow_tf32 else "")
-    (output / f"{stem}.md").write_text(table)
-    benchmark.bar_chart(rows, output / f"{stem}.png")
-    print(f"wrote {output / f'{stem}.md'} and {output / f'{stem}.png'}")
+    suffix = ("-cuda" if device.type == "cuda" else "") + ("-tf32" if args.allow_tf32 else "")
+    command = " ".join(["lenetx", *args.command_line.split()[1:]])
+    (output / f"RESULTS{suffix}.md").write_text(f"# lenetx bench\n\nMade by `{command}`.\n\n{table}")
+    benchmark.bar_chart(rows, output / f"bench{suffix}.png")
+    print(f"wrote {output / f'RESULTS{suffix}.md'} and {output / f'bench{suffix}.png'}")
     return 0
 
 
@@ -156,7 +157,8 @@ def parser():
     b.add_argument("--threads", type=int)
     b.add_argument("--quick", action="store_true", help="fewer, smaller cases")
     b.add_argument("--allow-tf32", action="store_true", help="let cuDNN use TF32 (CUDA only)")
-    b.add_argument("--output", default="runs/bench", help="folder for the table and the bar chart")
+    b.add_argument("--output", default="benchmarks",
+                   help="folder for RESULTS.md (RESULTS-cuda.md on a GPU) and the bar chart")
     b.set_defaults(run=bench)
     return top
 
