@@ -36,7 +36,7 @@ def train(args):
     train_data = data.load(args.dataset, True, args.data_root, download=not args.no_download)
     test_data = data.load(args.dataset, False, args.data_root, download=not args.no_download)
     if args.limit:
-        train_data = train_data.subset(args.limit)
+        train_data = train_data.subset(args.limit, args.seed)
     model_args = dict(num_classes=len(train_data.classes), in_channels=spec.channels,
                       image_size=spec.image_size)
     model = models.create(args.model, backend=args.backend, **model_args).to(device)
@@ -136,7 +136,7 @@ def parser():
     t.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    t.add_argument("--limit", type=int, help="train on the first N training images only")
+    t.add_argument("--limit", type=int, help="train on N training images drawn at random (by --seed)")
     t.add_argument("--output", help="folder for the checkpoint and plots (default: runs/MODEL-DATASET)")
     t.set_defaults(run=train)
 

@@ -59,8 +59,11 @@ class ImageData:
     labels: torch.Tensor  # int64, N
     classes: list
 
-    def subset(self, count):
-        return ImageData(self.images[:count], self.labels[:count], self.classes)
+    def subset(self, count, seed=0):
+        """`count` images drawn at random (image folders are sorted by class, so the first
+        images would all share one label)."""
+        index = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[:count]
+        return ImageData(self.images[index], self.labels[index], self.classes)
 
 
 def default_data_root():

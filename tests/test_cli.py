@@ -235,3 +235,11 @@ def test_bench_times_both_sides_and_writes_a_ratio_table():
     assert "| g | c | 2.000 | 3.000 | 1.50 |" in table and "- machine" in table
     names = [c.name for c in bench.layer_cases(torch.device("cpu"), batches=(1,), vgg_batch=1)]
     assert "conv1 1->6 5x5 on 32x32, batch 1, forward+backward" in names
+
+
+def test_limit_draws_a_seeded_random_subset_not_the_first_class():
+    sorted_by_class = data.ImageData(torch.zeros(100, 1, 2, 2, dtype=torch.uint8),
+                                     torch.arange(100) // 10, [str(i) for i in range(10)])
+    subset = sorted_by_class.subset(20, seed=1)
+    assert len(subset.labels) == 20 and len(set(subset.labels.tolist())) > 3
+    assert torch.equal(subset.labels, sorted_by_class.subset(20, seed=1).labels)
