@@ -203,6 +203,14 @@ void check_max_pool2d_indices(const at::Tensor& indices, const at::Tensor& grad_
               grad_output.sizes(), ", but got indices of size ", indices.sizes());
 }
 
+void check_conv2d_grad_bias(const at::Tensor& grad_output) {
+  constexpr const char* op = "lenetx.conv2d_grad_bias";
+  TORCH_CHECK(grad_output.dim() == 4, op,
+              ": expected a 4-D grad_output (N, C, H, W), but got grad_output of size ",
+              grad_output.sizes());
+  check_floating_dtype(grad_output, op);
+}
+
 void check_adaptive_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {
   constexpr const char* op = "lenetx.adaptive_avg_pool2d_backward";
   TORCH_CHECK(grad_output.dim() == 4, op,

@@ -58,4 +58,6 @@ void check_max_pool2d_indices(const at::Tensor& indices, const at::Tensor& grad_
 
 void check_adaptive_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input);
 
+void check_conv2d_grad_bias(const at::Tensor& grad_output);
+
 }  // namespace lenetx

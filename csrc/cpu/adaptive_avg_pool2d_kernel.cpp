@@ -1,12 +1,12 @@
-// Adaptive average pooling on the CPU, one (image, channel) plane per work item. Output cell o of
-// n covers input [floor(o * in / n), ceil((o + 1) * in / n)), so windows may overlap when the
-// sizes do not divide.
+// Adaptive average pooling on the CPU, one (image, channel) plane per work item; the windows are
+// defined in pooling_windows.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "parallel.h"
 #include "simd.h"
@@ -14,16 +14,13 @@
 namespace lenetx::cpu {
 namespace {
 
-inline int64_t window_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }
-inline int64_t window_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
-
 template <typename T>
 LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict output, int64_t in_h,
                                       int64_t in_w, int64_t out_h, int64_t out_w) {
   for (int64_t oh = 0; oh < out_h; ++oh) {
-    const int64_t h0 = window_start(oh, in_h, out_h), h1 = window_end(oh, in_h, out_h);
+    const int64_t h0 = adaptive_start(oh, in_h, out_h), h1 = adaptive_end(oh, in_h, out_h);
     for (int64_t ow = 0; ow < out_w; ++ow) {
-      const int64_t w0 = window_start(ow, in_w, out_w), w1 = window_end(ow, in_w, out_w);
+      const int64_t w0 = adaptive_start(ow, in_w, out_w), w1 = adaptive_end(ow, in_w, out_w);
       T sum = 0;
       for (int64_t ih = h0; ih < h1; ++ih) {
         const T* row = input + ih * in_w;
@@ -40,9 +37,9 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
                                        int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w) {
   std::fill_n(grad_input, in_h * in_w, T(0));
   for (int64_t oh = 0; oh < out_h; ++oh) {
-    const int64_t h0 = window_start(oh, in_h, out_h), h1 = window_end(oh, in_h, out_h);
+    const int64_t h0 = adaptive_start(oh, in_h, out_h), h1 = adaptive_end(oh, in_h, out_h);
     for (int64_t ow = 0; ow < out_w; ++ow) {
-      const int64_t w0 = window_start(ow, in_w, out_w), w1 = window_end(ow, in_w, out_w);
+      const int64_t w0 = adaptive_start(ow, in_w, out_w), w1 = adaptive_end(ow, in_w, out_w);
       const T share = grad_output[oh * out_w + ow] / static_cast<T>((h1 - h0) * (w1 - w0));
       for (int64_t ih = h0; ih < h1; ++ih) {
         T* row = grad_input + ih * in_w;

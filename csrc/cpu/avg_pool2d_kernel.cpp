@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "parallel.h"
 #include "simd.h"
@@ -12,36 +13,13 @@
 namespace lenetx::cpu {
 namespace {
 
-// PyTorch's window rule: the divisor counts the padding a window covers (count_include_pad) but
-// never the part of a ceil_mode window that hangs past the padding.
-struct Window {
-  int64_t h0, h1, w0, w1, divisor;
-  bool empty() const { return h0 >= h1 || w0 >= w1; }
-};
-
-inline Window pooling_window(const Pool2dShape& s, int64_t oh, int64_t ow, bool count_include_pad,
-                             int64_t divisor_override) {
-  int64_t h0 = oh * s.stride_h - s.pad_h, w0 = ow * s.stride_w - s.pad_w;
-  int64_t h1 = std::min(h0 + s.kernel_h, s.in_h + s.pad_h);
-  int64_t w1 = std::min(w0 + s.kernel_w, s.in_w + s.pad_w);
-  const int64_t padded_area = (h1 - h0) * (w1 - w0);
-  h0 = std::max<int64_t>(h0, 0);
-  w0 = std::max<int64_t>(w0, 0);
-  h1 = std::min(h1, s.in_h);
-  w1 = std::min(w1, s.in_w);
-  const int64_t divisor = divisor_override != 0 ? divisor_override
-                          : count_include_pad   ? padded_area
-                                                : (h1 - h0) * (w1 - w0);
-  return {h0, h1, w0, w1, divisor};
-}
-
 template <typename T>
 LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict output,
                                       const Pool2dShape& s, bool count_include_pad,
                                       int64_t divisor_override) {
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const Window win = pooling_window(s, oh, ow, count_include_pad, divisor_override);
+      const AvgPoolWindow win = avg_pool_window(s, oh, ow, count_include_pad, divisor_override);
       T sum = 0;
       if (!win.empty()) {
         for (int64_t ih = win.h0; ih < win.h1; ++ih) {
@@ -63,7 +41,7 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
   std::fill_n(grad_input, s.in_h * s.in_w, T(0));
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const Window win = pooling_window(s, oh, ow, count_include_pad, divisor_override);
+      const AvgPoolWindow win = avg_pool_window(s, oh, ow, count_include_pad, divisor_override);
       if (win.empty()) continue;
       const T share = grad_output[oh * s.out_w + ow] / static_cast<T>(win.divisor);
       for (int64_t ih = win.h0; ih < win.h1; ++ih) {

@@ -365,11 +365,7 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
 }
 
 at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
-  constexpr const char* op = "lenetx.conv2d_grad_bias";
-  TORCH_CHECK(grad_output.dim() == 4, op,
-              ": expected a 4-D grad_output (N, C, H, W), but got grad_output of size ",
-              grad_output.sizes());
-  check_floating_dtype(grad_output, op);
+  check_conv2d_grad_bias(grad_output);
   const at::Tensor go = grad_output.contiguous();
   const int64_t batch = go.size(0), channels = go.size(1), plane = go.size(2) * go.size(3);
   at::Tensor grad_bias = at::empty({channels}, go.options());

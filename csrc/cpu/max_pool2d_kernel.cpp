@@ -9,31 +9,23 @@
 #include <cmath>
 #include <limits>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "parallel.h"
 
 namespace lenetx::cpu {
 namespace {
 
-// First position >= start on the grid start + k * step that is not negative.
-inline int64_t first_non_negative(int64_t start, int64_t step) {
-  return start >= 0 ? start : start + (-start + step - 1) / step * step;
-}
-
 template <typename T>
 void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShape& s) {
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    const int64_t h_start = oh * s.stride_h - s.pad_h;
-    const int64_t h_end = std::min(h_start + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
-    const int64_t h0 = first_non_negative(h_start, s.dilation_h);
+    const MaxPoolTaps rows = max_pool_taps(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const int64_t w_start = ow * s.stride_w - s.pad_w;
-      const int64_t w_end = std::min(w_start + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
-      const int64_t w0 = first_non_negative(w_start, s.dilation_w);
-      int64_t best_index = h0 * s.in_w + w0;
+      const MaxPoolTaps cols = max_pool_taps(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+      int64_t best_index = rows.first * s.in_w + cols.first;
       T best = -std::numeric_limits<T>::infinity();
-      for (int64_t ih = h0; ih < h_end; ih += s.dilation_h) {
-        for (int64_t iw = w0; iw < w_end; iw += s.dilation_w) {
+      for (int64_t ih = rows.first; ih < rows.end; ih += s.dilation_h) {
+        for (int64_t iw = cols.first; iw < cols.end; iw += s.dilation_w) {
           const int64_t index = ih * s.in_w + iw;
           const T value = input[index];
           // A NaN wins over any number, and a later NaN over an earlier one, as in PyTorch.

@@ -1,18 +1,15 @@
-// Adaptive average pooling on CUDA: output cell o of n covers input
-// [floor(o * in / n), ceil((o + 1) * in / n)). The backward pass gathers over the cells whose
-// window contains each input element: deterministic, no atomics.
+// Adaptive average pooling on CUDA (windows in pooling_windows.h). The backward pass gathers over
+// the cells whose window contains each input element: deterministic, no atomics.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "cuda_utils.cuh"
 
 namespace lenetx::cuda {
 namespace {
-
-__device__ int64_t window_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }
-__device__ int64_t window_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ output, int64_t planes,
@@ -21,8 +18,8 @@ __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ outp
   LENETX_GRID_STRIDE_LOOP(index, planes * out_h * out_w) {
     const int64_t ow = index % out_w, oh = index / out_w % out_h;
     const T* in = input + index / (out_w * out_h) * in_h * in_w;
-    const int64_t h0 = window_start(oh, in_h, out_h), h1 = window_end(oh, in_h, out_h);
-    const int64_t w0 = window_start(ow, in_w, out_w), w1 = window_end(ow, in_w, out_w);
+    const int64_t h0 = adaptive_start(oh, in_h, out_h), h1 = adaptive_end(oh, in_h, out_h);
+    const int64_t w0 = adaptive_start(ow, in_w, out_w), w1 = adaptive_end(ow, in_w, out_w);
     acc_t sum = 0;
     for (int64_t ih = h0; ih < h1; ++ih)
       for (int64_t iw = w0; iw < w1; ++iw) sum += static_cast<acc_t>(in[ih * in_w + iw]);
@@ -49,10 +46,10 @@ __global__ void backward_kernel(const T* __restrict__ grad_output, T* __restrict
     candidate_cells(iw, in_w, out_w, ow0, ow1);
     acc_t sum = 0;
     for (int64_t oh = oh0; oh <= oh1; ++oh) {
-      const int64_t h0 = window_start(oh, in_h, out_h), h1 = window_end(oh, in_h, out_h);
+      const int64_t h0 = adaptive_start(oh, in_h, out_h), h1 = adaptive_end(oh, in_h, out_h);
       if (ih < h0 || ih >= h1) continue;
       for (int64_t ow = ow0; ow <= ow1; ++ow) {
-        const int64_t w0 = window_start(ow, in_w, out_w), w1 = window_end(ow, in_w, out_w);
+        const int64_t w0 = adaptive_start(ow, in_w, out_w), w1 = adaptive_end(ow, in_w, out_w);
         if (iw >= w0 && iw < w1)
           sum += static_cast<acc_t>(go[oh * out_w + ow]) / static_cast<acc_t>((h1 - h0) * (w1 - w0));
       }

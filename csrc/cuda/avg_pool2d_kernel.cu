@@ -4,32 +4,12 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "cuda_utils.cuh"
 
 namespace lenetx::cuda {
 namespace {
-
-struct Window {
-  int64_t h0, h1, w0, w1, divisor;
-};
-
-// PyTorch's rule, as in the CPU kernel: the divisor may count padding, never the overhang of a
-// ceil_mode window past the padding.
-__device__ Window pooling_window(const Pool2dShape& s, int64_t oh, int64_t ow, bool count_include_pad,
-                                 int64_t divisor_override) {
-  int64_t h0 = oh * s.stride_h - s.pad_h, w0 = ow * s.stride_w - s.pad_w;
-  int64_t h1 = min(h0 + s.kernel_h, s.in_h + s.pad_h), w1 = min(w0 + s.kernel_w, s.in_w + s.pad_w);
-  const int64_t padded_area = (h1 - h0) * (w1 - w0);
-  h0 = max(h0, int64_t(0));
-  w0 = max(w0, int64_t(0));
-  h1 = min(h1, s.in_h);
-  w1 = min(w1, s.in_w);
-  const int64_t divisor = divisor_override != 0 ? divisor_override
-                          : count_include_pad   ? padded_area
-                                                : (h1 - h0) * (w1 - w0);
-  return {h0, h1, w0, w1, divisor};
-}
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ output, Pool2dShape s,
@@ -39,13 +19,12 @@ __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ outp
   LENETX_GRID_STRIDE_LOOP(index, total) {
     const int64_t ow = index % s.out_w, oh = index / s.out_w % s.out_h;
     const int64_t plane = index / (s.out_w * s.out_h);
-    const Window win = pooling_window(s, oh, ow, count_include_pad, divisor_override);
+    const AvgPoolWindow win = avg_pool_window(s, oh, ow, count_include_pad, divisor_override);
     const T* in = input + plane * s.in_h * s.in_w;
     acc_t sum = 0;
     for (int64_t ih = win.h0; ih < win.h1; ++ih)
       for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += static_cast<acc_t>(in[ih * s.in_w + iw]);
-    const bool empty = win.h0 >= win.h1 || win.w0 >= win.w1;
-    output[index] = empty ? T(0) : static_cast<T>(sum / static_cast<acc_t>(win.divisor));
+    output[index] = win.empty() ? T(0) : static_cast<T>(sum / static_cast<acc_t>(win.divisor));
   }
 }
 
@@ -72,7 +51,7 @@ __global__ void backward_kernel(const T* __restrict__ grad_output, T* __restrict
     acc_t sum = 0;
     for (int64_t oh = oh0; oh <= oh1; ++oh)
       for (int64_t ow = ow0; ow <= ow1; ++ow) {
-        const Window win = pooling_window(s, oh, ow, count_include_pad, divisor_override);
+        const AvgPoolWindow win = avg_pool_window(s, oh, ow, count_include_pad, divisor_override);
         if (ih >= win.h0 && ih < win.h1 && iw >= win.w0 && iw < win.w1)
           sum += static_cast<acc_t>(go[oh * s.out_w + ow]) / static_cast<acc_t>(win.divisor);
       }

@@ -7,15 +7,12 @@
 
 #include <limits>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "cuda_utils.cuh"
 
 namespace lenetx::cuda {
 namespace {
-
-__device__ int64_t first_non_negative(int64_t start, int64_t step) {
-  return start >= 0 ? start : start + (-start + step - 1) / step * step;
-}
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ output,
@@ -25,15 +22,12 @@ __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ outp
   LENETX_GRID_STRIDE_LOOP(index, total) {
     const int64_t ow = index % s.out_w, oh = index / s.out_w % s.out_h;
     const T* in = input + index / (s.out_w * s.out_h) * s.in_h * s.in_w;
-    const int64_t h_start = oh * s.stride_h - s.pad_h, w_start = ow * s.stride_w - s.pad_w;
-    const int64_t h_end = min(h_start + (s.kernel_h - 1) * s.dilation_h + 1, s.in_h);
-    const int64_t w_end = min(w_start + (s.kernel_w - 1) * s.dilation_w + 1, s.in_w);
-    const int64_t h0 = first_non_negative(h_start, s.dilation_h);
-    const int64_t w0 = first_non_negative(w_start, s.dilation_w);
-    int64_t best_index = h0 * s.in_w + w0;
+    const MaxPoolTaps rows = max_pool_taps(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
+    const MaxPoolTaps cols = max_pool_taps(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+    int64_t best_index = rows.first * s.in_w + cols.first;
     acc_t best = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t ih = h0; ih < h_end; ih += s.dilation_h)
-      for (int64_t iw = w0; iw < w_end; iw += s.dilation_w) {
+    for (int64_t ih = rows.first; ih < rows.end; ih += s.dilation_h)
+      for (int64_t iw = cols.first; iw < cols.end; iw += s.dilation_w) {
         const acc_t value = static_cast<acc_t>(in[ih * s.in_w + iw]);
         if (value > best || isnan(value)) {
           best = value;

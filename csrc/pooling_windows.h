@@ -1,0 +1,57 @@
+#pragma once
+// PyTorch's pooling windows, shared by the CPU and CUDA kernels (callable on host and device),
+// so that both follow one definition of which input positions each output reads.
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+#include "shape_checks.h"
+
+namespace lenetx {
+
+C10_HOST_DEVICE inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
+C10_HOST_DEVICE inline int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Average pooling: the input rectangle [h0, h1) x [w0, w1) and its divisor. The divisor counts the
+// padding a window covers (count_include_pad) but never the part of a ceil_mode window that hangs
+// past the padding; divisor_override == 0 means none.
+struct AvgPoolWindow {
+  int64_t h0, h1, w0, w1, divisor;
+  C10_HOST_DEVICE bool empty() const { return h0 >= h1 || w0 >= w1; }
+};
+
+C10_HOST_DEVICE inline AvgPoolWindow avg_pool_window(const Pool2dShape& s, int64_t oh, int64_t ow,
+                                                     bool count_include_pad, int64_t divisor_override) {
+  const int64_t h_start = oh * s.stride_h - s.pad_h, w_start = ow * s.stride_w - s.pad_w;
+  const int64_t h_end = min_of(h_start + s.kernel_h, s.in_h + s.pad_h);
+  const int64_t w_end = min_of(w_start + s.kernel_w, s.in_w + s.pad_w);
+  AvgPoolWindow win{max_of(h_start, 0), min_of(h_end, s.in_h), max_of(w_start, 0),
+                    min_of(w_end, s.in_w), 0};
+  win.divisor = divisor_override != 0 ? divisor_override
+                : count_include_pad   ? (h_end - h_start) * (w_end - w_start)
+                                      : (win.h1 - win.h0) * (win.w1 - win.w0);
+  return win;
+}
+
+// Max pooling along one dimension: the input positions first, first + dilation, ... below end
+// that output o reads. When the window starts in the padding, `first` is its first tap inside
+// the input; PyTorch reports that position when no tap beats -inf.
+struct MaxPoolTaps {
+  int64_t first, end;
+};
+
+C10_HOST_DEVICE inline MaxPoolTaps max_pool_taps(int64_t o, int64_t kernel, int64_t stride,
+                                                 int64_t pad, int64_t dilation, int64_t in) {
+  const int64_t start = o * stride - pad;
+  const int64_t first = start >= 0 ? start : start + (-start + dilation - 1) / dilation * dilation;
+  return {first, min_of(start + (kernel - 1) * dilation + 1, in)};
+}
+
+// Adaptive average pooling: cell o of `out` covers input [floor(o * in / out),
+// ceil((o + 1) * in / out)), so windows overlap when the sizes do not divide.
+C10_HOST_DEVICE inline int64_t adaptive_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }
+C10_HOST_DEVICE inline int64_t adaptive_end(int64_t o, int64_t in, int64_t out) {
+  return ((o + 1) * in + out - 1) / out;
+}
+
+}  // namespace lenetx
