@@ -69,9 +69,6 @@ def evaluate(args):
     device = _device(args.device)
     model, checkpoint = training.load_checkpoint(args.checkpoint, args.backend, device)
     name = args.dataset or checkpoint.get("dataset")
-    spec = data.DATASETS[name] if name in data.DATASETS else None
-    if spec is None:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(data.DATASETS)}")
     test_data = data.load(name, False, args.data_root, download=not args.no_download)
     if len(test_data.classes) != len(checkpoint["classes"]):
         raise ValueError(f"the checkpoint has {len(checkpoint['classes'])} classes but dataset "

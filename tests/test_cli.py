@@ -160,6 +160,7 @@ def test_prepare_digit_makes_a_photo_look_like_mnist():
     (["evaluate", "--checkpoint", "{empty}/missing.pt"], "does not exist"),
     (["evaluate", "--checkpoint", "{corrupt}"], "is not a readable checkpoint"),
     (["predict", "--checkpoint", "{foreign}"], "is not a lenetx checkpoint"),
+    (["evaluate", "--checkpoint", str(BUNDLED_CHECKPOINT), "--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["train", "--epochs", "0"], "--epochs must be at least 1, but got 0"),
     (["predict", "--top-k", "0"], "--top-k must be at least 1, but got 0"),
 ])
