@@ -12,9 +12,29 @@ namespace lenetx {
 C10_HOST_DEVICE inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 C10_HOST_DEVICE inline int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// Average pooling: the input rectangle [h0, h1) x [w0, w1) and its divisor. The divisor counts the
-// padding a window covers (count_include_pad) but never the part of a ceil_mode window that hangs
-// past the padding; divisor_override == 0 means none.
+// Average pooling along one dimension: output o reads input [begin, end); `extent` is the
+// window's length counting padding (what count_include_pad divides by), never the part of a
+// ceil_mode window that hangs past the padding.
+struct AvgPoolSpan {
+  int64_t begin, end, extent;
+};
+
+C10_HOST_DEVICE inline AvgPoolSpan avg_pool_span(int64_t o, int64_t kernel, int64_t stride,
+                                                 int64_t pad, int64_t in) {
+  const int64_t start = o * stride - pad;
+  const int64_t stop = min_of(start + kernel, in + pad);
+  return {max_of(start, 0), min_of(stop, in), stop - start};
+}
+
+// The divisor of a window whose spans are `rows` x `cols`; divisor_override == 0 means none.
+C10_HOST_DEVICE inline int64_t avg_pool_divisor(const AvgPoolSpan& rows, const AvgPoolSpan& cols,
+                                                bool count_include_pad, int64_t divisor_override) {
+  return divisor_override != 0 ? divisor_override
+         : count_include_pad   ? rows.extent * cols.extent
+                               : (rows.end - rows.begin) * (cols.end - cols.begin);
+}
+
+// Average pooling: the input rectangle [h0, h1) x [w0, w1) and its divisor.
 struct AvgPoolWindow {
   int64_t h0, h1, w0, w1, divisor;
   C10_HOST_DEVICE bool empty() const { return h0 >= h1 || w0 >= w1; }
@@ -22,15 +42,10 @@ struct AvgPoolWindow {
 
 C10_HOST_DEVICE inline AvgPoolWindow avg_pool_window(const Pool2dShape& s, int64_t oh, int64_t ow,
                                                      bool count_include_pad, int64_t divisor_override) {
-  const int64_t h_start = oh * s.stride_h - s.pad_h, w_start = ow * s.stride_w - s.pad_w;
-  const int64_t h_end = min_of(h_start + s.kernel_h, s.in_h + s.pad_h);
-  const int64_t w_end = min_of(w_start + s.kernel_w, s.in_w + s.pad_w);
-  AvgPoolWindow win{max_of(h_start, 0), min_of(h_end, s.in_h), max_of(w_start, 0),
-                    min_of(w_end, s.in_w), 0};
-  win.divisor = divisor_override != 0 ? divisor_override
-                : count_include_pad   ? (h_end - h_start) * (w_end - w_start)
-                                      : (win.h1 - win.h0) * (win.w1 - win.w0);
-  return win;
+  const AvgPoolSpan rows = avg_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.in_h);
+  const AvgPoolSpan cols = avg_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.in_w);
+  return {rows.begin, rows.end, cols.begin, cols.end,
+          avg_pool_divisor(rows, cols, count_include_pad, divisor_override)};
 }
 
 // Max pooling along one dimension: the input positions first, first + dilation, ... below end

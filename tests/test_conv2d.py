@@ -51,6 +51,13 @@ EDGE_CASES = [
     dict(batch=1, in_channels=3, out_channels=5, size=(1, 1), kernel=(3, 3), padding=1),  # 1x1 image
     dict(batch=1, in_channels=3, out_channels=5, size=(13, 3), kernel=(3, 2), padding=(1, 0),
          stride=(2, 1), dilation=(3, 1)),
+    # Larger than one register tile in every direction: several channel blocks, position runs,
+    # image blocks (fully connected) and output-channel vectors (grad_weight).
+    dict(batch=19, in_channels=5, out_channels=37, size=(9, 12), kernel=(3, 3), padding=1),
+    dict(batch=17, in_channels=6, out_channels=40, size=(5, 5), kernel=(5, 5), groups=2),
+    dict(batch=10, in_channels=4, out_channels=70, size=(4, 3), kernel=(4, 3)),
+    dict(batch=3, in_channels=2, out_channels=4, size=(10, 9), kernel=(3, 3), padding=2, dilation=2),
+    dict(batch=9, in_channels=3, out_channels=6, size=(30, 33), kernel=(5, 5)),
 ]
 
 
@@ -123,6 +130,28 @@ def test_results_are_bit_identical_from_run_to_run(generator):
         out = LF.conv2d(input, weight, bias)
         grads = torch.autograd.grad(out, (input, weight, bias), upstream)
         runs.append((out, *grads))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(input=(20, 6, 14, 14), weight=(16, 6, 5, 5)),  # stride-1 convolution
+    dict(input=(20, 16, 5, 5), weight=(120, 16, 5, 5)),  # fully connected
+])
+def test_results_do_not_depend_on_the_thread_count(shape, generator):
+    input = torch.randn(shape["input"], generator=generator, requires_grad=True)
+    weight = torch.randn(shape["weight"], generator=generator, requires_grad=True)
+    upstream = torch.randn_like(F.conv2d(input, weight))
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out = LF.conv2d(input, weight)
+            runs.append((out, *torch.autograd.grad(out, (input, weight), upstream)))
+    finally:
+        torch.set_num_threads(threads)
     for run in runs[1:]:
         for a, b in zip(runs[0], run):
             assert torch.equal(a, b)

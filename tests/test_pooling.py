@@ -71,13 +71,23 @@ def test_max_pool2d_matches_torch_with_identical_indices(case, generator):
 def test_max_pool2d_propagates_nan_like_torch(generator):
     input = torch.randn(2, 3, 9, 9, generator=generator)
     input[0, 0, 1, 1] = input[0, 0, 2, 2] = input[1, 2, 8, 8] = float("nan")
+    input[0, 1, 4, 4] = input[0, 1, 4, 5] = input[0, 1, 5, 5] = float("nan")  # three in one 2x2 window
     input[1, 1] = float("-inf")
     for kwargs in (dict(kernel_size=3), dict(kernel_size=3, stride=1, padding=1, ceil_mode=True),
-                   dict(kernel_size=2, dilation=2)):
+                   dict(kernel_size=2, dilation=2), dict(kernel_size=2), dict(kernel_size=2, ceil_mode=True)):
         ours = LF.max_pool2d(input, return_indices=True, **kwargs)
         theirs = F.max_pool2d(input, return_indices=True, **kwargs)
         torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
         assert torch.equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 28, 28), (2, 3, 9, 7), (1, 2, 2, 2)])
+def test_max_pool2d_2x2_ties_match_torch(shape, generator):
+    """The 2x2/stride-2 fast path: ties among few distinct values resolve to torch's index."""
+    for dtype in DTYPES:
+        ties = torch.randint(0, 2, shape, generator=generator).to(dtype)
+        assert torch.equal(LF.max_pool2d(ties, 2, return_indices=True)[1],
+                           F.max_pool2d(ties, 2, return_indices=True)[1])
 
 
 ADAPTIVE_SIZES = [1, 2, 3, (5, 7), (4, None), (None, 2), (None, None), (0, 3), (13, 6), (1, 9)]

@@ -1,9 +1,10 @@
-// Average pooling on the CPU, one (image, channel) plane per work item.
+// Average pooling on the CPU, a run of (image, channel) planes per thread.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../pooling_windows.h"
 #include "../shape_checks.h"
@@ -13,42 +14,93 @@
 namespace lenetx::cpu {
 namespace {
 
+// The windows along each axis and every output's divisor, worked out once per call rather than
+// per output element. A divisor of 0 marks an empty window: it outputs 0 and takes no gradient.
+template <typename T>
+struct AvgPoolPlan {
+  std::vector<AvgPoolSpan> rows, cols;
+  std::vector<T> divisors;
+  // Every column window is [ow * 2, ow * 2 + 2): the common 2x2/stride-2 pooling, which the
+  // kernels do with contiguous loads instead of a loop per window.
+  bool pairs_of_columns;
+
+  AvgPoolPlan(const Pool2dShape& s, bool count_include_pad, int64_t divisor_override) {
+    for (int64_t oh = 0; oh < s.out_h; ++oh)
+      rows.push_back(avg_pool_span(oh, s.kernel_h, s.stride_h, s.pad_h, s.in_h));
+    pairs_of_columns = s.kernel_w == 2 && s.stride_w == 2 && s.pad_w == 0;
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      cols.push_back(avg_pool_span(ow, s.kernel_w, s.stride_w, s.pad_w, s.in_w));
+      pairs_of_columns = pairs_of_columns && cols.back().end - cols.back().begin == 2;
+    }
+    for (const AvgPoolSpan& r : rows)
+      for (const AvgPoolSpan& c : cols) {
+        const bool empty = r.begin >= r.end || c.begin >= c.end;
+        divisors.push_back(empty ? T(0) : static_cast<T>(avg_pool_divisor(r, c, count_include_pad, divisor_override)));
+      }
+  }
+};
+
+// One plane: each output row first sums its window's input rows (contiguous, vectorized), then
+// each output sums its columns of that row sum.
 template <typename T>
 LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict output,
-                                      const Pool2dShape& s, bool count_include_pad,
-                                      int64_t divisor_override) {
+                                      T* __restrict row_sum, const Pool2dShape& s,
+                                      const AvgPoolPlan<T>& plan) {
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const AvgPoolWindow win = avg_pool_window(s, oh, ow, count_include_pad, divisor_override);
-      T sum = 0;
-      if (!win.empty()) {
-        for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-          const T* row = input + ih * s.in_w;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += row[iw];
-        }
-        sum /= static_cast<T>(win.divisor);
+    const AvgPoolSpan& r = plan.rows[oh];
+    T* out = output + oh * s.out_w;
+    const T* divisors = plan.divisors.data() + oh * s.out_w;
+    std::fill_n(row_sum, s.in_w, T(0));
+    for (int64_t ih = r.begin; ih < r.end; ++ih) {
+      const T* in = input + ih * s.in_w;
+#pragma omp simd
+      for (int64_t iw = 0; iw < s.in_w; ++iw) row_sum[iw] += in[iw];
+    }
+    if (plan.pairs_of_columns) {
+#pragma omp simd
+      for (int64_t ow = 0; ow < s.out_w; ++ow)
+        out[ow] = divisors[ow] != T(0) ? (row_sum[2 * ow] + row_sum[2 * ow + 1]) / divisors[ow] : T(0);
+    } else {
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        T sum = 0;
+        for (int64_t iw = plan.cols[ow].begin; iw < plan.cols[ow].end; ++iw) sum += row_sum[iw];
+        out[ow] = divisors[ow] != T(0) ? sum / divisors[ow] : T(0);
       }
-      output[oh * s.out_w + ow] = sum;
     }
   }
 }
 
+// One plane: each output row spreads its shares over one input row's worth of columns, which is
+// then added to every input row the row's windows cover.
 template <typename T>
 LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __restrict grad_input,
-                                       const Pool2dShape& s, bool count_include_pad,
-                                       int64_t divisor_override) {
+                                       T* __restrict spread, const Pool2dShape& s,
+                                       const AvgPoolPlan<T>& plan) {
   std::fill_n(grad_input, s.in_h * s.in_w, T(0));
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const AvgPoolWindow win = avg_pool_window(s, oh, ow, count_include_pad, divisor_override);
-      if (win.empty()) continue;
-      const T share = grad_output[oh * s.out_w + ow] / static_cast<T>(win.divisor);
-      for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-        T* row = grad_input + ih * s.in_w;
+    const AvgPoolSpan& r = plan.rows[oh];
+    if (r.begin >= r.end) continue;
+    const T* go = grad_output + oh * s.out_w;
+    const T* divisors = plan.divisors.data() + oh * s.out_w;
+    std::fill_n(spread, s.in_w, T(0));
+    if (plan.pairs_of_columns) {
 #pragma omp simd
-        for (int64_t iw = win.w0; iw < win.w1; ++iw) row[iw] += share;
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        const T share = divisors[ow] != T(0) ? go[ow] / divisors[ow] : T(0);
+        spread[2 * ow] = share;
+        spread[2 * ow + 1] = share;
       }
+    } else {
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        if (divisors[ow] == T(0)) continue;
+        const T share = go[ow] / divisors[ow];
+        for (int64_t iw = plan.cols[ow].begin; iw < plan.cols[ow].end; ++iw) spread[iw] += share;
+      }
+    }
+    for (int64_t ih = r.begin; ih < r.end; ++ih) {
+      T* gi = grad_input + ih * s.in_w;
+#pragma omp simd
+      for (int64_t iw = 0; iw < s.in_w; ++iw) gi[iw] += spread[iw];
     }
   }
 }
@@ -63,10 +115,12 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_avg_pool2d", [&] {
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-    parallel_for(s.batch * s.channels, [&](int64_t plane) {
-      forward_plane<scalar_t>(in_data + plane * s.in_h * s.in_w,
-                              out_data + plane * s.out_h * s.out_w, s, count_include_pad,
-                              divisor_override.value_or(0));
+    const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
+    parallel_for_ranges(s.batch * s.channels, [&](int64_t first, int64_t last) {
+      std::vector<scalar_t> row_sum(s.in_w);
+      for (int64_t plane = first; plane < last; ++plane)
+        forward_plane<scalar_t>(in_data + plane * s.in_h * s.in_w,
+                                out_data + plane * s.out_h * s.out_w, row_sum.data(), s, plan);
     });
   });
   return output;
@@ -85,10 +139,12 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_avg_pool2d_backward", [&] {
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    parallel_for(s.batch * s.channels, [&](int64_t plane) {
-      backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w,
-                               gi_data + plane * s.in_h * s.in_w, s, count_include_pad,
-                               divisor_override.value_or(0));
+    const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
+    parallel_for_ranges(s.batch * s.channels, [&](int64_t first, int64_t last) {
+      std::vector<scalar_t> spread(s.in_w);
+      for (int64_t plane = first; plane < last; ++plane)
+        backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w,
+                                 gi_data + plane * s.in_h * s.in_w, spread.data(), s, plan);
     });
   });
   return grad_input;

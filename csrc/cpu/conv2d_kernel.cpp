@@ -1,19 +1,28 @@
 // Direct 2-D convolution on the CPU: forward, grad_input, grad_weight and grad_bias.
 //
-// Small-channel convolutions (LeNet's 1->6, 6->16, 16->120) have rows too short to vectorize
-// along the image, so the kernels vectorize across channels instead: weights are repacked with a
-// block of output (or, for grad_input, input) channels innermost, and each input value is
-// broadcast against a whole vector of channels. A tile of output pixels x channel block stays in
-// registers for the whole reduction over input channels and kernel taps.
+// Three ways to compute a convolution, picked by shape (see benchmarks/NOTES.md for the numbers):
+// - Stride 1 (most layers, and every grad_input of a stride-1 layer, which is the stride-1
+//   correlation of the padded grad_output with the flipped weights): positions are numbered
+//   along the rows of a zero-padded copy of the input, so that each kernel tap reads one
+//   contiguous run of positions, and micro_gemm.h's register tile multiplies a block of output
+//   channels by a run of positions.
+// - A kernel that covers the whole input (LeNet's conv3, 16x5x5 -> 120x1x1) is a fully
+//   connected layer: plain matrix products on the same register tile.
+// - Anything else (strides) vectorizes across channels: weights repacked with a block of output
+//   (or, for grad_input, input) channels innermost, each input value broadcast against a vector
+//   of channels, a tile of pixels x channels kept in registers over the whole reduction.
+// grad_weight always vectorizes across output channels, several kernel taps at a time.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
+#include "micro_gemm.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -23,21 +32,6 @@ namespace {
 // Images per grad_weight partial sum. Fixed (not tied to the thread count) so that the order of
 // the final reduction, and so the result, never changes.
 constexpr int64_t kImagesPerPartial = 8;
-
-struct Span {
-  int64_t begin, end;
-};
-
-// Output positions o in [0, out_size) whose input position o * stride - pad + tap_offset lies
-// inside [0, in_size).
-inline Span valid_outputs(int64_t in_size, int64_t out_size, int64_t stride, int64_t pad,
-                          int64_t tap_offset) {
-  const int64_t low = pad - tap_offset;
-  const int64_t high = in_size - 1 + pad - tap_offset;
-  const int64_t begin = low <= 0 ? 0 : (low + stride - 1) / stride;
-  const int64_t end = high < 0 ? 0 : std::min(out_size, high / stride + 1);
-  return {begin, std::max(begin, end)};
-}
 
 // Channel block width: the vector the kernels accumulate in.
 inline int channel_block(int64_t channels) { return channels <= 8 ? 8 : channels <= 16 ? 16 : 32; }
@@ -73,6 +67,259 @@ std::vector<T> pack_weight_by_input(const T* w, const Conv2dShape& s, int block)
             w[(oc * icg + ic) * taps + t];
   }
   return packed;
+}
+
+// A zero-initialized copy of `rows` x `cols` values (row stride `stride`) into `padded_rows` x
+// `padded_cols`; `slack` more zeros after the end let tiles load whole vectors past the last row.
+template <typename T>
+std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t stride,
+                             int64_t padded_rows, int64_t padded_cols, int64_t slack = 0) {
+  std::vector<T> out(padded_rows * padded_cols + slack, T(0));
+  parallel_for(rows, [&](int64_t r) { std::copy_n(src + r * stride, cols, out.data() + r * padded_cols); });
+  return out;
+}
+
+// Every (image, channel) plane inside a zero border of pad_h rows and pad_w columns, planes back
+// to back, then `slack` zeros. Without border or slack the input itself serves, uncopied.
+template <typename T>
+struct PaddedPlanes {
+  std::unique_ptr<T[]> storage;
+  const T* data;
+  int64_t h, w, plane;
+};
+
+template <typename T>
+PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t pad_h,
+                           int64_t pad_w, int64_t slack) {
+  const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, plane = padded_h * padded_w;
+  if (pad_h == 0 && pad_w == 0 && slack == 0) return {nullptr, x, h, w, plane};
+  // Uninitialized, then each value written once: border zeros, copied rows, slack zeros.
+  std::unique_ptr<T[]> storage(new T[planes * plane + slack]);
+  T* out = storage.get();
+  parallel_for(planes, [&](int64_t p) {
+    T* dst = out + p * plane;
+    std::fill_n(dst, pad_h * padded_w + pad_w, T(0));
+    for (int64_t r = 0; r < h; ++r) {
+      T* row = dst + (r + pad_h) * padded_w;
+      std::copy_n(x + (p * h + r) * w, w, row + pad_w);
+      // The right border of this row and the left border of the next are adjacent.
+      std::fill_n(row + pad_w + w, r + 1 < h ? 2 * pad_w : pad_w, T(0));
+    }
+    std::fill_n(dst + (h + pad_h) * padded_w, pad_h * padded_w, T(0));
+  });
+  std::fill_n(out + planes * plane, slack, T(0));
+  return {std::move(storage), out, padded_h, padded_w, plane};
+}
+
+// Stride-1 correlation worth running on padded rows: at least half of the positions computed
+// along a padded row are real outputs.
+bool worth_padded_rows(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && 2 * s.out_w >= s.in_w + 2 * s.pad_w;
+}
+
+// A kernel that covers the whole unpadded input: one output pixel per channel, which reads every
+// input value of its group once, so the layer is a matrix product.
+bool is_fully_connected(const Conv2dShape& s) {
+  return s.kernel_h == s.in_h && s.kernel_w == s.in_w && s.pad_h == 0 && s.pad_w == 0 &&
+         s.dilation_h == 1 && s.dilation_w == 1;
+}
+
+// The register tile for `rows` rows of A against `columns` columns of output: one vector of
+// columns when that is all there is, else as wide as the registers allow.
+template <typename T, typename Fn>
+void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
+  if (columns <= Vec<T>::kLanes)
+    fn.template operator()<16, 1>();
+  else if (rows <= 6)
+    fn.template operator()<6, 4>();
+  else
+    fn.template operator()<8, 3>();
+}
+
+// Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
+// (kh, kw) of input channel ic at p + ic * plane + kh * dilation_h * padded_w + kw * dilation_w:
+// the same offset for every position, so a run of positions is a contiguous load. Columns
+// ow >= out_w of that numbering are computed and dropped.
+template <typename T, int MB, int NV>
+void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* output,
+                           const Conv2dShape& s) {
+  constexpr int64_t N = NV * Vec<T>::kLanes;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
+  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h,
+                                       s.pad_w, N + s.kernel_w * s.dilation_w);
+  const int64_t positions = s.out_h * x.w, tiles = blocks_of(positions, N);
+  const int64_t blocks = blocks_of(ocg, MB), out_plane = s.out_h * s.out_w;
+  // Weights as [group][block][ic, kh, kw][MB output channels], zero past ocg.
+  std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, o = oc % ocg;
+    for (int64_t k = 0; k < depth; ++k)
+      packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
+  }
+  std::vector<int64_t> tap_offsets;
+  for (int64_t ic = 0; ic < icg; ++ic)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  parallel_for_ranges(s.batch * s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+    alignas(64) T tile[MB * N];
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t t = item % tiles, b = item / tiles % blocks;
+      const int64_t g = item / (tiles * blocks) % s.groups, n = item / (tiles * blocks * s.groups);
+      const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
+      gemm_tile<T, MB, NV>(packed.data() + (g * blocks + b) * depth * MB, 1, MB,
+                           x.data + (n * s.in_channels + g * icg) * x.plane + p0,
+                           tap_offsets.data(), depth, tile);
+      const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
+      for (int64_t m = 0; m < channels; ++m) {
+        const int64_t oc = g * ocg + b * MB + m;
+        const T shift = bias ? bias[oc] : T(0);
+        T* out = output + (n * s.out_channels + oc) * out_plane;
+        for (int64_t p = p0; p < p_end;) {
+          const int64_t oh = p / x.w, ow = p % x.w, row_end = std::min(p_end, (oh + 1) * x.w);
+          const T* src = tile + m * N + (p - p0);
+          T* dst = out + oh * s.out_w;
+          for (int64_t c = ow; c < std::min(s.out_w, ow + row_end - p); ++c) dst[c] = src[c - ow] + shift;
+          p = row_end;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* output,
+                        const Conv2dShape& s) {
+  with_tile<T>(s.out_channels_per_group(), s.out_h * (s.in_w + 2 * s.pad_w), [&]<int MB, int NV>() {
+    correlate_padded_rows<T, MB, NV>(input, weight, bias, output, s);
+  });
+}
+
+// The grad_input of a stride-1 convolution is itself a stride-1 convolution: of grad_output,
+// padded by dilation * (kernel - 1) - padding, with the kernel flipped and its input and output
+// channels swapped. Needs padding <= dilation * (kernel - 1), true of every "same" or "valid" layer.
+Conv2dShape grad_input_as_correlation(const Conv2dShape& s) {
+  Conv2dShape t = s;
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.in_h = s.out_h, t.in_w = s.out_w, t.out_h = s.in_h, t.out_w = s.in_w;
+  t.pad_h = s.dilation_h * (s.kernel_h - 1) - s.pad_h;
+  t.pad_w = s.dilation_w * (s.kernel_w - 1) - s.pad_w;
+  return t;
+}
+
+bool grad_input_is_correlation(const Conv2dShape& s) {
+  const Conv2dShape t = grad_input_as_correlation(s);
+  return s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0 && worth_padded_rows(t);
+}
+
+template <typename T>
+void conv2d_grad_input_by_correlation(const T* grad_output, const T* weight, T* grad_input,
+                                      const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w;
+  // flipped[g * icg + ic][oc][kh][kw] = weight[g * ocg + oc][ic][K_h - 1 - kh][K_w - 1 - kw]
+  std::vector<T> flipped(s.in_channels * ocg * kh_n * kw_n);
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t oc = 0; oc < ocg; ++oc)
+      for (int64_t ic = 0; ic < icg; ++ic)
+        for (int64_t kh = 0; kh < kh_n; ++kh)
+          for (int64_t kw = 0; kw < kw_n; ++kw)
+            flipped[(((g * icg + ic) * ocg + oc) * kh_n + kh) * kw_n + kw] =
+                weight[(((g * ocg + oc) * icg + ic) * kh_n + kh_n - 1 - kh) * kw_n + kw_n - 1 - kw];
+  conv2d_padded_rows<T>(grad_output, flipped.data(), nullptr, grad_input, grad_input_as_correlation(s));
+}
+
+// Fully connected layers (see is_fully_connected), each input image a row of `in_row` values and
+// each group's weights an ocg x depth matrix. Rows of A are padded to whole register tiles.
+template <typename T>
+void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* output,
+                            const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t depth = icg * s.in_h * s.in_w, in_row = s.in_channels * s.in_h * s.in_w;
+  with_tile<T>(s.batch, ocg, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    const int64_t blocks = blocks_of(s.batch, MB), tiles = blocks_of(ocg, N), width = tiles * N;
+    const std::vector<T> x = padded_matrix(input, s.batch, in_row, in_row, blocks * MB, in_row);
+    // Weights transposed to [group][k][oc], zero past ocg.
+    std::vector<T> wt(s.groups * depth * width, T(0));
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t k = 0; k < depth; ++k) wt[(oc / ocg * depth + k) * width + oc % ocg] = weight[oc * depth + k];
+    std::vector<int64_t> rows(depth);
+    for (int64_t k = 0; k < depth; ++k) rows[k] = k * width;
+    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+      alignas(64) T tile[MB * N];
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
+        gemm_tile<T, MB, NV>(x.data() + b * MB * in_row + g * depth, in_row, 1,
+                             wt.data() + g * depth * width + t * N, rows.data(), depth, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, s.batch - b * MB); ++m)
+          for (int64_t c = t * N; c < std::min(ocg, (t + 1) * N); ++c) {
+            const int64_t oc = g * ocg + c;
+            output[(b * MB + m) * s.out_channels + oc] = tile[m * N + c - t * N] + (bias ? bias[oc] : T(0));
+          }
+      }
+    });
+  });
+}
+
+template <typename T>
+void conv2d_grad_input_fully_connected(const T* grad_output, const T* weight, T* grad_input,
+                                       const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group();
+  const int64_t depth = s.in_channels_per_group() * s.in_h * s.in_w, in_row = s.in_channels * s.in_h * s.in_w;
+  with_tile<T>(s.batch, depth, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    const int64_t blocks = blocks_of(s.batch, MB), tiles = blocks_of(depth, N), width = tiles * N;
+    const std::vector<T> go = padded_matrix(grad_output, s.batch, s.out_channels, s.out_channels,
+                                            blocks * MB, s.out_channels);
+    const std::vector<T> w = padded_matrix(weight, s.out_channels, depth, depth, s.out_channels, width);
+    std::vector<int64_t> rows(ocg);
+    for (int64_t oc = 0; oc < ocg; ++oc) rows[oc] = oc * width;
+    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+      alignas(64) T tile[MB * N];
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
+        gemm_tile<T, MB, NV>(go.data() + b * MB * s.out_channels + g * ocg, s.out_channels, 1,
+                             w.data() + g * ocg * width + t * N, rows.data(), ocg, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, s.batch - b * MB); ++m) {
+          T* gi = grad_input + (b * MB + m) * in_row + g * depth;
+          for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) gi[j] = tile[m * N + j - t * N];
+        }
+      }
+    });
+  });
+}
+
+// grad_weight[oc][k] = sum over images n of grad_output[n][oc] * input[n][k]: each tile sums
+// over the whole batch in order, so the result does not depend on the thread count.
+template <typename T>
+void conv2d_grad_weight_fully_connected(const T* grad_output, const T* input, T* grad_weight,
+                                        const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group();
+  const int64_t depth = s.in_channels_per_group() * s.in_h * s.in_w, in_row = s.in_channels * s.in_h * s.in_w;
+  with_tile<T>(ocg, depth, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(depth, N);
+    const std::vector<T> go = padded_matrix(grad_output, s.batch, s.out_channels, s.out_channels,
+                                            s.batch, s.out_channels + MB);
+    const std::vector<T> x = padded_matrix(input, s.batch, in_row, in_row, s.batch, in_row, N);
+    std::vector<int64_t> rows(s.batch);
+    for (int64_t n = 0; n < s.batch; ++n) rows[n] = n * in_row;
+    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+      alignas(64) T tile[MB * N];
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
+        gemm_tile<T, MB, NV>(go.data() + g * ocg + b * MB, 1, s.out_channels + MB,
+                             x.data() + g * depth + t * N, rows.data(), s.batch, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m) {
+          T* gw = grad_weight + (g * ocg + b * MB + m) * depth;
+          for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) gw[j] = tile[m * N + j - t * N];
+        }
+      }
+    });
+  });
 }
 
 // One output row (image n, row oh) for a block of B output channels, PW pixels at a time.
@@ -172,45 +419,22 @@ LENETX_SIMD_CLONES void grad_input_row(const T* __restrict grad_output, const T*
   }
 }
 
-// grad_output of a few images repacked as [image][oh][ow][out lane] for one block of B channels.
-template <typename T>
-void pack_grad_output(const T* grad_output, T* packed, int64_t images, int64_t first_channel,
-                      int64_t channels, int B, const Conv2dShape& s) {
+// grad_output of a few images repacked as [image][oh][ow][out lane] for one block of NV vectors
+// of channels, lanes past `channels` zero. Written pixel by pixel, so that stores are contiguous.
+template <typename T, int NV>
+LENETX_SIMD_CLONES void pack_grad_output(const T* __restrict grad_output, T* __restrict packed,
+                                         int64_t images, int64_t first_channel, int64_t channels,
+                                         const Conv2dShape& s) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes, B = NV * L;
   const int64_t out_plane = s.out_h * s.out_w;
-  std::fill_n(packed, images * out_plane * B, T(0));
-  for (int64_t n = 0; n < images; ++n)
-    for (int64_t c = 0; c < channels; ++c) {
-      const T* go = grad_output + (n * s.out_channels + first_channel + c) * out_plane;
-      for (int64_t i = 0; i < out_plane; ++i) packed[(n * out_plane + i) * B + c] = go[i];
-    }
-}
-
-// Partial grad_weight of one input channel, one block of B output channels and a few images:
-// taps[kh][kw][lane], each tap's vector kept in registers across all its output pixels.
-template <typename T, int B>
-LENETX_SIMD_CLONES void grad_weight_partial(const T* __restrict input, const T* __restrict packed_go,
-                                            T* __restrict taps, int64_t images,
-                                            const Conv2dShape& s) {
-  const int64_t out_plane = s.out_h * s.out_w, in_image = s.in_channels * s.in_h * s.in_w;
-  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-    const Span rows = valid_outputs(s.in_h, s.out_h, s.stride_h, s.pad_h, kh * s.dilation_h);
-    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-      const Span cols = valid_outputs(s.in_w, s.out_w, s.stride_w, s.pad_w, kw * s.dilation_w);
-      T acc[B] = {};
-      for (int64_t n = 0; n < images; ++n) {
-        const T* in = input + n * in_image;
-        for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
-          const T* in_row = in + (oh * s.stride_h - s.pad_h + kh * s.dilation_h) * s.in_w +
-                            kw * s.dilation_w - s.pad_w;
-          const T* go = packed_go + (n * out_plane + oh * s.out_w) * B;
-          for (int64_t ow = cols.begin; ow < cols.end; ++ow) {
-            const T v = in_row[ow * s.stride_w];
-#pragma omp simd
-            for (int c = 0; c < B; ++c) acc[c] += v * go[ow * B + c];
-          }
-        }
-      }
-      std::copy_n(acc, B, taps + (kh * s.kernel_w + kw) * B);
+  for (int64_t n = 0; n < images; ++n) {
+    const T* go = grad_output + (n * s.out_channels + first_channel) * out_plane;
+    T* dst = packed + n * out_plane * B;
+    for (int64_t i = 0; i < out_plane; ++i, dst += B) {
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) store_vec(dst + v * L, V{});
+      for (int64_t c = 0; c < channels; ++c) dst[c] = go[c * out_plane + i];
     }
   }
 }
@@ -248,13 +472,87 @@ void conv2d_grad_input_impl(const T* go, const T* w, T* gi, const Conv2dShape& s
   });
 }
 
-template <typename T, int B>
+// Partial grad_weight of one input channel, one block of NV vectors of output channels and a few
+// images, for TW taps of one kernel row: the TW accumulators are independent, which hides the
+// latency of each multiply-add. `input` is the image's zero-padded plane, so every tap of every
+// output pixel reads inside it.
+template <typename T, int NV, int TW>
+LENETX_SIMD_CLONES void grad_weight_taps(const T* __restrict input, int64_t image_stride,
+                                         const PaddedPlanes<T>& x, const T* __restrict packed_go,
+                                         T* __restrict taps, int64_t images, int64_t kh,
+                                         int64_t kw0, const Conv2dShape& s) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes, B = NV * L;
+  // Even and odd pixels accumulate apart: twice the independent chains of multiply-adds.
+  V acc[2][TW][NV];
+#pragma GCC unroll 2
+  for (int e = 0; e < 2; ++e)
+#pragma GCC unroll 8
+    for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[e][t][v] = V{};
+  const auto accumulate = [&](V(&sum)[TW][NV], const T* go, const T* in) __attribute__((always_inline)) {
+    V g[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) load_vec(g[v], go + v * L);
+#pragma GCC unroll 8
+    for (int t = 0; t < TW; ++t) {
+      const T value = in[t * s.dilation_w];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) sum[t][v] += value * g[v];
+    }
+  };
+  const int64_t out_plane = s.out_h * s.out_w;
+  for (int64_t n = 0; n < images; ++n) {
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const T* row = input + n * image_stride + (oh * s.stride_h + kh * s.dilation_h) * x.w +
+                     kw0 * s.dilation_w;
+      const T* go = packed_go + (n * out_plane + oh * s.out_w) * B;
+      int64_t ow = 0;
+      for (; ow + 1 < s.out_w; ow += 2) {
+        accumulate(acc[0], go + ow * B, row + ow * s.stride_w);
+        accumulate(acc[1], go + (ow + 1) * B, row + (ow + 1) * s.stride_w);
+      }
+      if (ow < s.out_w) accumulate(acc[0], go + ow * B, row + ow * s.stride_w);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v)
+      store_vec(taps + (kh * s.kernel_w + kw0 + t) * B + v * L, acc[0][t][v] + acc[1][t][v]);
+}
+
+// Up to this many taps of a kernel row share one pass over the pixels.
+constexpr int64_t kTapsPerPass = 5;
+
+template <typename T, int NV>
+void grad_weight_partial(const T* input, int64_t image_stride, const PaddedPlanes<T>& x,
+                         const T* packed_go, T* taps, int64_t images, const Conv2dShape& s) {
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+    for (int64_t kw0 = 0; kw0 < s.kernel_w; kw0 += kTapsPerPass) {
+      const auto pass = [&]<int TW>() {
+        grad_weight_taps<T, NV, TW>(input, image_stride, x, packed_go, taps, images, kh, kw0, s);
+      };
+      switch (std::min(kTapsPerPass, s.kernel_w - kw0)) {
+        case 1: pass.template operator()<1>(); break;
+        case 2: pass.template operator()<2>(); break;
+        case 3: pass.template operator()<3>(); break;
+        case 4: pass.template operator()<4>(); break;
+        default: pass.template operator()<5>(); break;
+      }
+    }
+}
+
+template <typename T, int NV>
 void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape& s) {
   using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  constexpr int B = NV * Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t nblocks = blocks_of(ocg, B), taps = s.kernel_h * s.kernel_w;
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial);
-  const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
+  const int64_t out_plane = s.out_h * s.out_w;
+  const PaddedPlanes<T> x = pad_planes(in, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, 0);
   // partial[chunk][group][block][ic][tap][lane]
   const int64_t per_chunk = s.groups * nblocks * icg * taps * B;
   std::vector<T> partial(chunks * per_chunk);
@@ -263,14 +561,14 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
     const int64_t first = chunk * kImagesPerPartial;
     const int64_t images = std::min(kImagesPerPartial, s.batch - first);
     const int64_t oc = g * ocg + b * B;
-    std::vector<T> packed_go(images * out_plane * B);
-    pack_grad_output(go + first * s.out_channels * out_plane, packed_go.data(), images, oc,
-                     std::min<int64_t>(B, ocg - b * B), B, s);
+    const std::unique_ptr<T[]> packed_go(new T[images * out_plane * B]);  // all written by the packing
+    pack_grad_output<T, NV>(go + first * s.out_channels * out_plane, packed_go.get(), images, oc,
+                            std::min<int64_t>(B, ocg - b * B), s);
     for (int64_t ic = 0; ic < icg; ++ic) {
-      grad_weight_partial<T, B>(in + (first * s.in_channels + g * icg + ic) * in_plane,
-                                packed_go.data(),
-                                partial.data() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
-                                images, s);
+      grad_weight_partial<T, NV>(x.data + (first * s.in_channels + g * icg + ic) * x.plane,
+                                 s.in_channels * x.plane, x, packed_go.get(),
+                                 partial.data() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
+                                 images, s);
     }
   });
   parallel_for(s.out_channels, [&](int64_t oc) {
@@ -313,11 +611,16 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
       kernel(in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data,
              output.mutable_data_ptr<scalar_t>(), s);
     };
-    switch (channel_block(s.out_channels_per_group())) {
-      case 8: run(conv2d_forward_impl<scalar_t, 8, 8>); break;
-      case 16: run(conv2d_forward_impl<scalar_t, 16, 4>); break;
-      default: run(conv2d_forward_impl<scalar_t, 32, 4>); break;
-    }
+    if (is_fully_connected(s))
+      run(conv2d_fully_connected<scalar_t>);
+    else if (worth_padded_rows(s))
+      run(conv2d_padded_rows<scalar_t>);
+    else
+      switch (channel_block(s.out_channels_per_group())) {
+        case 8: run(conv2d_forward_impl<scalar_t, 8, 8>); break;
+        case 16: run(conv2d_forward_impl<scalar_t, 16, 4>); break;
+        default: run(conv2d_forward_impl<scalar_t, 32, 4>); break;
+      }
   });
   return output;
 }
@@ -334,11 +637,16 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
       kernel(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
              grad_input.mutable_data_ptr<scalar_t>(), s);
     };
-    switch (channel_block(s.in_channels_per_group())) {
-      case 8: run(conv2d_grad_input_impl<scalar_t, 8, 8>); break;
-      case 16: run(conv2d_grad_input_impl<scalar_t, 16, 4>); break;
-      default: run(conv2d_grad_input_impl<scalar_t, 32, 4>); break;
-    }
+    if (is_fully_connected(s))
+      run(conv2d_grad_input_fully_connected<scalar_t>);
+    else if (grad_input_is_correlation(s))
+      run(conv2d_grad_input_by_correlation<scalar_t>);
+    else
+      switch (channel_block(s.in_channels_per_group())) {
+        case 8: run(conv2d_grad_input_impl<scalar_t, 8, 8>); break;
+        case 16: run(conv2d_grad_input_impl<scalar_t, 16, 4>); break;
+        default: run(conv2d_grad_input_impl<scalar_t, 32, 4>); break;
+      }
   });
   return grad_input;
 }
@@ -355,11 +663,12 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
       kernel(go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
              grad_weight.mutable_data_ptr<scalar_t>(), s);
     };
-    switch (channel_block(s.out_channels_per_group())) {
-      case 8: run(conv2d_grad_weight_impl<scalar_t, 8>); break;
-      case 16: run(conv2d_grad_weight_impl<scalar_t, 16>); break;
-      default: run(conv2d_grad_weight_impl<scalar_t, 32>); break;
-    }
+    if (is_fully_connected(s))
+      run(conv2d_grad_weight_fully_connected<scalar_t>);
+    else if (s.out_channels_per_group() <= Vec<scalar_t>::kLanes)
+      run(conv2d_grad_weight_impl<scalar_t, 1>);
+    else
+      run(conv2d_grad_weight_impl<scalar_t, 2>);
   });
   return grad_weight;
 }

@@ -1,11 +1,32 @@
 #pragma once
 #include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
 
 namespace lenetx::cpu {
 
 // Statically scheduled so that each work item always lands in the same place: results are
 // bit-identical from run to run. Thread count follows torch.get_num_threads().
+// fn(first, last) gets one contiguous run of items per thread, so that a thread can set up
+// scratch space once for its whole run.
+template <typename Fn>
+void parallel_for_ranges(int64_t count, const Fn& fn) {
+  if (count <= 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), count));
+  if (threads <= 1 || at::in_parallel_region()) {
+    fn(int64_t{0}, count);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t first = count * thread / team, last = count * (thread + 1) / team;
+    if (first < last) fn(first, last);
+  }
+}
+
 template <typename Fn>
 void parallel_for(int64_t count, const Fn& fn) {
   if (count <= 0) return;

@@ -1,0 +1,67 @@
+#pragma once
+// The register tile that the fast convolution paths share: C[MB][NV vectors] accumulated over a
+// reduction of `depth` steps, each step broadcasting MB values of A against NV vectors read from
+// one row of B. Rows of B are given by offset, so the same tile serves a matrix product (rows
+// evenly spaced) and a convolution read straight out of an image (row k = where tap k of input
+// channel k starts).
+#include <cstdint>
+#include <cstring>
+
+#include "simd.h"
+
+namespace lenetx::cpu {
+
+// 64 bytes of T: one AVX-512 register (16 floats, 8 doubles), two AVX2 registers. GCC's vector
+// extensions keep a tile of these in registers, which it does not reliably do for plain arrays.
+template <typename T>
+struct Vec {
+  static constexpr int kLanes = 64 / sizeof(T);
+  typedef T type __attribute__((vector_size(64)));
+};
+
+// Unaligned load; by reference, since returning a 64-byte vector by value changes the ABI between
+// the ISA clones (-Wpsabi).
+template <typename V, typename T>
+__attribute__((always_inline)) inline void load_vec(V& v, const T* p) {
+  std::memcpy(&v, p, sizeof(V));
+}
+
+template <typename V, typename T>
+__attribute__((always_inline)) inline void store_vec(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// c[m * N + n] = sum over k < depth of a[m * a_m + k * a_k] * b[b_rows[k] + n], with
+// N = NV * Vec<T>::kLanes. The sum runs over k in order, so a tile is bit-identical run to run.
+template <typename T, int MB, int NV>
+LENETX_SIMD_CLONES void gemm_tile(const T* __restrict a, int64_t a_m, int64_t a_k,
+                                  const T* __restrict b, const int64_t* __restrict b_rows,
+                                  int64_t depth, T* __restrict c) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[MB][NV];
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[m][v] = V{};
+  for (int64_t k = 0; k < depth; ++k) {
+    const T* row = b + b_rows[k];
+    V x[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) load_vec(x[v], row + v * L);
+    const T* ak = a + k * a_k;
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m) {
+      const T scale = ak[m * a_m];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] += scale * x[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) store_vec(c + (m * NV + v) * L, acc[m][v]);
+}
+
+}  // namespace lenetx::cpu
+
