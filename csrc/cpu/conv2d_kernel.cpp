@@ -6,12 +6,14 @@
 //   along the rows of a zero-padded copy of the input, so that each kernel tap reads one
 //   contiguous run of positions, and micro_gemm.h's register tile multiplies a block of output
 //   channels by a run of positions.
-// - A kernel that covers the whole input (LeNet's conv3, 16x5x5 -> 120x1x1) is a fully
-//   connected layer: plain matrix products on the same register tile.
+// - Layers with few output pixels (LeNet's conv3, 16x5x5 -> 120x1x1; VGG's 4x4 and 2x2 blocks)
+//   unfold the input into one row per output pixel and run matrix products on the same tile.
 // - Anything else (strides) vectorizes across channels: weights repacked with a block of output
 //   (or, for grad_input, input) channels innermost, each input value broadcast against a vector
 //   of channels, a tile of pixels x channels kept in registers over the whole reduction.
-// grad_weight always vectorizes across output channels, several kernel taps at a time.
+// grad_weight is a matrix product per kernel tap over a channels-last copy of the input when
+// there are enough input channels to fill a vector; otherwise it vectorizes across output
+// channels, several kernel taps at a time.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -69,16 +71,6 @@ std::vector<T> pack_weight_by_input(const T* w, const Conv2dShape& s, int block)
   return packed;
 }
 
-// A zero-initialized copy of `rows` x `cols` values (row stride `stride`) into `padded_rows` x
-// `padded_cols`; `slack` more zeros after the end let tiles load whole vectors past the last row.
-template <typename T>
-std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t stride,
-                             int64_t padded_rows, int64_t padded_cols, int64_t slack = 0) {
-  std::vector<T> out(padded_rows * padded_cols + slack, T(0));
-  parallel_for(rows, [&](int64_t r) { std::copy_n(src + r * stride, cols, out.data() + r * padded_cols); });
-  return out;
-}
-
 // Every (image, channel) plane inside a zero border of pad_h rows and pad_w columns, planes back
 // to back, then `slack` zeros. Without border or slack the input itself serves, uncopied.
 template <typename T>
@@ -117,23 +109,26 @@ bool worth_padded_rows(const Conv2dShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && 2 * s.out_w >= s.in_w + 2 * s.pad_w;
 }
 
-// A kernel that covers the whole unpadded input: one output pixel per channel, which reads every
-// input value of its group once, so the layer is a matrix product.
-bool is_fully_connected(const Conv2dShape& s) {
-  return s.kernel_h == s.in_h && s.kernel_w == s.in_w && s.pad_h == 0 && s.pad_w == 0 &&
-         s.dilation_h == 1 && s.dilation_w == 1;
-}
-
-// The register tile for `rows` rows of A against `columns` columns of output: one vector of
-// columns when that is all there is, else as wide as the registers allow.
+// The register tile for `rows` rows of A against `columns` columns of output: of the shapes that
+// fit the registers, the one with the least work counting the padding it computes. The 16x1
+// tile loads a value per multiply-add and runs about 1.35x slower per value (measured), so its
+// work counts that much more; ties go to the wider tile.
 template <typename T, typename Fn>
 void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
-  if (columns <= Vec<T>::kLanes)
-    fn.template operator()<16, 1>();
-  else if (rows <= 6)
+  const auto work = [&](int64_t mb, int64_t nv) {
+    const int64_t n = nv * Vec<T>::kLanes;
+    const double padded = static_cast<double>(blocks_of(rows, mb) * mb * blocks_of(columns, n) * n);
+    return nv == 1 ? 1.35 * padded : padded;
+  };
+  const double least = std::min({work(6, 4), work(8, 3), work(12, 2), work(16, 1)});
+  if (work(6, 4) == least)
     fn.template operator()<6, 4>();
-  else
+  else if (work(8, 3) == least)
     fn.template operator()<8, 3>();
+  else if (work(12, 2) == least)
+    fn.template operator()<12, 2>();
+  else
+    fn.template operator()<16, 1>();
 }
 
 // Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
@@ -231,88 +226,173 @@ void conv2d_grad_input_by_correlation(const T* grad_output, const T* weight, T* 
   conv2d_padded_rows<T>(grad_output, flipped.data(), nullptr, grad_input, grad_input_as_correlation(s));
 }
 
-// Fully connected layers (see is_fully_connected), each input image a row of `in_row` values and
-// each group's weights an ocg x depth matrix. Rows of A are padded to whole register tiles.
+// Layers with few output pixels (VGG's last blocks, LeNet's conv3) as matrix products over the
+// unfolded input: row (n, p) of `unfolded` holds every value output pixel p of image n reads, in
+// the weight's (ic, kh, kw) order and zero where it reads padding, so that
+// output[n][oc][p] = sum over k of unfolded[(n, p)][k] * weight[oc][k] per group. Tiles run over
+// whole rows; 16 zero rows and a vector of slack follow the last, so that no tile reads outside.
+bool few_output_pixels(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
+
+// Each group's columns are stored in panels of `panel` columns, [group][column / panel][row]
+// [column % panel], with 16 zero rows after the last of each panel: a tile reading `panel`
+// columns of successive rows then walks memory contiguously (reads striding whole rows of a wide
+// matrix miss the TLB on every row).
 template <typename T>
-void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* output,
-                            const Conv2dShape& s) {
-  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t depth = icg * s.in_h * s.in_w, in_row = s.in_channels * s.in_h * s.in_w;
-  with_tile<T>(s.batch, ocg, [&]<int MB, int NV>() {
-    constexpr int64_t N = NV * Vec<T>::kLanes;
-    const int64_t blocks = blocks_of(s.batch, MB), tiles = blocks_of(ocg, N), width = tiles * N;
-    const std::vector<T> x = padded_matrix(input, s.batch, in_row, in_row, blocks * MB, in_row);
-    // Weights transposed to [group][k][oc], zero past ocg.
-    std::vector<T> wt(s.groups * depth * width, T(0));
-    for (int64_t oc = 0; oc < s.out_channels; ++oc)
-      for (int64_t k = 0; k < depth; ++k) wt[(oc / ocg * depth + k) * width + oc % ocg] = weight[oc * depth + k];
-    std::vector<int64_t> rows(depth);
-    for (int64_t k = 0; k < depth; ++k) rows[k] = k * width;
-    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
-      alignas(64) T tile[MB * N];
-      for (int64_t item = first; item < last; ++item) {
-        const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
-        gemm_tile<T, MB, NV>(x.data() + b * MB * in_row + g * depth, in_row, 1,
-                             wt.data() + g * depth * width + t * N, rows.data(), depth, tile);
-        for (int64_t m = 0; m < std::min<int64_t>(MB, s.batch - b * MB); ++m)
-          for (int64_t c = t * N; c < std::min(ocg, (t + 1) * N); ++c) {
-            const int64_t oc = g * ocg + c;
-            output[(b * MB + m) * s.out_channels + oc] = tile[m * N + c - t * N] + (bias ? bias[oc] : T(0));
-          }
+struct Unfolded {
+  std::vector<T> data;
+  int64_t rows, group_width, panel;
+  int64_t panel_size() const { return (rows + 16) * panel; }
+  int64_t offset(int64_t row, int64_t group, int64_t column) const {
+    return (group * blocks_of(group_width, panel) + column / panel) * panel_size() + row * panel + column % panel;
+  }
+  const T* at(int64_t row, int64_t group, int64_t column) const { return data.data() + offset(row, group, column); }
+};
+
+template <typename T>
+Unfolded<T> unfold(const T* input, const Conv2dShape& s, int64_t panel) {
+  const int64_t pixels = s.out_h * s.out_w, taps = s.kernel_h * s.kernel_w;
+  const int64_t icg = s.in_channels_per_group();
+  Unfolded<T> u{{}, s.batch * pixels, icg * taps, panel};
+  u.data.assign(s.groups * blocks_of(u.group_width, panel) * u.panel_size() + 64, T(0));
+  parallel_for(u.rows, [&](int64_t row) {
+    const int64_t n = row / pixels, oh = row % pixels / s.out_w, ow = row % s.out_w;
+    for (int64_t ic = 0; ic < s.in_channels; ++ic) {
+      const T* plane = input + (n * s.in_channels + ic) * s.in_h * s.in_w;
+      int64_t k = ic % icg * taps;
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw, ++k) {
+          const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
+          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w)
+            u.data[u.offset(row, ic / icg, k)] = plane[ih * s.in_w + iw];
+        }
       }
-    });
+    }
   });
+  return u;
+}
+
+// [rows][channels] -> [channels][rows] per image, and back: grad_output as one row per pixel.
+template <typename T>
+std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s, int64_t extra_columns) {
+  const int64_t pixels = s.out_h * s.out_w, width = s.out_channels + extra_columns;
+  std::vector<T> out((s.batch * pixels + 16) * width + 64, T(0));
+  parallel_for(s.batch, [&](int64_t n) {
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t p = 0; p < pixels; ++p)
+        out[(n * pixels + p) * width + oc] = grad_output[(n * s.out_channels + oc) * pixels + p];
+  });
+  return out;
 }
 
 template <typename T>
-void conv2d_grad_input_fully_connected(const T* grad_output, const T* weight, T* grad_input,
-                                       const Conv2dShape& s) {
-  const int64_t ocg = s.out_channels_per_group();
-  const int64_t depth = s.in_channels_per_group() * s.in_h * s.in_w, in_row = s.in_channels * s.in_h * s.in_w;
-  with_tile<T>(s.batch, depth, [&]<int MB, int NV>() {
+void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t depth = icg * s.kernel_h * s.kernel_w, pixels = s.out_h * s.out_w;
+  const Unfolded<T> u = unfold(input, s, depth);
+  with_tile<T>(u.rows, ocg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
-    const int64_t blocks = blocks_of(s.batch, MB), tiles = blocks_of(depth, N), width = tiles * N;
-    const std::vector<T> go = padded_matrix(grad_output, s.batch, s.out_channels, s.out_channels,
-                                            blocks * MB, s.out_channels);
-    const std::vector<T> w = padded_matrix(weight, s.out_channels, depth, depth, s.out_channels, width);
-    std::vector<int64_t> rows(ocg);
-    for (int64_t oc = 0; oc < ocg; ++oc) rows[oc] = oc * width;
+    const int64_t blocks = blocks_of(u.rows, MB), tiles = blocks_of(ocg, N);
+    // Weights transposed into panels of N output channels, [group][panel][k][N], zero past ocg.
+    std::vector<T> wt(s.groups * tiles * depth * N, T(0));
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t k = 0; k < depth; ++k)
+        wt[((oc / ocg * tiles + oc % ocg / N) * depth + k) * N + oc % ocg % N] = weight[oc * depth + k];
+    std::vector<int64_t> rows(depth);
+    for (int64_t k = 0; k < depth; ++k) rows[k] = k * N;
+    // Row blocks vary fastest, so that each thread keeps one column panel of the weights in cache
+    // across many row blocks.
     parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
-        const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
-        gemm_tile<T, MB, NV>(go.data() + b * MB * s.out_channels + g * ocg, s.out_channels, 1,
-                             w.data() + g * ocg * width + t * N, rows.data(), ocg, tile);
-        for (int64_t m = 0; m < std::min<int64_t>(MB, s.batch - b * MB); ++m) {
-          T* gi = grad_input + (b * MB + m) * in_row + g * depth;
-          for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) gi[j] = tile[m * N + j - t * N];
+        const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
+        gemm_tile<T, MB, NV>(u.at(b * MB, g, 0), u.panel, 1,
+                             wt.data() + (g * tiles + t) * depth * N, rows.data(), depth, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, u.rows - b * MB); ++m) {
+          const int64_t n = (b * MB + m) / pixels, p = (b * MB + m) % pixels;
+          for (int64_t c = t * N; c < std::min(ocg, (t + 1) * N); ++c) {
+            const int64_t oc = g * ocg + c;
+            output[(n * s.out_channels + oc) * pixels + p] = tile[m * N + c - t * N] + (bias ? bias[oc] : T(0));
+          }
         }
       }
     });
   });
 }
 
-// grad_weight[oc][k] = sum over images n of grad_output[n][oc] * input[n][k]: each tile sums
-// over the whole batch in order, so the result does not depend on the thread count.
+// The gradient of the unfolded input, a matrix product, folded back: each input value sums the
+// gradients of the unfolded copies of it, in (pixel, tap) order.
 template <typename T>
-void conv2d_grad_weight_fully_connected(const T* grad_output, const T* input, T* grad_weight,
-                                        const Conv2dShape& s) {
-  const int64_t ocg = s.out_channels_per_group();
-  const int64_t depth = s.in_channels_per_group() * s.in_h * s.in_w, in_row = s.in_channels * s.in_h * s.in_w;
-  with_tile<T>(ocg, depth, [&]<int MB, int NV>() {
+void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_input,
+                                const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps, pixels = s.out_h * s.out_w;
+  const int64_t rows = s.batch * pixels, unfolded_width = s.in_channels * taps;
+  std::vector<T> unfolded_grad(rows * unfolded_width);
+  with_tile<T>(rows, depth, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
-    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(depth, N);
-    const std::vector<T> go = padded_matrix(grad_output, s.batch, s.out_channels, s.out_channels,
-                                            s.batch, s.out_channels + MB);
-    const std::vector<T> x = padded_matrix(input, s.batch, in_row, in_row, s.batch, in_row, N);
-    std::vector<int64_t> rows(s.batch);
-    for (int64_t n = 0; n < s.batch; ++n) rows[n] = n * in_row;
+    const int64_t blocks = blocks_of(rows, MB), tiles = blocks_of(depth, N);
+    const std::vector<T> go = pixels_by_channel(grad_output, s, 0);
+    // Weights in panels of N columns, [group][panel][oc][N], zero past depth.
+    std::vector<T> w(s.groups * tiles * ocg * N, T(0));
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t k = 0; k < depth; ++k)
+        w[((oc / ocg * tiles + k / N) * ocg + oc % ocg) * N + k % N] = weight[oc * depth + k];
+    std::vector<int64_t> w_rows(ocg);
+    for (int64_t oc = 0; oc < ocg; ++oc) w_rows[oc] = oc * N;
     parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
         const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
-        gemm_tile<T, MB, NV>(go.data() + g * ocg + b * MB, 1, s.out_channels + MB,
-                             x.data() + g * depth + t * N, rows.data(), s.batch, tile);
+        gemm_tile<T, MB, NV>(go.data() + b * MB * s.out_channels + g * ocg, s.out_channels, 1,
+                             w.data() + (g * tiles + t) * ocg * N, w_rows.data(), ocg, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, rows - b * MB); ++m) {
+          T* dst = unfolded_grad.data() + (b * MB + m) * unfolded_width + g * depth;
+          for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) dst[j] = tile[m * N + j - t * N];
+        }
+      }
+    });
+  });
+  parallel_for(s.batch * s.in_channels, [&](int64_t plane) {
+    const int64_t n = plane / s.in_channels, ic = plane % s.in_channels;
+    T* gi = grad_input + plane * s.in_h * s.in_w;
+    std::fill_n(gi, s.in_h * s.in_w, T(0));
+    for (int64_t p = 0; p < pixels; ++p) {
+      const int64_t oh = p / s.out_w, ow = p % s.out_w;
+      const T* src = unfolded_grad.data() + (n * pixels + p) * unfolded_width + ic * taps;
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+          const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
+          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) gi[ih * s.in_w + iw] += src[kh * s.kernel_w + kw];
+        }
+      }
+    }
+  });
+}
+
+// grad_weight[oc][k] = sum over rows (n, p) of grad_output[n][oc][p] * unfolded[(n, p)][k]: each
+// tile sums over the whole batch in order, so the result does not depend on the thread count.
+template <typename T>
+void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_weight,
+                                 const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group();
+  const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
+  with_tile<T>(ocg, depth, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    const Unfolded<T> u = unfold(input, s, N);
+    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(depth, N), go_width = s.out_channels + MB;
+    const std::vector<T> go = pixels_by_channel(grad_output, s, MB);
+    std::vector<int64_t> rows(u.rows);
+    for (int64_t r = 0; r < u.rows; ++r) rows[r] = r * N;
+    // Channel blocks vary fastest, so that each thread keeps one column panel of the unfolded
+    // input in cache across many of them.
+    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+      alignas(64) T tile[MB * N];
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
+        gemm_tile<T, MB, NV>(go.data() + g * ocg + b * MB, 1, go_width,
+                             u.at(0, g, t * N), rows.data(), u.rows, tile);
         for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m) {
           T* gw = grad_weight + (g * ocg + b * MB + m) * depth;
           for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) gw[j] = tile[m * N + j - t * N];
@@ -583,6 +663,86 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
   });
 }
 
+// grad_weight as one matrix product per kernel tap, input channels along the vector lanes: for
+// tap (kh, kw), grad_weight[oc][ic] = sum over images and output pixels of grad_output[oc][pixel]
+// times input channel ic at the position that pixel reads through the tap. The input is copied
+// channels-last with its zero border, so that a position's channels are one contiguous run.
+// Images are summed in chunks of kImagesPerPartial whose partials are added in a fixed order.
+template <typename T>
+void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* grad_weight,
+                                      const Conv2dShape& s) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, C = s.in_channels;
+  const int64_t padded_h = s.in_h + 2 * s.pad_h, padded_w = s.in_w + 2 * s.pad_w;
+  // Chunks of at least 4096 output pixels: long reductions per tile, and few partials to store
+  // when the weights are large (deep layers have few pixels and many weights).
+  const int64_t chunk_images = std::max(kImagesPerPartial, blocks_of(4096, std::max<int64_t>(out_plane, 1)));
+  const int64_t image = padded_h * padded_w * C, chunks = blocks_of(s.batch, chunk_images);
+  with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    std::vector<T> x(s.batch * image + N, T(0));
+    parallel_for(s.batch * s.in_h, [&](int64_t row) {
+      const int64_t n = row / s.in_h, h = row % s.in_h;
+      T* dst = x.data() + n * image + ((h + s.pad_h) * padded_w + s.pad_w) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T* src = input + ((n * C + c) * s.in_h + h) * s.in_w;
+        for (int64_t w = 0; w < s.in_w; ++w) dst[w * C + c] = src[w];
+      }
+    });
+    // grad_output per chunk as [channel][image][pixel], then MB zero channels that the last
+    // tile reads and drops.
+    const int64_t go_rows = s.out_channels + MB, go_chunk = go_rows * chunk_images * out_plane;
+    const std::unique_ptr<T[]> go(new T[chunks * go_chunk]);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      std::fill_n(go.get() + chunk * go_chunk + s.out_channels * chunk_images * out_plane,
+                  MB * chunk_images * out_plane, T(0));
+    parallel_for(s.batch * s.out_channels, [&](int64_t item) {
+      const int64_t n = item / s.out_channels, oc = item % s.out_channels;
+      const int64_t chunk = n / chunk_images, local = n % chunk_images;
+      std::copy_n(grad_output + item * out_plane, out_plane,
+                  go.get() + chunk * go_chunk + (oc * chunk_images + local) * out_plane);
+    });
+    // Where each pixel of a chunk reads through tap (0, 0); tap (kh, kw) adds a constant.
+    std::vector<int64_t> pixel_rows(chunk_images * out_plane);
+    for (int64_t n = 0; n < chunk_images; ++n)
+      for (int64_t oh = 0; oh < s.out_h; ++oh)
+        for (int64_t ow = 0; ow < s.out_w; ++ow)
+          pixel_rows[(n * s.out_h + oh) * s.out_w + ow] =
+              n * image + (oh * s.stride_h * padded_w + ow * s.stride_w) * C;
+    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(icg, N);
+    // partial[chunk][oc][ic][tap]
+    std::vector<T> partial(chunks * s.out_channels * icg * taps);
+    parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, [&](int64_t first, int64_t last) {
+      alignas(64) T tile[MB * N];
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t t = item % tiles, tap = item / tiles % taps, b = item / (tiles * taps) % blocks;
+        const int64_t g = item / (tiles * taps * blocks) % s.groups;
+        const int64_t chunk = item / (tiles * taps * blocks * s.groups);
+        const int64_t images = std::min(chunk_images, s.batch - chunk * chunk_images);
+        const int64_t kh = tap / s.kernel_w, kw = tap % s.kernel_w;
+        const int64_t oc0 = g * ocg + b * MB, ic0 = t * N;
+        gemm_tile<T, MB, NV>(go.get() + chunk * go_chunk + oc0 * chunk_images * out_plane,
+                             chunk_images * out_plane, 1,
+                             x.data() + chunk * chunk_images * image +
+                                 (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
+                             pixel_rows.data(), images * out_plane, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
+          for (int64_t j = 0; j < std::min<int64_t>(N, icg - ic0); ++j)
+            partial[((chunk * s.out_channels + oc0 + m) * icg + ic0 + j) * taps + tap] = tile[m * N + j];
+      }
+    });
+    const int64_t per_chunk = s.out_channels * icg * taps;
+    parallel_for(s.out_channels, [&](int64_t oc) {
+      for (int64_t k = oc * icg * taps; k < (oc + 1) * icg * taps; ++k) {
+        acc_t sum = 0;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + k];
+        grad_weight[k] = static_cast<T>(sum);
+      }
+    });
+  });
+}
+
 template <typename T>
 LENETX_SIMD_CLONES T grad_bias_channel(const T* __restrict grad_output, int64_t batch,
                                        int64_t image_stride, int64_t plane) {
@@ -611,8 +771,8 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
       kernel(in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data,
              output.mutable_data_ptr<scalar_t>(), s);
     };
-    if (is_fully_connected(s))
-      run(conv2d_fully_connected<scalar_t>);
+    if (few_output_pixels(s))
+      run(conv2d_unfolded<scalar_t>);
     else if (worth_padded_rows(s))
       run(conv2d_padded_rows<scalar_t>);
     else
@@ -637,8 +797,8 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
       kernel(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
              grad_input.mutable_data_ptr<scalar_t>(), s);
     };
-    if (is_fully_connected(s))
-      run(conv2d_grad_input_fully_connected<scalar_t>);
+    if (few_output_pixels(s))
+      run(conv2d_grad_input_unfolded<scalar_t>);
     else if (grad_input_is_correlation(s))
       run(conv2d_grad_input_by_correlation<scalar_t>);
     else
@@ -663,8 +823,10 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
       kernel(go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
              grad_weight.mutable_data_ptr<scalar_t>(), s);
     };
-    if (is_fully_connected(s))
-      run(conv2d_grad_weight_fully_connected<scalar_t>);
+    if (few_output_pixels(s))
+      run(conv2d_grad_weight_unfolded<scalar_t>);
+    else if (s.in_channels_per_group() >= Vec<scalar_t>::kLanes)
+      run(conv2d_grad_weight_channels_last<scalar_t>);
     else if (s.out_channels_per_group() <= Vec<scalar_t>::kLanes)
       run(conv2d_grad_weight_impl<scalar_t, 1>);
     else
