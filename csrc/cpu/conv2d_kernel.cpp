@@ -716,7 +716,8 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
     parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
-        const int64_t t = item % tiles, tap = item / tiles % taps, b = item / (tiles * taps) % blocks;
+        // Channel blocks vary fastest: the input panel of one tap stays in cache across them.
+        const int64_t b = item % blocks, t = item / blocks % tiles, tap = item / (blocks * tiles) % taps;
         const int64_t g = item / (tiles * taps * blocks) % s.groups;
         const int64_t chunk = item / (tiles * taps * blocks * s.groups);
         const int64_t images = std::min(chunk_images, s.batch - chunk * chunk_images);
