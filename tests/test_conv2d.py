@@ -138,8 +138,23 @@ def test_results_are_bit_identical_from_run_to_run(generator):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
+    """Few output channels take a path whose padding columns meet real input values; an
+    infinite or NaN input must still give torch's answer (NaN exactly where torch has one)."""
+    input = torch.randn(3, 1, 12, 12, generator=generator)
+    input[1, 0, 4, 0] = value
+    weight = torch.randn(6, 1, 5, 5, generator=generator)
+    upstream = torch.randn(3, 6, 8, 8, generator=generator)
+    ours = torch.ops.lenetx.conv2d_grad_weight(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
 @pytest.mark.parametrize("shape", [
     dict(input=(20, 6, 14, 14), weight=(16, 6, 5, 5)),  # stride-1 convolution
+    dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5)),  # few output channels
     dict(input=(20, 16, 5, 5), weight=(120, 16, 5, 5)),  # fully connected
 ])
 def test_results_do_not_depend_on_the_thread_count(shape, generator):

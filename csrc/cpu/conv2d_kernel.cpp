@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -80,26 +81,36 @@ struct PaddedPlanes {
   int64_t h, w, plane;
 };
 
+// all_finite, when given, is set to whether every value of x is finite (checked while copying).
 template <typename T>
 PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t pad_h,
-                           int64_t pad_w, int64_t slack) {
+                           int64_t pad_w, int64_t slack, bool* all_finite = nullptr) {
   const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, plane = padded_h * padded_w;
-  if (pad_h == 0 && pad_w == 0 && slack == 0) return {nullptr, x, h, w, plane};
+  if (pad_h == 0 && pad_w == 0 && slack == 0 && !all_finite) return {nullptr, x, h, w, plane};
   // Uninitialized, then each value written once: border zeros, copied rows, slack zeros.
   std::unique_ptr<T[]> storage(new T[planes * plane + slack]);
   T* out = storage.get();
+  std::atomic<bool> finite{true};
   parallel_for(planes, [&](int64_t p) {
     T* dst = out + p * plane;
     std::fill_n(dst, pad_h * padded_w + pad_w, T(0));
+    T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
     for (int64_t r = 0; r < h; ++r) {
       T* row = dst + (r + pad_h) * padded_w;
-      std::copy_n(x + (p * h + r) * w, w, row + pad_w);
+      const T* src = x + (p * h + r) * w;
+      std::copy_n(src, w, row + pad_w);
+      if (all_finite) {
+#pragma omp simd reduction(+ : zero_if_finite)
+        for (int64_t c = 0; c < w; ++c) zero_if_finite += src[c] * T(0);
+      }
       // The right border of this row and the left border of the next are adjacent.
       std::fill_n(row + pad_w + w, r + 1 < h ? 2 * pad_w : pad_w, T(0));
     }
     std::fill_n(dst + (h + pad_h) * padded_w, pad_h * padded_w, T(0));
+    if (zero_if_finite != T(0)) finite = false;
   });
   std::fill_n(out + planes * plane, slack, T(0));
+  if (all_finite) *all_finite = finite;
   return {std::move(storage), out, padded_h, padded_w, plane};
 }
 
@@ -254,17 +265,20 @@ Unfolded<T> unfold(const T* input, const Conv2dShape& s, int64_t panel) {
   const int64_t icg = s.in_channels_per_group();
   Unfolded<T> u{{}, s.batch * pixels, icg * taps, panel};
   u.data.assign(s.groups * blocks_of(u.group_width, panel) * u.panel_size() + 64, T(0));
+  // Where column k of row 0 of each group lies: one table, not a division per value.
+  std::vector<int64_t> column_offsets(s.in_channels * taps);
+  for (int64_t c = 0; c < s.in_channels * taps; ++c) column_offsets[c] = u.offset(0, c / u.group_width, c % u.group_width);
   parallel_for(u.rows, [&](int64_t row) {
     const int64_t n = row / pixels, oh = row % pixels / s.out_w, ow = row % s.out_w;
+    T* dst = u.data.data() + row * panel;
+    const int64_t* column = column_offsets.data();
     for (int64_t ic = 0; ic < s.in_channels; ++ic) {
       const T* plane = input + (n * s.in_channels + ic) * s.in_h * s.in_w;
-      int64_t k = ic % icg * taps;
       for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
         const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw, ++k) {
+        for (int64_t kw = 0; kw < s.kernel_w; ++kw, ++column) {
           const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
-          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w)
-            u.data[u.offset(row, ic / icg, k)] = plane[ih * s.in_w + iw];
+          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) dst[*column] = plane[ih * s.in_w + iw];
         }
       }
     }
@@ -663,6 +677,77 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
   });
 }
 
+// grad_weight of a stride-1 layer with few output channels (LeNet's conv1: 6), as dot products
+// along the padded rows of worth_padded_rows: grad_output is laid out on the same rows, with
+// zeros in the columns past out_w, so that every tap is a dot product of two contiguous runs.
+// Those zeros meet real input values, which is exact only for finite input: an input with an
+// infinity or NaN goes to the channel-vector kernel instead.
+template <typename T>
+void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
+                                const Conv2dShape& s) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  constexpr int MB = 6, TB = 3;
+  constexpr int64_t L = Vec<T>::kLanes;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
+  bool finite = true;
+  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h,
+                                       s.pad_w, (s.kernel_w - 1) * s.dilation_w + L, &finite);
+  if (!finite) return conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
+  const int64_t positions = s.out_h * x.w, len = blocks_of(positions, L) * L;
+  // grad_output as [image][channel (MB zero ones after the last)][len], each value written once.
+  const int64_t go_rows = s.out_channels + MB;
+  const std::unique_ptr<T[]> go(new T[s.batch * go_rows * len]);
+  parallel_for(s.batch * go_rows, [&](int64_t row) {
+    const int64_t n = row / go_rows, oc = row % go_rows;
+    T* dst = go.get() + row * len;
+    if (oc >= s.out_channels) {
+      std::fill_n(dst, len, T(0));
+      return;
+    }
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      std::copy_n(grad_output + ((n * s.out_channels + oc) * s.out_h + oh) * s.out_w, s.out_w, dst + oh * x.w);
+      std::fill(dst + oh * x.w + s.out_w, dst + (oh + 1) * x.w, T(0));
+    }
+    std::fill(dst + positions, dst + len, T(0));
+  });
+  std::vector<int64_t> tap_offsets;
+  for (int64_t ic = 0; ic < icg; ++ic)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
+  const int64_t tap_blocks = blocks_of(depth, TB);
+  // partial[chunk][oc][k]
+  std::vector<T> partial(chunks * s.out_channels * depth);
+  parallel_for(chunks * s.groups * blocks * tap_blocks, [&](int64_t item) {
+    const int64_t j = item % tap_blocks, b = item / tap_blocks % blocks;
+    const int64_t g = item / (tap_blocks * blocks) % s.groups, chunk = item / (tap_blocks * blocks * s.groups);
+    const int64_t k0 = j * TB, count = std::min<int64_t>(TB, depth - k0);
+    const int64_t oc0 = g * ocg + b * MB;
+    T sums[MB * TB] = {};
+    for (int64_t n = chunk * kImagesPerPartial; n < std::min(s.batch, (chunk + 1) * kImagesPerPartial); ++n) {
+      const T* a = go.get() + (n * go_rows + oc0) * len;
+      const T* in = x.data + (n * s.in_channels + g * icg) * x.plane;
+      switch (count) {
+        case 1: dot_tile<T, MB, 1>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+        case 2: dot_tile<T, MB, 2>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+        default: dot_tile<T, MB, TB>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+      }
+    }
+    for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
+      for (int64_t t = 0; t < count; ++t)
+        partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
+  });
+  parallel_for(s.out_channels, [&](int64_t oc) {
+    for (int64_t k = 0; k < depth; ++k) {
+      acc_t sum = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[(chunk * s.out_channels + oc) * depth + k];
+      grad_weight[oc * depth + k] = static_cast<T>(sum);
+    }
+  });
+}
+
 // grad_weight as one matrix product per kernel tap, input channels along the vector lanes: for
 // tap (kh, kw), grad_weight[oc][ic] = sum over images and output pixels of grad_output[oc][pixel]
 // times input channel ic at the position that pixel reads through the tap. The input is copied
@@ -675,9 +760,9 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, C = s.in_channels;
   const int64_t padded_h = s.in_h + 2 * s.pad_h, padded_w = s.in_w + 2 * s.pad_w;
-  // Chunks of at least 4096 output pixels: long reductions per tile, and few partials to store
-  // when the weights are large (deep layers have few pixels and many weights).
-  const int64_t chunk_images = std::max(kImagesPerPartial, blocks_of(4096, std::max<int64_t>(out_plane, 1)));
+  // Chunks of about 1024 output pixels: the input rows one tile reads (1024 pixels x one
+  // vector) then stay in L2 across the channel blocks that reuse them.
+  const int64_t chunk_images = std::max<int64_t>(1, 1024 / std::max<int64_t>(out_plane, 1));
   const int64_t image = padded_h * padded_w * C, chunks = blocks_of(s.batch, chunk_images);
   with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
@@ -828,6 +913,8 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
       run(conv2d_grad_weight_unfolded<scalar_t>);
     else if (s.in_channels_per_group() >= Vec<scalar_t>::kLanes)
       run(conv2d_grad_weight_channels_last<scalar_t>);
+    else if (s.out_channels_per_group() <= 8 && worth_padded_rows(s))
+      run(conv2d_grad_weight_by_rows<scalar_t>);
     else if (s.out_channels_per_group() <= Vec<scalar_t>::kLanes)
       run(conv2d_grad_weight_impl<scalar_t, 1>);
     else

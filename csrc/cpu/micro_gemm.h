@@ -63,5 +63,39 @@ LENETX_SIMD_CLONES void gemm_tile(const T* __restrict a, int64_t a_m, int64_t a_
     for (int v = 0; v < NV; ++v) store_vec(c + (m * NV + v) * L, acc[m][v]);
 }
 
+// sums[m * TB + t] += sum over p < len of a[m * a_m + p] * b[b_offsets[t] + p], len a multiple
+// of Vec<T>::kLanes: MB x TB dot products at once, vectorized along p, each vector's lanes added
+// in a fixed order at the end.
+template <typename T, int MB, int TB>
+LENETX_SIMD_CLONES void dot_tile(const T* __restrict a, int64_t a_m, const T* __restrict b,
+                                 const int64_t* __restrict b_offsets, int64_t len,
+                                 T* __restrict sums) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[MB][TB];
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) acc[m][t] = V{};
+  for (int64_t p = 0; p < len; p += L) {
+    V rows[MB];
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m) load_vec(rows[m], a + m * a_m + p);
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) {
+      V x;
+      load_vec(x, b + b_offsets[t] + p);
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m) acc[m][t] += rows[m] * x;
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int t = 0; t < TB; ++t) {
+      T total = 0;
+      for (int l = 0; l < L; ++l) total += acc[m][t][l];
+      sums[m * TB + t] += total;
+    }
+}
+
 }  // namespace lenetx::cpu
 
