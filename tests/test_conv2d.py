@@ -60,7 +60,7 @@ EDGE_CASES = [
     dict(batch=9, in_channels=3, out_channels=6, size=(30, 33), kernel=(5, 5)),
     dict(batch=3, in_channels=40, out_channels=20, size=(9, 8), kernel=(3, 3), padding=1,
          stride=(1, 2), groups=2),  # grad_weight over channels-last input, groups, stride
-    dict(batch=5, in_channels=34, out_channels=9, size=(4, 4), kernel=(3, 3), padding=1),  # few pixels
+    dict(batch=5, in_channels=60, out_channels=9, size=(4, 4), kernel=(3, 3), padding=1),  # few pixels, depth > 512
 ]
 
 

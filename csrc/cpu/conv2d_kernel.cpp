@@ -244,6 +244,9 @@ void conv2d_grad_input_by_correlation(const T* grad_output, const T* weight, T* 
 // whole rows; 16 zero rows and a vector of slack follow the last, so that no tile reads outside.
 bool few_output_pixels(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
 
+// Reduction steps per pass over a weight panel in the unfolded forward.
+constexpr int64_t kDepthBlock = 512;
+
 // Each group's columns are stored in panels of `panel` columns, [group][column / panel][row]
 // [column % panel], with 16 zero rows after the last of each panel: a tile reading `panel`
 // columns of successive rows then walks memory contiguously (reads striding whole rows of a wide
@@ -312,22 +315,33 @@ void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, 
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       for (int64_t k = 0; k < depth; ++k)
         wt[((oc / ocg * tiles + oc % ocg / N) * depth + k) * N + oc % ocg % N] = weight[oc * depth + k];
-    std::vector<int64_t> rows(depth);
-    for (int64_t k = 0; k < depth; ++k) rows[k] = k * N;
-    // Row blocks vary fastest, so that each thread keeps one column panel of the weights in cache
-    // across many row blocks.
-    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
-      alignas(64) T tile[MB * N];
-      for (int64_t item = first; item < last; ++item) {
-        const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
-        gemm_tile<T, MB, NV>(u.at(b * MB, g, 0), u.panel, 1,
-                             wt.data() + (g * tiles + t) * depth * N, rows.data(), depth, tile);
-        for (int64_t m = 0; m < std::min<int64_t>(MB, u.rows - b * MB); ++m) {
-          const int64_t n = (b * MB + m) / pixels, p = (b * MB + m) % pixels;
-          for (int64_t c = t * N; c < std::min(ocg, (t + 1) * N); ++c) {
-            const int64_t oc = g * ocg + c;
-            output[(n * s.out_channels + oc) * pixels + p] = tile[m * N + c - t * N] + (bias ? bias[oc] : T(0));
-          }
+    std::vector<int64_t> rows(kDepthBlock);
+    for (int64_t k = 0; k < kDepthBlock; ++k) rows[k] = k * N;
+    // The reduction runs in blocks of kDepthBlock (a 128 KB weight panel, which stays in L2
+    // across all row blocks); sums[group][block][tile][MB][N] adds the blocks in order.
+    std::vector<T> sums(s.groups * blocks * tiles * MB * N);
+    for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
+      const int64_t steps = std::min(kDepthBlock, depth - k0);
+      // Row blocks vary fastest: each thread keeps its weight panel across many of them.
+      parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+        alignas(64) T tile[MB * N];
+        for (int64_t item = first; item < last; ++item) {
+          const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
+          gemm_tile<T, MB, NV>(u.at(b * MB, g, k0), u.panel, 1,
+                               wt.data() + ((g * tiles + t) * depth + k0) * N, rows.data(), steps, tile);
+          T* sum = sums.data() + ((g * blocks + b) * tiles + t) * MB * N;
+          for (int64_t i = 0; i < MB * N; ++i) sum[i] = k0 == 0 ? tile[i] : sum[i] + tile[i];
+        }
+      });
+    }
+    parallel_for(s.groups * blocks * tiles, [&](int64_t item) {
+      const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
+      const T* sum = sums.data() + ((g * blocks + b) * tiles + t) * MB * N;
+      for (int64_t m = 0; m < std::min<int64_t>(MB, u.rows - b * MB); ++m) {
+        const int64_t n = (b * MB + m) / pixels, p = (b * MB + m) % pixels;
+        for (int64_t c = t * N; c < std::min(ocg, (t + 1) * N); ++c) {
+          const int64_t oc = g * ocg + c;
+          output[(n * s.out_channels + oc) * pixels + p] = sum[m * N + c - t * N] + (bias ? bias[oc] : T(0));
         }
       }
     });
