@@ -59,7 +59,7 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_adaptive_avg_pool2d", [&] {
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-    parallel_for(batch * channels, [&](int64_t plane) {
+    parallel_for(batch * channels, in_h * in_w, [&](int64_t plane) {
       forward_plane<scalar_t>(in_data + plane * in_h * in_w, out_data + plane * out_h * out_w,
                               in_h, in_w, out_h, out_w);
     });
@@ -77,7 +77,7 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at:
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_adaptive_avg_pool2d_backward", [&] {
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    parallel_for(batch * channels, [&](int64_t plane) {
+    parallel_for(batch * channels, in_h * in_w, [&](int64_t plane) {
       backward_plane<scalar_t>(go_data + plane * out_h * out_w, gi_data + plane * in_h * in_w,
                                in_h, in_w, out_h, out_w);
     });

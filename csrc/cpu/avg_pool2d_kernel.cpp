@@ -116,7 +116,7 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
-    parallel_for_ranges(s.batch * s.channels, [&](int64_t first, int64_t last) {
+    parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> row_sum(s.in_w);
       for (int64_t plane = first; plane < last; ++plane)
         forward_plane<scalar_t>(in_data + plane * s.in_h * s.in_w,
@@ -140,7 +140,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
-    parallel_for_ranges(s.batch * s.channels, [&](int64_t first, int64_t last) {
+    parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> spread(s.in_w);
       for (int64_t plane = first; plane < last; ++plane)
         backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w,

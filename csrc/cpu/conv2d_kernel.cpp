@@ -91,7 +91,7 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   std::unique_ptr<T[]> storage(new T[planes * plane + slack]);
   T* out = storage.get();
   std::atomic<bool> finite{true};
-  parallel_for(planes, [&](int64_t p) {
+  parallel_for(planes, h * w, [&](int64_t p) {
     T* dst = out + p * plane;
     std::fill_n(dst, pad_h * padded_w + pad_w, T(0));
     T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
@@ -168,7 +168,7 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)
       for (int64_t kw = 0; kw < s.kernel_w; ++kw)
         tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
-  parallel_for_ranges(s.batch * s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+  parallel_for_ranges(s.batch * s.groups * blocks * tiles, depth * MB * N, [&](int64_t first, int64_t last) {
     alignas(64) T tile[MB * N];
     for (int64_t item = first; item < last; ++item) {
       const int64_t t = item % tiles, b = item / tiles % blocks;
@@ -271,7 +271,7 @@ Unfolded<T> unfold(const T* input, const Conv2dShape& s, int64_t panel) {
   // Where column k of row 0 of each group lies: one table, not a division per value.
   std::vector<int64_t> column_offsets(s.in_channels * taps);
   for (int64_t c = 0; c < s.in_channels * taps; ++c) column_offsets[c] = u.offset(0, c / u.group_width, c % u.group_width);
-  parallel_for(u.rows, [&](int64_t row) {
+  parallel_for(u.rows, s.in_channels * taps, [&](int64_t row) {
     const int64_t n = row / pixels, oh = row % pixels / s.out_w, ow = row % s.out_w;
     T* dst = u.data.data() + row * panel;
     const int64_t* column = column_offsets.data();
@@ -294,7 +294,7 @@ template <typename T>
 std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s, int64_t extra_columns) {
   const int64_t pixels = s.out_h * s.out_w, width = s.out_channels + extra_columns;
   std::vector<T> out((s.batch * pixels + 16) * width + 64, T(0));
-  parallel_for(s.batch, [&](int64_t n) {
+  parallel_for(s.batch, s.out_channels * pixels, [&](int64_t n) {
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       for (int64_t p = 0; p < pixels; ++p)
         out[(n * pixels + p) * width + oc] = grad_output[(n * s.out_channels + oc) * pixels + p];
@@ -323,7 +323,7 @@ void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, 
     for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
       const int64_t steps = std::min(kDepthBlock, depth - k0);
       // Row blocks vary fastest: each thread keeps its weight panel across many of them.
-      parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+      parallel_for_ranges(s.groups * blocks * tiles, steps * MB * N, [&](int64_t first, int64_t last) {
         alignas(64) T tile[MB * N];
         for (int64_t item = first; item < last; ++item) {
           const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
@@ -334,7 +334,7 @@ void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, 
         }
       });
     }
-    parallel_for(s.groups * blocks * tiles, [&](int64_t item) {
+    parallel_for(s.groups * blocks * tiles, MB * N, [&](int64_t item) {
       const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
       const T* sum = sums.data() + ((g * blocks + b) * tiles + t) * MB * N;
       for (int64_t m = 0; m < std::min<int64_t>(MB, u.rows - b * MB); ++m) {
@@ -368,7 +368,7 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
         w[((oc / ocg * tiles + k / N) * ocg + oc % ocg) * N + k % N] = weight[oc * depth + k];
     std::vector<int64_t> w_rows(ocg);
     for (int64_t oc = 0; oc < ocg; ++oc) w_rows[oc] = oc * N;
-    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+    parallel_for_ranges(s.groups * blocks * tiles, ocg * MB * N, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
         const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
@@ -381,7 +381,7 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
       }
     });
   });
-  parallel_for(s.batch * s.in_channels, [&](int64_t plane) {
+  parallel_for(s.batch * s.in_channels, pixels * taps, [&](int64_t plane) {
     const int64_t n = plane / s.in_channels, ic = plane % s.in_channels;
     T* gi = grad_input + plane * s.in_h * s.in_w;
     std::fill_n(gi, s.in_h * s.in_w, T(0));
@@ -415,7 +415,7 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
     for (int64_t r = 0; r < u.rows; ++r) rows[r] = r * N;
     // Channel blocks vary fastest, so that each thread keeps one column panel of the unfolded
     // input in cache across many of them.
-    parallel_for_ranges(s.groups * blocks * tiles, [&](int64_t first, int64_t last) {
+    parallel_for_ranges(s.groups * blocks * tiles, u.rows * MB * N, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
         const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
@@ -553,7 +553,7 @@ void conv2d_forward_impl(const T* in, const T* w, const T* bias, T* out, const C
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t nblocks = blocks_of(ocg, B), taps = s.kernel_h * s.kernel_w;
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-  parallel_for(s.batch * s.groups * nblocks * s.out_h, [&](int64_t item) {
+  parallel_for(s.batch * s.groups * nblocks * s.out_h, s.out_w * icg * taps * B, [&](int64_t item) {
     const int64_t oh = item % s.out_h, b = item / s.out_h % nblocks;
     const int64_t g = item / (s.out_h * nblocks) % s.groups, n = item / (s.out_h * nblocks * s.groups);
     const int64_t oc = g * ocg + b * B;
@@ -570,7 +570,7 @@ void conv2d_grad_input_impl(const T* go, const T* w, T* gi, const Conv2dShape& s
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t nblocks = blocks_of(icg, B), taps = s.kernel_h * s.kernel_w;
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-  parallel_for(s.batch * s.groups * nblocks * s.in_h, [&](int64_t item) {
+  parallel_for(s.batch * s.groups * nblocks * s.in_h, s.in_w * ocg * taps * B, [&](int64_t item) {
     const int64_t ih = item % s.in_h, b = item / s.in_h % nblocks;
     const int64_t g = item / (s.in_h * nblocks) % s.groups, n = item / (s.in_h * nblocks * s.groups);
     grad_input_row<T, B, PW>(go + (n * s.out_channels + g * ocg) * out_plane,
@@ -664,7 +664,7 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
   // partial[chunk][group][block][ic][tap][lane]
   const int64_t per_chunk = s.groups * nblocks * icg * taps * B;
   std::vector<T> partial(chunks * per_chunk);
-  parallel_for(chunks * s.groups * nblocks, [&](int64_t item) {
+  parallel_for(chunks * s.groups * nblocks, kImagesPerPartial * out_plane * icg * taps * B, [&](int64_t item) {
     const int64_t b = item % nblocks, g = item / nblocks % s.groups, chunk = item / (nblocks * s.groups);
     const int64_t first = chunk * kImagesPerPartial;
     const int64_t images = std::min(kImagesPerPartial, s.batch - first);
@@ -679,7 +679,7 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
                                  images, s);
     }
   });
-  parallel_for(s.out_channels, [&](int64_t oc) {
+  parallel_for(s.out_channels, icg * taps * chunks, [&](int64_t oc) {
     const int64_t g = oc / ocg, b = oc % ocg / B, lane = oc % ocg % B;
     for (int64_t ic = 0; ic < icg; ++ic)
       for (int64_t t = 0; t < taps; ++t) {
@@ -712,7 +712,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   // grad_output as [image][channel (MB zero ones after the last)][len], each value written once.
   const int64_t go_rows = s.out_channels + MB;
   const std::unique_ptr<T[]> go(new T[s.batch * go_rows * len]);
-  parallel_for(s.batch * go_rows, [&](int64_t row) {
+  parallel_for(s.batch * go_rows, len, [&](int64_t row) {
     const int64_t n = row / go_rows, oc = row % go_rows;
     T* dst = go.get() + row * len;
     if (oc >= s.out_channels) {
@@ -734,7 +734,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   const int64_t tap_blocks = blocks_of(depth, TB);
   // partial[chunk][oc][k]
   std::vector<T> partial(chunks * s.out_channels * depth);
-  parallel_for(chunks * s.groups * blocks * tap_blocks, [&](int64_t item) {
+  parallel_for(chunks * s.groups * blocks * tap_blocks, kImagesPerPartial * len * MB * TB, [&](int64_t item) {
     const int64_t j = item % tap_blocks, b = item / tap_blocks % blocks;
     const int64_t g = item / (tap_blocks * blocks) % s.groups, chunk = item / (tap_blocks * blocks * s.groups);
     const int64_t k0 = j * TB, count = std::min<int64_t>(TB, depth - k0);
@@ -753,7 +753,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
       for (int64_t t = 0; t < count; ++t)
         partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
   });
-  parallel_for(s.out_channels, [&](int64_t oc) {
+  parallel_for(s.out_channels, depth * chunks, [&](int64_t oc) {
     for (int64_t k = 0; k < depth; ++k) {
       acc_t sum = 0;
       for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[(chunk * s.out_channels + oc) * depth + k];
@@ -781,7 +781,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
   with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
     std::vector<T> x(s.batch * image + N, T(0));
-    parallel_for(s.batch * s.in_h, [&](int64_t row) {
+    parallel_for(s.batch * s.in_h, C * s.in_w, [&](int64_t row) {
       const int64_t n = row / s.in_h, h = row % s.in_h;
       T* dst = x.data() + n * image + ((h + s.pad_h) * padded_w + s.pad_w) * C;
       for (int64_t c = 0; c < C; ++c) {
@@ -796,7 +796,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
     for (int64_t chunk = 0; chunk < chunks; ++chunk)
       std::fill_n(go.get() + chunk * go_chunk + s.out_channels * chunk_images * out_plane,
                   MB * chunk_images * out_plane, T(0));
-    parallel_for(s.batch * s.out_channels, [&](int64_t item) {
+    parallel_for(s.batch * s.out_channels, out_plane, [&](int64_t item) {
       const int64_t n = item / s.out_channels, oc = item % s.out_channels;
       const int64_t chunk = n / chunk_images, local = n % chunk_images;
       std::copy_n(grad_output + item * out_plane, out_plane,
@@ -812,7 +812,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
     const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(icg, N);
     // partial[chunk][oc][ic][tap]
     std::vector<T> partial(chunks * s.out_channels * icg * taps);
-    parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, [&](int64_t first, int64_t last) {
+    parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, chunk_images * out_plane * MB * N, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
         // Channel blocks vary fastest: the input panel of one tap stays in cache across them.
@@ -833,7 +833,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
       }
     });
     const int64_t per_chunk = s.out_channels * icg * taps;
-    parallel_for(s.out_channels, [&](int64_t oc) {
+    parallel_for(s.out_channels, icg * taps * chunks, [&](int64_t oc) {
       for (int64_t k = oc * icg * taps; k < (oc + 1) * icg * taps; ++k) {
         acc_t sum = 0;
         for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + k];
@@ -945,7 +945,7 @@ at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "lenetx_conv2d_grad_bias", [&] {
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gb_data = grad_bias.mutable_data_ptr<scalar_t>();
-    parallel_for(channels, [&](int64_t c) {
+    parallel_for(channels, batch * plane, [&](int64_t c) {
       gb_data[c] = grad_bias_channel<scalar_t>(go_data + c * plane, batch, channels * plane, plane);
     });
   });

@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
     int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
     const int64_t out_plane = s.out_h * s.out_w;
     const auto plane_kernel = is_2x2_inside(s) ? forward_plane_2x2<scalar_t> : forward_plane<scalar_t>;
-    parallel_for(s.batch * s.channels, [&](int64_t plane) {
+    parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
       plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * out_plane,
                    idx_data + plane * out_plane, s);
     });
@@ -129,7 +129,7 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     const int64_t* idx_data = idx.const_data_ptr<int64_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
     const int64_t out_plane = go.size(2) * go.size(3), in_plane = input.size(2) * input.size(3);
-    parallel_for(input.size(0) * input.size(1), [&](int64_t plane) {
+    parallel_for(input.size(0) * input.size(1), in_plane, [&](int64_t plane) {
       if (!backward_plane<scalar_t>(go_data + plane * out_plane, idx_data + plane * out_plane,
                                     gi_data + plane * in_plane, out_plane, in_plane)) {
         indices_valid = false;
