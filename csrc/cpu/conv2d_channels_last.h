@@ -1,0 +1,99 @@
+#pragma once
+// grad_weight as a product per kernel tap over a channels-last copy of the input.
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "conv2d_common.h"
+#include "micro_gemm.h"
+#include "parallel.h"
+
+namespace lenetx::cpu {
+
+// grad_weight as one matrix product per kernel tap, input channels along the vector lanes: for
+// tap (kh, kw), grad_weight[oc][ic] = sum over images and output pixels of grad_output[oc][pixel]
+// times input channel ic at the position that pixel reads through the tap. The input is copied
+// channels-last with its zero border, so that a position's channels are one contiguous run.
+// Images are summed in chunks (sized by the shape alone) whose partials are added in a fixed order.
+template <typename T>
+void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* grad_weight,
+                                      const Conv2dShape& s) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, C = s.in_channels;
+  const int64_t padded_h = s.in_h + 2 * s.pad_h, padded_w = s.in_w + 2 * s.pad_w;
+  // Chunks of about 1024 output pixels: the input rows one tile reads (1024 pixels x one
+  // vector) then stay in L2 across the channel blocks that reuse them.
+  const int64_t chunk_images = std::max<int64_t>(1, 1024 / std::max<int64_t>(out_plane, 1));
+  const int64_t image = padded_h * padded_w * C, chunks = blocks_of(s.batch, chunk_images);
+  with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    std::vector<T> x(s.batch * image + N, T(0));
+    parallel_for(s.batch * s.in_h, C * s.in_w, [&](int64_t row) {
+      const int64_t n = row / s.in_h, h = row % s.in_h;
+      T* dst = x.data() + n * image + ((h + s.pad_h) * padded_w + s.pad_w) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const T* src = input + ((n * C + c) * s.in_h + h) * s.in_w;
+        for (int64_t w = 0; w < s.in_w; ++w) dst[w * C + c] = src[w];
+      }
+    });
+    // grad_output per chunk as [channel][image][pixel], then MB zero channels that the last
+    // tile reads and drops.
+    const int64_t go_rows = s.out_channels + MB, go_chunk = go_rows * chunk_images * out_plane;
+    const std::unique_ptr<T[]> go(new T[chunks * go_chunk]);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      std::fill_n(go.get() + chunk * go_chunk + s.out_channels * chunk_images * out_plane,
+                  MB * chunk_images * out_plane, T(0));
+    parallel_for(s.batch * s.out_channels, out_plane, [&](int64_t item) {
+      const int64_t n = item / s.out_channels, oc = item % s.out_channels;
+      const int64_t chunk = n / chunk_images, local = n % chunk_images;
+      std::copy_n(grad_output + item * out_plane, out_plane,
+                  go.get() + chunk * go_chunk + (oc * chunk_images + local) * out_plane);
+    });
+    // Where each pixel of a chunk reads through tap (0, 0); tap (kh, kw) adds a constant.
+    std::vector<int64_t> pixel_rows(chunk_images * out_plane);
+    for (int64_t n = 0; n < chunk_images; ++n)
+      for (int64_t oh = 0; oh < s.out_h; ++oh)
+        for (int64_t ow = 0; ow < s.out_w; ++ow)
+          pixel_rows[(n * s.out_h + oh) * s.out_w + ow] =
+              n * image + (oh * s.stride_h * padded_w + ow * s.stride_w) * C;
+    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(icg, N);
+    // partial[chunk][oc][ic][tap]
+    std::vector<T> partial(chunks * s.out_channels * icg * taps);
+    parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, chunk_images * out_plane * MB * N, [&](int64_t first, int64_t last) {
+      alignas(64) T tile[MB * N];
+      for (int64_t item = first; item < last; ++item) {
+        // Channel blocks vary fastest: the input panel of one tap stays in cache across them.
+        const int64_t b = item % blocks, t = item / blocks % tiles, tap = item / (blocks * tiles) % taps;
+        const int64_t g = item / (tiles * taps * blocks) % s.groups;
+        const int64_t chunk = item / (tiles * taps * blocks * s.groups);
+        const int64_t images = std::min(chunk_images, s.batch - chunk * chunk_images);
+        const int64_t kh = tap / s.kernel_w, kw = tap % s.kernel_w;
+        const int64_t oc0 = g * ocg + b * MB, ic0 = t * N;
+        gemm_tile<T, MB, NV>(go.get() + chunk * go_chunk + oc0 * chunk_images * out_plane,
+                             chunk_images * out_plane, 1,
+                             x.data() + chunk * chunk_images * image +
+                                 (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
+                             pixel_rows.data(), images * out_plane, tile);
+        for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
+          for (int64_t j = 0; j < std::min<int64_t>(N, icg - ic0); ++j)
+            partial[((chunk * s.out_channels + oc0 + m) * icg + ic0 + j) * taps + tap] = tile[m * N + j];
+      }
+    });
+    const int64_t per_chunk = s.out_channels * icg * taps;
+    parallel_for(s.out_channels, icg * taps * chunks, [&](int64_t oc) {
+      for (int64_t k = oc * icg * taps; k < (oc + 1) * icg * taps; ++k) {
+        acc_t sum = 0;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + k];
+        grad_weight[k] = static_cast<T>(sum);
+      }
+    });
+  });
+}
+
+}  // namespace lenetx::cpu

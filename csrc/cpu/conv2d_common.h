@@ -1,0 +1,93 @@
+#pragma once
+// Pieces every CPU convolution path shares: padded copies of the input, the register-tile
+// choice, the fixed chunking that keeps grad_weight sums independent of the thread count.
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "micro_gemm.h"
+#include "parallel.h"
+
+namespace lenetx::cpu {
+
+// Images per grad_weight partial sum. Fixed (not tied to the thread count) so that the order of
+// the final reduction, and so the result, never changes.
+constexpr int64_t kImagesPerPartial = 8;
+
+inline int64_t blocks_of(int64_t count, int64_t block) { return (count + block - 1) / block; }
+
+// Every (image, channel) plane inside a zero border of pad_h rows and pad_w columns, planes back
+// to back, then `slack` zeros. Without border or slack the input itself serves, uncopied.
+template <typename T>
+struct PaddedPlanes {
+  std::unique_ptr<T[]> storage;
+  const T* data;
+  int64_t h, w, plane;
+};
+
+// all_finite, when given, is set to whether every value of x is finite (checked while copying).
+template <typename T>
+PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t pad_h,
+                           int64_t pad_w, int64_t slack, bool* all_finite = nullptr) {
+  const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, plane = padded_h * padded_w;
+  if (pad_h == 0 && pad_w == 0 && slack == 0 && !all_finite) return {nullptr, x, h, w, plane};
+  // Uninitialized, then each value written once: border zeros, copied rows, slack zeros.
+  std::unique_ptr<T[]> storage(new T[planes * plane + slack]);
+  T* out = storage.get();
+  std::atomic<bool> finite{true};
+  parallel_for(planes, h * w, [&](int64_t p) {
+    T* dst = out + p * plane;
+    std::fill_n(dst, pad_h * padded_w + pad_w, T(0));
+    T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
+    for (int64_t r = 0; r < h; ++r) {
+      T* row = dst + (r + pad_h) * padded_w;
+      const T* src = x + (p * h + r) * w;
+      std::copy_n(src, w, row + pad_w);
+      if (all_finite) {
+#pragma omp simd reduction(+ : zero_if_finite)
+        for (int64_t c = 0; c < w; ++c) zero_if_finite += src[c] * T(0);
+      }
+      // The right border of this row and the left border of the next are adjacent.
+      std::fill_n(row + pad_w + w, r + 1 < h ? 2 * pad_w : pad_w, T(0));
+    }
+    std::fill_n(dst + (h + pad_h) * padded_w, pad_h * padded_w, T(0));
+    if (zero_if_finite != T(0)) finite = false;
+  });
+  std::fill_n(out + planes * plane, slack, T(0));
+  if (all_finite) *all_finite = finite;
+  return {std::move(storage), out, padded_h, padded_w, plane};
+}
+// Stride-1 correlation worth running on padded rows: at least half of the positions computed
+// along a padded row are real outputs.
+inline bool worth_padded_rows(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && 2 * s.out_w >= s.in_w + 2 * s.pad_w;
+}
+
+// The register tile for `rows` rows of A against `columns` columns of output: of the shapes that
+// fit the registers, the one with the least work counting the padding it computes. The 16x1
+// tile loads a value per multiply-add and runs about 1.35x slower per value (measured), so its
+// work counts that much more; ties go to the wider tile.
+template <typename T, typename Fn>
+void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
+  const auto work = [&](int64_t mb, int64_t nv) {
+    const int64_t n = nv * Vec<T>::kLanes;
+    const double padded = static_cast<double>(blocks_of(rows, mb) * mb * blocks_of(columns, n) * n);
+    return nv == 1 ? 1.35 * padded : padded;
+  };
+  const double least = std::min({work(6, 4), work(8, 3), work(12, 2), work(16, 1)});
+  if (work(6, 4) == least)
+    fn.template operator()<6, 4>();
+  else if (work(8, 3) == least)
+    fn.template operator()<8, 3>();
+  else if (work(12, 2) == least)
+    fn.template operator()<12, 2>();
+  else
+    fn.template operator()<16, 1>();
+}
+
+}  // namespace lenetx::cpu

@@ -1,0 +1,186 @@
+#pragma once
+// Stride-1 convolution over padded rows: forward, grad_input as a correlation, and grad_weight
+// as dot products along the rows.
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "conv2d_channel_vector.h"
+#include "conv2d_common.h"
+#include "micro_gemm.h"
+#include "parallel.h"
+
+namespace lenetx::cpu {
+
+// Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
+// (kh, kw) of input channel ic at p + ic * plane + kh * dilation_h * padded_w + kw * dilation_w:
+// the same offset for every position, so a run of positions is a contiguous load. Columns
+// ow >= out_w of that numbering are computed and dropped.
+template <typename T, int MB, int NV>
+void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* output,
+                           const Conv2dShape& s) {
+  constexpr int64_t N = NV * Vec<T>::kLanes;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
+  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h,
+                                       s.pad_w, N + s.kernel_w * s.dilation_w);
+  const int64_t positions = s.out_h * x.w, tiles = blocks_of(positions, N);
+  const int64_t blocks = blocks_of(ocg, MB), out_plane = s.out_h * s.out_w;
+  // Weights as [group][block][ic, kh, kw][MB output channels], zero past ocg.
+  std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, o = oc % ocg;
+    for (int64_t k = 0; k < depth; ++k)
+      packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
+  }
+  std::vector<int64_t> tap_offsets;
+  for (int64_t ic = 0; ic < icg; ++ic)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  parallel_for_ranges(s.batch * s.groups * blocks * tiles, depth * MB * N, [&](int64_t first, int64_t last) {
+    alignas(64) T tile[MB * N];
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t t = item % tiles, b = item / tiles % blocks;
+      const int64_t g = item / (tiles * blocks) % s.groups, n = item / (tiles * blocks * s.groups);
+      const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
+      gemm_tile<T, MB, NV>(packed.data() + (g * blocks + b) * depth * MB, 1, MB,
+                           x.data + (n * s.in_channels + g * icg) * x.plane + p0,
+                           tap_offsets.data(), depth, tile);
+      const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
+      for (int64_t m = 0; m < channels; ++m) {
+        const int64_t oc = g * ocg + b * MB + m;
+        const T shift = bias ? bias[oc] : T(0);
+        T* out = output + (n * s.out_channels + oc) * out_plane;
+        for (int64_t p = p0; p < p_end;) {
+          const int64_t oh = p / x.w, ow = p % x.w, row_end = std::min(p_end, (oh + 1) * x.w);
+          const T* src = tile + m * N + (p - p0);
+          T* dst = out + oh * s.out_w;
+          for (int64_t c = ow; c < std::min(s.out_w, ow + row_end - p); ++c) dst[c] = src[c - ow] + shift;
+          p = row_end;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* output,
+                        const Conv2dShape& s) {
+  with_tile<T>(s.out_channels_per_group(), s.out_h * (s.in_w + 2 * s.pad_w), [&]<int MB, int NV>() {
+    correlate_padded_rows<T, MB, NV>(input, weight, bias, output, s);
+  });
+}
+
+// The grad_input of a stride-1 convolution is itself a stride-1 convolution: of grad_output,
+// padded by dilation * (kernel - 1) - padding, with the kernel flipped and its input and output
+// channels swapped. Needs padding <= dilation * (kernel - 1), true of every "same" or "valid" layer.
+inline Conv2dShape grad_input_as_correlation(const Conv2dShape& s) {
+  Conv2dShape t = s;
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.in_h = s.out_h, t.in_w = s.out_w, t.out_h = s.in_h, t.out_w = s.in_w;
+  t.pad_h = s.dilation_h * (s.kernel_h - 1) - s.pad_h;
+  t.pad_w = s.dilation_w * (s.kernel_w - 1) - s.pad_w;
+  return t;
+}
+
+inline bool grad_input_is_correlation(const Conv2dShape& s) {
+  const Conv2dShape t = grad_input_as_correlation(s);
+  return s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0 && worth_padded_rows(t);
+}
+
+template <typename T>
+void conv2d_grad_input_by_correlation(const T* grad_output, const T* weight, T* grad_input,
+                                      const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w;
+  // flipped[g * icg + ic][oc][kh][kw] = weight[g * ocg + oc][ic][K_h - 1 - kh][K_w - 1 - kw]
+  std::vector<T> flipped(s.in_channels * ocg * kh_n * kw_n);
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t oc = 0; oc < ocg; ++oc)
+      for (int64_t ic = 0; ic < icg; ++ic)
+        for (int64_t kh = 0; kh < kh_n; ++kh)
+          for (int64_t kw = 0; kw < kw_n; ++kw)
+            flipped[(((g * icg + ic) * ocg + oc) * kh_n + kh) * kw_n + kw] =
+                weight[(((g * ocg + oc) * icg + ic) * kh_n + kh_n - 1 - kh) * kw_n + kw_n - 1 - kw];
+  conv2d_padded_rows<T>(grad_output, flipped.data(), nullptr, grad_input, grad_input_as_correlation(s));
+}
+
+// grad_weight of a stride-1 layer with few output channels (LeNet's conv1: 6), as dot products
+// along the padded rows of worth_padded_rows: grad_output is laid out on the same rows, with
+// zeros in the columns past out_w, so that every tap is a dot product of two contiguous runs.
+// Those zeros meet real input values, which is exact only for finite input: an input with an
+// infinity or NaN goes to the channel-vector kernel instead.
+template <typename T>
+void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
+                                const Conv2dShape& s) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  constexpr int MB = 6, TB = 3;
+  constexpr int64_t L = Vec<T>::kLanes;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
+  bool finite = true;
+  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h,
+                                       s.pad_w, (s.kernel_w - 1) * s.dilation_w + L, &finite);
+  if (!finite) return conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
+  const int64_t positions = s.out_h * x.w, len = blocks_of(positions, L) * L;
+  // grad_output as [image][channel (MB zero ones after the last)][len], each value written once.
+  const int64_t go_rows = s.out_channels + MB;
+  const std::unique_ptr<T[]> go(new T[s.batch * go_rows * len]);
+  parallel_for(s.batch * go_rows, len, [&](int64_t row) {
+    const int64_t n = row / go_rows, oc = row % go_rows;
+    T* dst = go.get() + row * len;
+    if (oc >= s.out_channels) {
+      std::fill_n(dst, len, T(0));
+      return;
+    }
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      std::copy_n(grad_output + ((n * s.out_channels + oc) * s.out_h + oh) * s.out_w, s.out_w, dst + oh * x.w);
+      std::fill(dst + oh * x.w + s.out_w, dst + (oh + 1) * x.w, T(0));
+    }
+    std::fill(dst + positions, dst + len, T(0));
+  });
+  std::vector<int64_t> tap_offsets;
+  for (int64_t ic = 0; ic < icg; ++ic)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
+  const int64_t tap_blocks = blocks_of(depth, TB);
+  // partial[chunk][oc][k]
+  std::vector<T> partial(chunks * s.out_channels * depth);
+  parallel_for(chunks * s.groups * blocks * tap_blocks, kImagesPerPartial * len * MB * TB, [&](int64_t item) {
+    const int64_t j = item % tap_blocks, b = item / tap_blocks % blocks;
+    const int64_t g = item / (tap_blocks * blocks) % s.groups, chunk = item / (tap_blocks * blocks * s.groups);
+    const int64_t k0 = j * TB, count = std::min<int64_t>(TB, depth - k0);
+    const int64_t oc0 = g * ocg + b * MB;
+    T sums[MB * TB] = {};
+    for (int64_t n = chunk * kImagesPerPartial; n < std::min(s.batch, (chunk + 1) * kImagesPerPartial); ++n) {
+      const T* a = go.get() + (n * go_rows + oc0) * len;
+      const T* in = x.data + (n * s.in_channels + g * icg) * x.plane;
+      switch (count) {
+        case 1: dot_tile<T, MB, 1>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+        case 2: dot_tile<T, MB, 2>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+        default: dot_tile<T, MB, TB>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+      }
+    }
+    for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
+      for (int64_t t = 0; t < count; ++t)
+        partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
+  });
+  parallel_for(s.out_channels, depth * chunks, [&](int64_t oc) {
+    for (int64_t k = 0; k < depth; ++k) {
+      acc_t sum = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[(chunk * s.out_channels + oc) * depth + k];
+      grad_weight[oc * depth + k] = static_cast<T>(sum);
+    }
+  });
+}
+
+}  // namespace lenetx::cpu
