@@ -23,7 +23,6 @@ namespace lenetx::cpu {
 template <typename T>
 void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* grad_weight,
                                       const Conv2dShape& s) {
-  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, C = s.in_channels;
   const int64_t padded_h = s.in_h + 2 * s.pad_h, padded_w = s.in_w + 2 * s.pad_w;
@@ -85,14 +84,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
             partial[((chunk * s.out_channels + oc0 + m) * icg + ic0 + j) * taps + tap] = tile[m * N + j];
       }
     });
-    const int64_t per_chunk = s.out_channels * icg * taps;
-    parallel_for(s.out_channels, icg * taps * chunks, [&](int64_t oc) {
-      for (int64_t k = oc * icg * taps; k < (oc + 1) * icg * taps; ++k) {
-        acc_t sum = 0;
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * per_chunk + k];
-        grad_weight[k] = static_cast<T>(sum);
-      }
-    });
+    sum_chunk_partials(partial, chunks, s.out_channels * icg * taps, grad_weight);
   });
 }
 

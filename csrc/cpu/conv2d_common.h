@@ -62,6 +62,38 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   if (all_finite) *all_finite = finite;
   return {std::move(storage), out, padded_h, padded_w, plane};
 }
+
+// Where tap (ic, kh, kw) of the output position at offset 0 reads in padded planes `x`, in the
+// weight's (ic, kh, kw) order: the rows that a padded-rows tile reads.
+template <typename T>
+std::vector<int64_t> tap_offsets(const PaddedPlanes<T>& x, int64_t in_channels, const Conv2dShape& s) {
+  std::vector<int64_t> offsets;
+  for (int64_t ic = 0; ic < in_channels; ++ic)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  return offsets;
+}
+
+// Row offsets 0, stride, 2 * stride, ...: the rows of a matrix stored row after row.
+inline std::vector<int64_t> evenly_spaced(int64_t count, int64_t stride) {
+  std::vector<int64_t> offsets(count);
+  for (int64_t i = 0; i < count; ++i) offsets[i] = i * stride;
+  return offsets;
+}
+
+// grad_weight[i] = sum over chunks, in order, of partial[chunk * count + i], for the grad_weight
+// paths that keep one partial result per chunk of images in the weight's own layout.
+template <typename T>
+void sum_chunk_partials(const std::vector<T>& partial, int64_t chunks, int64_t count, T* grad_weight) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  parallel_for(count, chunks, [&](int64_t i) {
+    acc_t sum = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * count + i];
+    grad_weight[i] = static_cast<T>(sum);
+  });
+}
+
 // Stride-1 correlation worth running on padded rows: at least half of the positions computed
 // along a padded row are real outputs.
 inline bool worth_padded_rows(const Conv2dShape& s) {

@@ -38,11 +38,7 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
     for (int64_t k = 0; k < depth; ++k)
       packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
   }
-  std::vector<int64_t> tap_offsets;
-  for (int64_t ic = 0; ic < icg; ++ic)
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-        tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  const std::vector<int64_t> taps_at = tap_offsets(x, icg, s);
   parallel_for_ranges(s.batch * s.groups * blocks * tiles, depth * MB * N, [&](int64_t first, int64_t last) {
     alignas(64) T tile[MB * N];
     for (int64_t item = first; item < last; ++item) {
@@ -51,7 +47,7 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
       const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
       gemm_tile<T, MB, NV>(packed.data() + (g * blocks + b) * depth * MB, 1, MB,
                            x.data + (n * s.in_channels + g * icg) * x.plane + p0,
-                           tap_offsets.data(), depth, tile);
+                           taps_at.data(), depth, tile);
       const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
       for (int64_t m = 0; m < channels; ++m) {
         const int64_t oc = g * ocg + b * MB + m;
@@ -120,7 +116,6 @@ void conv2d_grad_input_by_correlation(const T* grad_output, const T* weight, T* 
 template <typename T>
 void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
-  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
   constexpr int MB = 6, TB = 3;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
@@ -146,11 +141,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
     }
     std::fill(dst + positions, dst + len, T(0));
   });
-  std::vector<int64_t> tap_offsets;
-  for (int64_t ic = 0; ic < icg; ++ic)
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-        tap_offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+  const std::vector<int64_t> taps_at = tap_offsets(x, icg, s);
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
   const int64_t tap_blocks = blocks_of(depth, TB);
   // partial[chunk][oc][k]
@@ -165,22 +156,16 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
       const T* a = go.get() + (n * go_rows + oc0) * len;
       const T* in = x.data + (n * s.in_channels + g * icg) * x.plane;
       switch (count) {
-        case 1: dot_tile<T, MB, 1>(a, len, in, tap_offsets.data() + k0, len, sums); break;
-        case 2: dot_tile<T, MB, 2>(a, len, in, tap_offsets.data() + k0, len, sums); break;
-        default: dot_tile<T, MB, TB>(a, len, in, tap_offsets.data() + k0, len, sums); break;
+        case 1: dot_tile<T, MB, 1>(a, len, in, taps_at.data() + k0, len, sums); break;
+        case 2: dot_tile<T, MB, 2>(a, len, in, taps_at.data() + k0, len, sums); break;
+        default: dot_tile<T, MB, TB>(a, len, in, taps_at.data() + k0, len, sums); break;
       }
     }
     for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
       for (int64_t t = 0; t < count; ++t)
         partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
   });
-  parallel_for(s.out_channels, depth * chunks, [&](int64_t oc) {
-    for (int64_t k = 0; k < depth; ++k) {
-      acc_t sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[(chunk * s.out_channels + oc) * depth + k];
-      grad_weight[oc * depth + k] = static_cast<T>(sum);
-    }
-  });
+  sum_chunk_partials(partial, chunks, s.out_channels * depth, grad_weight);
 }
 
 }  // namespace lenetx::cpu

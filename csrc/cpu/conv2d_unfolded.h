@@ -40,6 +40,21 @@ struct Unfolded {
   const T* at(int64_t row, int64_t group, int64_t column) const { return data.data() + offset(row, group, column); }
 };
 
+// Calls fn(tap, index) for each kernel tap (in (kh, kw) order) of output pixel (oh, ow) that
+// reads inside the input, index being where in an input plane it reads: what unfolding copies
+// and folding back adds up.
+template <typename Fn>
+void for_each_tap_inside(const Conv2dShape& s, int64_t oh, int64_t ow, const Fn& fn) {
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
+    if (ih < 0 || ih >= s.in_h) continue;
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
+      if (iw >= 0 && iw < s.in_w) fn(kh * s.kernel_w + kw, ih * s.in_w + iw);
+    }
+  }
+}
+
 template <typename T>
 Unfolded<T> unfold(const T* input, const Conv2dShape& s, int64_t panel) {
   const int64_t pixels = s.out_h * s.out_w, taps = s.kernel_h * s.kernel_w;
@@ -52,22 +67,17 @@ Unfolded<T> unfold(const T* input, const Conv2dShape& s, int64_t panel) {
   parallel_for(u.rows, s.in_channels * taps, [&](int64_t row) {
     const int64_t n = row / pixels, oh = row % pixels / s.out_w, ow = row % s.out_w;
     T* dst = u.data.data() + row * panel;
-    const int64_t* column = column_offsets.data();
     for (int64_t ic = 0; ic < s.in_channels; ++ic) {
       const T* plane = input + (n * s.in_channels + ic) * s.in_h * s.in_w;
-      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-        const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw, ++column) {
-          const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
-          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) dst[*column] = plane[ih * s.in_w + iw];
-        }
-      }
+      const int64_t* columns = column_offsets.data() + ic * taps;
+      for_each_tap_inside(s, oh, ow, [&](int64_t tap, int64_t index) { dst[columns[tap]] = plane[index]; });
     }
   });
   return u;
 }
 
-// [rows][channels] -> [channels][rows] per image, and back: grad_output as one row per pixel.
+// grad_output [n][oc][p] as one row per pixel, [(n, p)][oc], with `extra_columns` zero columns
+// after the channels and 16 zero rows (plus slack) after the last pixel for tiles to read.
 template <typename T>
 std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s, int64_t extra_columns) {
   const int64_t pixels = s.out_h * s.out_w, width = s.out_channels + extra_columns;
@@ -93,8 +103,7 @@ void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, 
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       for (int64_t k = 0; k < depth; ++k)
         wt[((oc / ocg * tiles + oc % ocg / N) * depth + k) * N + oc % ocg % N] = weight[oc * depth + k];
-    std::vector<int64_t> rows(kDepthBlock);
-    for (int64_t k = 0; k < kDepthBlock; ++k) rows[k] = k * N;
+    const std::vector<int64_t> rows = evenly_spaced(kDepthBlock, N);
     // The reduction runs in blocks of kDepthBlock (a 128 KB weight panel, which stays in L2
     // across all row blocks); sums[group][block][tile][MB][N] adds the blocks in order.
     std::vector<T> sums(s.groups * blocks * tiles * MB * N);
@@ -144,8 +153,7 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       for (int64_t k = 0; k < depth; ++k)
         w[((oc / ocg * tiles + k / N) * ocg + oc % ocg) * N + k % N] = weight[oc * depth + k];
-    std::vector<int64_t> w_rows(ocg);
-    for (int64_t oc = 0; oc < ocg; ++oc) w_rows[oc] = oc * N;
+    const std::vector<int64_t> w_rows = evenly_spaced(ocg, N);
     parallel_for_ranges(s.groups * blocks * tiles, ocg * MB * N, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
@@ -166,13 +174,7 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
     for (int64_t p = 0; p < pixels; ++p) {
       const int64_t oh = p / s.out_w, ow = p % s.out_w;
       const T* src = unfolded_grad.data() + (n * pixels + p) * unfolded_width + ic * taps;
-      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-        const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dilation_h;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-          const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dilation_w;
-          if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) gi[ih * s.in_w + iw] += src[kh * s.kernel_w + kw];
-        }
-      }
+      for_each_tap_inside(s, oh, ow, [&](int64_t tap, int64_t index) { gi[index] += src[tap]; });
     }
   });
 }
@@ -189,8 +191,7 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
     const Unfolded<T> u = unfold(input, s, N);
     const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(depth, N), go_width = s.out_channels + MB;
     const std::vector<T> go = pixels_by_channel(grad_output, s, MB);
-    std::vector<int64_t> rows(u.rows);
-    for (int64_t r = 0; r < u.rows; ++r) rows[r] = r * N;
+    const std::vector<int64_t> rows = evenly_spaced(u.rows, N);
     // Channel blocks vary fastest, so that each thread keeps one column panel of the unfolded
     // input in cache across many of them.
     parallel_for_ranges(s.groups * blocks * tiles, u.rows * MB * N, [&](int64_t first, int64_t last) {

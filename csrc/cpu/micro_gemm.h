@@ -2,8 +2,8 @@
 // The register tile that the fast convolution paths share: C[MB][NV vectors] accumulated over a
 // reduction of `depth` steps, each step broadcasting MB values of A against NV vectors read from
 // one row of B. Rows of B are given by offset, so the same tile serves a matrix product (rows
-// evenly spaced) and a convolution read straight out of an image (row k = where tap k of input
-// channel k starts).
+// evenly spaced) and a convolution read straight out of an image (row k starts where reduction
+// step k, one tap of one input channel, reads).
 #include <cstdint>
 #include <cstring>
 
