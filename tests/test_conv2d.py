@@ -61,6 +61,12 @@ EDGE_CASES = [
     dict(batch=3, in_channels=40, out_channels=20, size=(9, 8), kernel=(3, 3), padding=1,
          stride=(1, 2), groups=2),  # grad_weight over channels-last input, groups, stride
     dict(batch=5, in_channels=60, out_channels=9, size=(4, 4), kernel=(3, 3), padding=1),  # few pixels, depth > 512
+    # Blocked matrix products: several row blocks, column panels and depth blocks, with channel
+    # runs that do not fill a depth block; with groups, stride, dilation and uneven padding.
+    dict(batch=13, in_channels=70, out_channels=100, size=(8, 8), kernel=(3, 3), padding=1),
+    dict(batch=7, in_channels=36, out_channels=50, size=(11, 9), kernel=(3, 3), padding=(2, 1),
+         stride=2, dilation=(2, 1), groups=2),
+    dict(batch=4, in_channels=24, out_channels=30, size=(8, 8), kernel=(3, 3), padding=1, groups=3),
 ]
 
 
@@ -156,6 +162,7 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
     dict(input=(20, 6, 14, 14), weight=(16, 6, 5, 5)),  # stride-1 convolution
     dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5)),  # few output channels
     dict(input=(20, 16, 5, 5), weight=(120, 16, 5, 5)),  # fully connected
+    dict(input=(9, 70, 8, 8), weight=(40, 70, 3, 3)),  # blocked matrix products
 ])
 def test_results_do_not_depend_on_the_thread_count(shape, generator):
     input = torch.randn(shape["input"], generator=generator, requires_grad=True)

@@ -32,15 +32,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
   const int64_t image = padded_h * padded_w * C, chunks = blocks_of(s.batch, chunk_images);
   with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
-    std::vector<T> x(s.batch * image + N, T(0));
-    parallel_for(s.batch * s.in_h, C * s.in_w, [&](int64_t row) {
-      const int64_t n = row / s.in_h, h = row % s.in_h;
-      T* dst = x.data() + n * image + ((h + s.pad_h) * padded_w + s.pad_w) * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const T* src = input + ((n * C + c) * s.in_h + h) * s.in_w;
-        for (int64_t w = 0; w < s.in_w; ++w) dst[w * C + c] = src[w];
-      }
-    });
+    const std::vector<T> x = channels_last_padded(input, s, N);
     // grad_output per chunk as [channel][image][pixel], then MB zero channels that the last
     // tile reads and drops.
     const int64_t go_rows = s.out_channels + MB, go_chunk = go_rows * chunk_images * out_plane;
@@ -74,8 +66,8 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         const int64_t images = std::min(chunk_images, s.batch - chunk * chunk_images);
         const int64_t kh = tap / s.kernel_w, kw = tap % s.kernel_w;
         const int64_t oc0 = g * ocg + b * MB, ic0 = t * N;
-        gemm_tile<T, MB, NV>(go.get() + chunk * go_chunk + oc0 * chunk_images * out_plane,
-                             chunk_images * out_plane, 1,
+        gemm_tile<T, MB, NV>(StridedRows<T>{go.get() + chunk * go_chunk + oc0 * chunk_images * out_plane,
+                                            chunk_images * out_plane, 1},
                              x.data() + chunk * chunk_images * image +
                                  (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
                              pixel_rows.data(), images * out_plane, tile);

@@ -63,6 +63,24 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   return {std::move(storage), out, padded_h, padded_w, plane};
 }
 
+// The input channels-last inside its zero border, [n][in_h + 2 pad_h][in_w + 2 pad_w][C], then
+// `slack` zeros: the channels one pixel reads through one tap are a contiguous run.
+template <typename T>
+std::vector<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_t slack) {
+  const int64_t C = s.in_channels, padded_w = s.in_w + 2 * s.pad_w;
+  const int64_t image = (s.in_h + 2 * s.pad_h) * padded_w * C;
+  std::vector<T> x(s.batch * image + slack, T(0));
+  parallel_for(s.batch * s.in_h, C * s.in_w, [&](int64_t row) {
+    const int64_t n = row / s.in_h, h = row % s.in_h;
+    T* dst = x.data() + n * image + ((h + s.pad_h) * padded_w + s.pad_w) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T* src = input + ((n * C + c) * s.in_h + h) * s.in_w;
+      for (int64_t w = 0; w < s.in_w; ++w) dst[w * C + c] = src[w];
+    }
+  });
+  return x;
+}
+
 // Where tap (ic, kh, kw) of the output position at offset 0 reads in padded planes `x`, in the
 // weight's (ic, kh, kw) order: the rows that a padded-rows tile reads.
 template <typename T>
@@ -92,6 +110,42 @@ void sum_chunk_partials(const std::vector<T>& partial, int64_t chunks, int64_t c
     for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * count + i];
     grad_weight[i] = static_cast<T>(sum);
   });
+}
+
+// The grad_input of a stride-1 convolution is itself a stride-1 convolution: of grad_output,
+// padded by dilation * (kernel - 1) - padding, with the kernel flipped (flipped_kernel) and its
+// input and output channels swapped. Needs padding <= dilation * (kernel - 1), true of every
+// "same" or "valid" layer.
+inline Conv2dShape grad_input_as_correlation(const Conv2dShape& s) {
+  Conv2dShape t = s;
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.in_h = s.out_h, t.in_w = s.out_w, t.out_h = s.in_h, t.out_w = s.in_w;
+  t.pad_h = s.dilation_h * (s.kernel_h - 1) - s.pad_h;
+  t.pad_w = s.dilation_w * (s.kernel_w - 1) - s.pad_w;
+  return t;
+}
+
+inline bool grad_input_is_correlation(const Conv2dShape& s) {
+  const Conv2dShape t = grad_input_as_correlation(s);
+  return s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0;
+}
+
+// flipped[g * icg + ic][oc][kh][kw] = weight[g * ocg + oc][ic][K_h - 1 - kh][K_w - 1 - kw]: the
+// weight of grad_input_as_correlation.
+template <typename T>
+std::vector<T> flipped_kernel(const T* weight, const Conv2dShape& s) {
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w;
+  std::vector<T> flipped(s.in_channels * ocg * kh_n * kw_n);
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t oc = 0; oc < ocg; ++oc)
+      for (int64_t ic = 0; ic < icg; ++ic)
+        for (int64_t kh = 0; kh < kh_n; ++kh)
+          for (int64_t kw = 0; kw < kw_n; ++kw)
+            flipped[(((g * icg + ic) * ocg + oc) * kh_n + kh) * kw_n + kw] =
+                weight[(((g * ocg + oc) * icg + ic) * kh_n + kh_n - 1 - kh) * kw_n + kw_n - 1 - kw];
+  return flipped;
 }
 
 // Stride-1 correlation worth running on padded rows: at least half of the positions computed

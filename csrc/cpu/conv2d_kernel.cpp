@@ -1,12 +1,14 @@
 // Direct 2-D convolution on the CPU: forward, grad_input, grad_weight and grad_bias, each
 // dispatching by shape to one of the paths below (benchmarks/NOTES.md has the measurements):
+// - conv2d_unfolded.h: few output pixels (the forward up to 64: LeNet's conv3, VGG's 8x8 and
+//   smaller blocks; grad_input and grad_weight up to 32) as gemm.h's blocked matrix products
+//   over the unfolded input, read in place from a channels-last copy.
 // - conv2d_padded_rows.h: stride 1. Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
-//   multiplies a block of output channels by a run of positions. grad_input of a stride-1 layer
-//   is the same correlation on the padded grad_output with the flipped kernel; grad_weight with
-//   few output channels is dot products along the same rows.
-// - conv2d_unfolded.h: at most 32 output pixels (LeNet's conv3, VGG's 4x4 and 2x2 blocks): the
-//   input unfolded to one row per output pixel, then matrix products on the same tile.
+//   multiplies a block of output channels by a run of positions; grad_weight with few output
+//   channels is dot products along the same rows.
+// - The grad_input of a stride-1 layer is a forward correlation on the padded grad_output with
+//   the flipped kernel, so it takes the forward's paths.
 // - conv2d_channels_last.h: grad_weight with enough input channels to fill a vector, one product
 //   per kernel tap over a channels-last copy of the input.
 // - conv2d_channel_vector.h: everything else (strides, few channels), vectorized across channels.
@@ -43,6 +45,25 @@ LENETX_SIMD_CLONES T grad_bias_channel(const T* __restrict grad_output, int64_t 
   return static_cast<T>(total);
 }
 
+// Whether the forward runs as a product over the unfolded input: fastest with few output pixels,
+// where the padded rows would compute many dropped columns (benchmarks/NOTES.md).
+inline bool forward_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 64; }
+
+// The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
+template <typename T>
+void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  if (forward_as_product(s))
+    conv2d_unfolded<T>(input, weight, bias, output, s);
+  else if (worth_padded_rows(s))
+    conv2d_padded_rows<T>(input, weight, bias, output, s);
+  else
+    switch (channel_block(s.out_channels_per_group())) {
+      case 8: conv2d_forward_impl<T, 8, 8>(input, weight, bias, output, s); break;
+      case 16: conv2d_forward_impl<T, 16, 4>(input, weight, bias, output, s); break;
+      default: conv2d_forward_impl<T, 32, 4>(input, weight, bias, output, s); break;
+    }
+}
+
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -51,21 +72,9 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_conv2d", [&] {
-    const scalar_t* bias_data = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    const auto run = [&](auto kernel) {
-      kernel(in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_data,
-             output.mutable_data_ptr<scalar_t>(), s);
-    };
-    if (few_output_pixels(s))
-      run(conv2d_unfolded<scalar_t>);
-    else if (worth_padded_rows(s))
-      run(conv2d_padded_rows<scalar_t>);
-    else
-      switch (channel_block(s.out_channels_per_group())) {
-        case 8: run(conv2d_forward_impl<scalar_t, 8, 8>); break;
-        case 16: run(conv2d_forward_impl<scalar_t, 16, 4>); break;
-        default: run(conv2d_forward_impl<scalar_t, 32, 4>); break;
-      }
+    conv2d_forward<scalar_t>(in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                             output.mutable_data_ptr<scalar_t>(), s);
   });
   return output;
 }
@@ -78,20 +87,21 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
   const at::Tensor go = grad_output.contiguous(), w = weight.contiguous();
   at::Tensor grad_input = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_conv2d_grad_input", [&] {
-    const auto run = [&](auto kernel) {
-      kernel(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-             grad_input.mutable_data_ptr<scalar_t>(), s);
-    };
-    if (few_output_pixels(s))
-      run(conv2d_grad_input_unfolded<scalar_t>);
-    else if (grad_input_is_correlation(s))
-      run(conv2d_grad_input_by_correlation<scalar_t>);
-    else
+    const Conv2dShape t = grad_input_as_correlation(s);
+    const scalar_t* go_data = go.const_data_ptr<scalar_t>();
+    scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
+    if (few_output_pixels(s)) {
+      conv2d_grad_input_unfolded<scalar_t>(go_data, w.const_data_ptr<scalar_t>(), gi_data, s);
+    } else if (grad_input_is_correlation(s) && (forward_as_product(t) || worth_padded_rows(t))) {
+      conv2d_forward<scalar_t>(go_data, flipped_kernel(w.const_data_ptr<scalar_t>(), s).data(), nullptr, gi_data, t);
+    } else {
+      const auto run = [&](auto kernel) { kernel(go_data, w.const_data_ptr<scalar_t>(), gi_data, s); };
       switch (channel_block(s.in_channels_per_group())) {
         case 8: run(conv2d_grad_input_impl<scalar_t, 8, 8>); break;
         case 16: run(conv2d_grad_input_impl<scalar_t, 16, 4>); break;
         default: run(conv2d_grad_input_impl<scalar_t, 32, 4>); break;
       }
+    }
   });
   return grad_input;
 }

@@ -1,6 +1,6 @@
 #pragma once
-// Stride-1 convolution over padded rows: forward, grad_input as a correlation, and grad_weight
-// as dot products along the rows.
+// Stride-1 convolution over padded rows: forward (also the grad_input of a stride-1 layer, a
+// correlation), and grad_weight as dot products along the rows.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 
@@ -45,7 +45,7 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
       const int64_t t = item % tiles, b = item / tiles % blocks;
       const int64_t g = item / (tiles * blocks) % s.groups, n = item / (tiles * blocks * s.groups);
       const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
-      gemm_tile<T, MB, NV>(packed.data() + (g * blocks + b) * depth * MB, 1, MB,
+      gemm_tile<T, MB, NV>(StridedRows<T>{packed.data() + (g * blocks + b) * depth * MB, 1, MB},
                            x.data + (n * s.in_channels + g * icg) * x.plane + p0,
                            taps_at.data(), depth, tile);
       const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
@@ -71,41 +71,6 @@ void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* outpu
   with_tile<T>(s.out_channels_per_group(), s.out_h * (s.in_w + 2 * s.pad_w), [&]<int MB, int NV>() {
     correlate_padded_rows<T, MB, NV>(input, weight, bias, output, s);
   });
-}
-
-// The grad_input of a stride-1 convolution is itself a stride-1 convolution: of grad_output,
-// padded by dilation * (kernel - 1) - padding, with the kernel flipped and its input and output
-// channels swapped. Needs padding <= dilation * (kernel - 1), true of every "same" or "valid" layer.
-inline Conv2dShape grad_input_as_correlation(const Conv2dShape& s) {
-  Conv2dShape t = s;
-  t.in_channels = s.out_channels;
-  t.out_channels = s.in_channels;
-  t.in_h = s.out_h, t.in_w = s.out_w, t.out_h = s.in_h, t.out_w = s.in_w;
-  t.pad_h = s.dilation_h * (s.kernel_h - 1) - s.pad_h;
-  t.pad_w = s.dilation_w * (s.kernel_w - 1) - s.pad_w;
-  return t;
-}
-
-inline bool grad_input_is_correlation(const Conv2dShape& s) {
-  const Conv2dShape t = grad_input_as_correlation(s);
-  return s.stride_h == 1 && s.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0 && worth_padded_rows(t);
-}
-
-template <typename T>
-void conv2d_grad_input_by_correlation(const T* grad_output, const T* weight, T* grad_input,
-                                      const Conv2dShape& s) {
-  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w;
-  // flipped[g * icg + ic][oc][kh][kw] = weight[g * ocg + oc][ic][K_h - 1 - kh][K_w - 1 - kw]
-  std::vector<T> flipped(s.in_channels * ocg * kh_n * kw_n);
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t oc = 0; oc < ocg; ++oc)
-      for (int64_t ic = 0; ic < icg; ++ic)
-        for (int64_t kh = 0; kh < kh_n; ++kh)
-          for (int64_t kw = 0; kw < kw_n; ++kw)
-            flipped[(((g * icg + ic) * ocg + oc) * kh_n + kh) * kw_n + kw] =
-                weight[(((g * ocg + oc) * icg + ic) * kh_n + kh_n - 1 - kh) * kw_n + kw_n - 1 - kw];
-  conv2d_padded_rows<T>(grad_output, flipped.data(), nullptr, grad_input, grad_input_as_correlation(s));
 }
 
 // grad_weight of a stride-1 layer with few output channels (LeNet's conv1: 6), as dot products

@@ -1,44 +1,22 @@
 #pragma once
-// Convolutions with few output pixels as matrix products over the unfolded input.
+// Convolutions as matrix products over the unfolded input.
 #include <ATen/ATen.h>
-#include <ATen/AccumulateType.h>
 
 #include <algorithm>
-#include <atomic>
-#include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
 #include "conv2d_common.h"
-#include "micro_gemm.h"
+#include "gemm.h"
 #include "parallel.h"
 
 namespace lenetx::cpu {
 
 // Layers with few output pixels (VGG's last blocks, LeNet's conv3) as matrix products over the
-// unfolded input: row (n, p) of `unfolded` holds every value output pixel p of image n reads, in
-// the weight's (ic, kh, kw) order and zero where it reads padding, so that
-// output[n][oc][p] = sum over k of unfolded[(n, p)][k] * weight[oc][k] per group. Tiles run over
-// whole rows; 16 zero rows and a vector of slack follow the last, so that no tile reads outside.
+// unfolded input: row (n, p) of it holds every value output pixel p of image n reads, in the
+// weight's (ic, kh, kw) order and zero where it reads padding, so that per group
+// output[n][oc][p] = sum over k of unfolded[(n, p)][k] * weight[oc][k].
 inline bool few_output_pixels(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
-
-// Reduction steps per pass over a weight panel in the unfolded forward.
-constexpr int64_t kDepthBlock = 512;
-
-// Each group's columns are stored in panels of `panel` columns, [group][column / panel][row]
-// [column % panel], with 16 zero rows after the last of each panel: a tile reading `panel`
-// columns of successive rows then walks memory contiguously (reads striding whole rows of a wide
-// matrix miss the TLB on every row).
-template <typename T>
-struct Unfolded {
-  std::vector<T> data;
-  int64_t rows, group_width, panel;
-  int64_t panel_size() const { return (rows + 16) * panel; }
-  int64_t offset(int64_t row, int64_t group, int64_t column) const {
-    return (group * blocks_of(group_width, panel) + column / panel) * panel_size() + row * panel + column % panel;
-  }
-  const T* at(int64_t row, int64_t group, int64_t column) const { return data.data() + offset(row, group, column); }
-};
 
 // Calls fn(tap, index) for each kernel tap (in (kh, kw) order) of output pixel (oh, ow) that
 // reads inside the input, index being where in an input plane it reads: what unfolding copies
@@ -55,83 +33,78 @@ void for_each_tap_inside(const Conv2dShape& s, int64_t oh, int64_t ow, const Fn&
   }
 }
 
+// The unfolded input of group g, [batch * out_h * out_w][in_channels_per_group * taps], with
+// its columns in (kh, kw, ic) order, read in place from channels_last_padded: the channels a
+// pixel reads through one tap are one contiguous run, so gemm reads it with no copy.
 template <typename T>
-Unfolded<T> unfold(const T* input, const Conv2dShape& s, int64_t panel) {
-  const int64_t pixels = s.out_h * s.out_w, taps = s.kernel_h * s.kernel_w;
-  const int64_t icg = s.in_channels_per_group();
-  Unfolded<T> u{{}, s.batch * pixels, icg * taps, panel};
-  u.data.assign(s.groups * blocks_of(u.group_width, panel) * u.panel_size() + 64, T(0));
-  // Where column k of row 0 of each group lies: one table, not a division per value.
-  std::vector<int64_t> column_offsets(s.in_channels * taps);
-  for (int64_t c = 0; c < s.in_channels * taps; ++c) column_offsets[c] = u.offset(0, c / u.group_width, c % u.group_width);
-  parallel_for(u.rows, s.in_channels * taps, [&](int64_t row) {
-    const int64_t n = row / pixels, oh = row % pixels / s.out_w, ow = row % s.out_w;
-    T* dst = u.data.data() + row * panel;
-    for (int64_t ic = 0; ic < s.in_channels; ++ic) {
-      const T* plane = input + (n * s.in_channels + ic) * s.in_h * s.in_w;
-      const int64_t* columns = column_offsets.data() + ic * taps;
-      for_each_tap_inside(s, oh, ow, [&](int64_t tap, int64_t index) { dst[columns[tap]] = plane[index]; });
-    }
-  });
-  return u;
-}
+struct ChannelWindows {
+  const T* x;
+  int64_t channels;                 // per group
+  std::vector<int64_t> pixel_start; // where each output pixel's window starts, at the group's first channel
+  std::vector<int64_t> tap_start;   // where each tap lies within a window
 
-// grad_output [n][oc][p] as one row per pixel, [(n, p)][oc], with `extra_columns` zero columns
-// after the channels and 16 zero rows (plus slack) after the last pixel for tiles to read.
+  ChannelWindows(const T* padded, const Conv2dShape& s, int64_t group) : x(padded), channels(s.in_channels_per_group()) {
+    const int64_t pixels = s.out_h * s.out_w, C = s.in_channels, padded_w = s.in_w + 2 * s.pad_w;
+    const int64_t image = (s.in_h + 2 * s.pad_h) * padded_w * C;
+    for (int64_t row = 0; row < s.batch * pixels; ++row) {
+      const int64_t n = row / pixels, oh = row % pixels / s.out_w, ow = row % s.out_w;
+      pixel_start.push_back(n * image + (oh * s.stride_h * padded_w + ow * s.stride_w) * C + group * channels);
+    }
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+        tap_start.push_back((kh * s.dilation_h * padded_w + kw * s.dilation_w) * C);
+  }
+  int64_t run(int64_t k) const { return channels - k % channels; }
+  const T* row(int64_t i, int64_t k) const { return x + pixel_start[i] + tap_start[k / channels] + k % channels; }
+};
+
+// Group g's weights as ChannelWindows' partner: b(k, oc) = weight[g * ocg + oc][ic][kh][kw] for
+// column k = (kh, kw, ic).
 template <typename T>
-std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s, int64_t extra_columns) {
-  const int64_t pixels = s.out_h * s.out_w, width = s.out_channels + extra_columns;
-  std::vector<T> out((s.batch * pixels + 16) * width + 64, T(0));
+struct WeightsByTap {
+  const T* weight;
+  int64_t depth;
+  std::vector<int64_t> column;  // where column k lies in a row of the weight
+
+  WeightsByTap(const T* w, const Conv2dShape& s, int64_t group)
+      : weight(w + group * s.out_channels_per_group() * s.in_channels_per_group() * s.kernel_h * s.kernel_w) {
+    const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w;
+    depth = icg * taps;
+    for (int64_t tap = 0; tap < taps; ++tap)
+      for (int64_t ic = 0; ic < icg; ++ic) column.push_back(ic * taps + tap);
+  }
+  T operator()(int64_t k, int64_t oc) const { return weight[oc * depth + column[k]]; }
+};
+
+// grad_output [n][oc][p] as one row per pixel, [(n, p)][oc].
+template <typename T>
+std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
+  const int64_t pixels = s.out_h * s.out_w;
+  std::vector<T> out(s.batch * pixels * s.out_channels);
   parallel_for(s.batch, s.out_channels * pixels, [&](int64_t n) {
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       for (int64_t p = 0; p < pixels; ++p)
-        out[(n * pixels + p) * width + oc] = grad_output[(n * s.out_channels + oc) * pixels + p];
+        out[(n * pixels + p) * s.out_channels + oc] = grad_output[(n * s.out_channels + oc) * pixels + p];
   });
   return out;
 }
 
 template <typename T>
 void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t depth = icg * s.kernel_h * s.kernel_w, pixels = s.out_h * s.out_w;
-  const Unfolded<T> u = unfold(input, s, depth);
-  with_tile<T>(u.rows, ocg, [&]<int MB, int NV>() {
-    constexpr int64_t N = NV * Vec<T>::kLanes;
-    const int64_t blocks = blocks_of(u.rows, MB), tiles = blocks_of(ocg, N);
-    // Weights transposed into panels of N output channels, [group][panel][k][N], zero past ocg.
-    std::vector<T> wt(s.groups * tiles * depth * N, T(0));
-    for (int64_t oc = 0; oc < s.out_channels; ++oc)
-      for (int64_t k = 0; k < depth; ++k)
-        wt[((oc / ocg * tiles + oc % ocg / N) * depth + k) * N + oc % ocg % N] = weight[oc * depth + k];
-    const std::vector<int64_t> rows = evenly_spaced(kDepthBlock, N);
-    // The reduction runs in blocks of kDepthBlock (a 128 KB weight panel, which stays in L2
-    // across all row blocks); sums[group][block][tile][MB][N] adds the blocks in order.
-    std::vector<T> sums(s.groups * blocks * tiles * MB * N);
-    for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
-      const int64_t steps = std::min(kDepthBlock, depth - k0);
-      // Row blocks vary fastest: each thread keeps its weight panel across many of them.
-      parallel_for_ranges(s.groups * blocks * tiles, steps * MB * N, [&](int64_t first, int64_t last) {
-        alignas(64) T tile[MB * N];
-        for (int64_t item = first; item < last; ++item) {
-          const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
-          gemm_tile<T, MB, NV>(u.at(b * MB, g, k0), u.panel, 1,
-                               wt.data() + ((g * tiles + t) * depth + k0) * N, rows.data(), steps, tile);
-          T* sum = sums.data() + ((g * blocks + b) * tiles + t) * MB * N;
-          for (int64_t i = 0; i < MB * N; ++i) sum[i] = k0 == 0 ? tile[i] : sum[i] + tile[i];
-        }
-      });
-    }
-    parallel_for(s.groups * blocks * tiles, MB * N, [&](int64_t item) {
-      const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
-      const T* sum = sums.data() + ((g * blocks + b) * tiles + t) * MB * N;
-      for (int64_t m = 0; m < std::min<int64_t>(MB, u.rows - b * MB); ++m) {
-        const int64_t n = (b * MB + m) / pixels, p = (b * MB + m) % pixels;
-        for (int64_t c = t * N; c < std::min(ocg, (t + 1) * N); ++c) {
-          const int64_t oc = g * ocg + c;
-          output[(n * s.out_channels + oc) * pixels + p] = sum[m * N + c - t * N] + (bias ? bias[oc] : T(0));
-        }
-      }
-    });
+  const int64_t ocg = s.out_channels_per_group(), pixels = s.out_h * s.out_w, rows = s.batch * pixels;
+  const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
+  const std::vector<T> x = channels_last_padded(input, s, 0);
+  // products[(n, p)][oc], then moved to [n][oc][p] with the bias.
+  std::vector<T> products(rows * s.out_channels);
+  for (int64_t g = 0; g < s.groups; ++g)
+    gemm(rows, ocg, depth, ChannelWindows<T>(x.data(), s, g), WeightsByTap<T>(weight, s, g),
+         products.data() + g * ocg, s.out_channels);
+  parallel_for(s.batch * s.out_channels, pixels, [&](int64_t plane) {
+    const int64_t n = plane / s.out_channels, oc = plane % s.out_channels;
+    const T shift = bias ? bias[oc] : T(0);
+    const T* src = products.data() + n * pixels * s.out_channels + oc;
+    T* dst = output + plane * pixels;
+    for (int64_t p = 0; p < pixels; ++p) dst[p] = src[p * s.out_channels] + shift;
   });
 }
 
@@ -140,72 +113,43 @@ void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, 
 template <typename T>
 void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_input,
                                 const Conv2dShape& s) {
-  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps, pixels = s.out_h * s.out_w;
-  const int64_t rows = s.batch * pixels, unfolded_width = s.in_channels * taps;
-  std::vector<T> unfolded_grad(rows * unfolded_width);
-  with_tile<T>(rows, depth, [&]<int MB, int NV>() {
-    constexpr int64_t N = NV * Vec<T>::kLanes;
-    const int64_t blocks = blocks_of(rows, MB), tiles = blocks_of(depth, N);
-    const std::vector<T> go = pixels_by_channel(grad_output, s, 0);
-    // Weights in panels of N columns, [group][panel][oc][N], zero past depth.
-    std::vector<T> w(s.groups * tiles * ocg * N, T(0));
-    for (int64_t oc = 0; oc < s.out_channels; ++oc)
-      for (int64_t k = 0; k < depth; ++k)
-        w[((oc / ocg * tiles + k / N) * ocg + oc % ocg) * N + k % N] = weight[oc * depth + k];
-    const std::vector<int64_t> w_rows = evenly_spaced(ocg, N);
-    parallel_for_ranges(s.groups * blocks * tiles, ocg * MB * N, [&](int64_t first, int64_t last) {
-      alignas(64) T tile[MB * N];
-      for (int64_t item = first; item < last; ++item) {
-        const int64_t t = item % tiles, b = item / tiles % blocks, g = item / (tiles * blocks);
-        gemm_tile<T, MB, NV>(go.data() + b * MB * s.out_channels + g * ocg, s.out_channels, 1,
-                             w.data() + (g * tiles + t) * ocg * N, w_rows.data(), ocg, tile);
-        for (int64_t m = 0; m < std::min<int64_t>(MB, rows - b * MB); ++m) {
-          T* dst = unfolded_grad.data() + (b * MB + m) * unfolded_width + g * depth;
-          for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) dst[j] = tile[m * N + j - t * N];
-        }
-      }
-    });
-  });
+  const int64_t ocg = s.out_channels_per_group(), pixels = s.out_h * s.out_w, rows = s.batch * pixels;
+  const int64_t taps = s.kernel_h * s.kernel_w, depth = s.in_channels_per_group() * taps;
+  const int64_t width = s.groups * depth;
+  const std::vector<T> go = pixels_by_channel(grad_output, s);
+  std::vector<T> unfolded_grad(rows * width);
+  for (int64_t g = 0; g < s.groups; ++g)
+    gemm(rows, depth, ocg, RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
+         StridedMatrix<T>{weight + g * ocg * depth, depth, 1}, unfolded_grad.data() + g * depth, width);
   parallel_for(s.batch * s.in_channels, pixels * taps, [&](int64_t plane) {
     const int64_t n = plane / s.in_channels, ic = plane % s.in_channels;
     T* gi = grad_input + plane * s.in_h * s.in_w;
     std::fill_n(gi, s.in_h * s.in_w, T(0));
     for (int64_t p = 0; p < pixels; ++p) {
       const int64_t oh = p / s.out_w, ow = p % s.out_w;
-      const T* src = unfolded_grad.data() + (n * pixels + p) * unfolded_width + ic * taps;
+      const T* src = unfolded_grad.data() + (n * pixels + p) * width + ic * taps;
       for_each_tap_inside(s, oh, ow, [&](int64_t tap, int64_t index) { gi[index] += src[tap]; });
     }
   });
 }
 
-// grad_weight[oc][k] = sum over rows (n, p) of grad_output[n][oc][p] * unfolded[(n, p)][k]: each
-// tile sums over the whole batch in order, so the result does not depend on the thread count.
+// grad_weight[oc][k] = sum over rows (n, p) of grad_output[n][oc][p] * unfolded[(n, p)][k],
+// computed with ChannelWindows' (kh, kw, ic) column order and reordered into the weight's.
 template <typename T>
 void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_weight,
                                  const Conv2dShape& s) {
-  const int64_t ocg = s.out_channels_per_group();
-  const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
-  with_tile<T>(ocg, depth, [&]<int MB, int NV>() {
-    constexpr int64_t N = NV * Vec<T>::kLanes;
-    const Unfolded<T> u = unfold(input, s, N);
-    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(depth, N), go_width = s.out_channels + MB;
-    const std::vector<T> go = pixels_by_channel(grad_output, s, MB);
-    const std::vector<int64_t> rows = evenly_spaced(u.rows, N);
-    // Channel blocks vary fastest, so that each thread keeps one column panel of the unfolded
-    // input in cache across many of them.
-    parallel_for_ranges(s.groups * blocks * tiles, u.rows * MB * N, [&](int64_t first, int64_t last) {
-      alignas(64) T tile[MB * N];
-      for (int64_t item = first; item < last; ++item) {
-        const int64_t b = item % blocks, t = item / blocks % tiles, g = item / (tiles * blocks);
-        gemm_tile<T, MB, NV>(go.data() + g * ocg + b * MB, 1, go_width,
-                             u.at(0, g, t * N), rows.data(), u.rows, tile);
-        for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m) {
-          T* gw = grad_weight + (g * ocg + b * MB + m) * depth;
-          for (int64_t j = t * N; j < std::min(depth, (t + 1) * N); ++j) gw[j] = tile[m * N + j - t * N];
-        }
-      }
-    });
+  const int64_t ocg = s.out_channels_per_group(), rows = s.batch * s.out_h * s.out_w;
+  const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w, depth = icg * taps;
+  const std::vector<T> x = channels_last_padded(input, s, 0);
+  const std::vector<T> go = pixels_by_channel(grad_output, s);
+  std::vector<T> by_tap(s.out_channels * depth);  // [oc][kh, kw, ic]
+  for (int64_t g = 0; g < s.groups; ++g)
+    gemm(ocg, depth, rows, StridedMatrix<T>{go.data() + g * ocg, 1, s.out_channels}, ChannelWindows<T>(x.data(), s, g),
+         by_tap.data() + g * ocg * depth, depth);
+  parallel_for(s.out_channels, depth, [&](int64_t oc) {
+    for (int64_t ic = 0; ic < icg; ++ic)
+      for (int64_t tap = 0; tap < taps; ++tap)
+        grad_weight[(oc * icg + ic) * taps + tap] = by_tap[(oc * taps + tap) * icg + ic];
   });
 }
 

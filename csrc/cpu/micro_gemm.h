@@ -31,11 +31,26 @@ __attribute__((always_inline)) inline void store_vec(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// c[m * N + n] = sum over k < depth of a[m * a_m + k * a_k] * b[b_rows[k] + n], with
-// N = NV * Vec<T>::kLanes. The sum runs over k in order, so a tile is bit-identical run to run.
-template <typename T, int MB, int NV>
-LENETX_SIMD_CLONES void gemm_tile(const T* __restrict a, int64_t a_m, int64_t a_k,
-                                  const T* __restrict b, const int64_t* __restrict b_rows,
+// A's values for one tile, row m of reduction step k at a[m * m_stride + k * k_stride].
+template <typename T>
+struct StridedRows {
+  const T* a;
+  int64_t m_stride, k_stride;
+  T operator()(int m, int64_t k) const { return a[m * m_stride + k * k_stride]; }
+};
+
+// A's rows for one tile each at its own address, steps contiguous: rows read in place.
+template <typename T, int MB>
+struct RowPointers {
+  const T* row[MB];
+  T operator()(int m, int64_t k) const { return row[m][k]; }
+};
+
+// c[m * N + n] = sum over k < depth of a(m, k) * b[b_rows[k] + n], with N = NV * Vec<T>::kLanes
+// and `a` a StridedRows or RowPointers. The sum runs over k in order, so a tile is bit-identical
+// run to run.
+template <typename T, int MB, int NV, typename ARows>
+LENETX_SIMD_CLONES void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict b_rows,
                                   int64_t depth, T* __restrict c) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
@@ -49,10 +64,9 @@ LENETX_SIMD_CLONES void gemm_tile(const T* __restrict a, int64_t a_m, int64_t a_
     V x[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) load_vec(x[v], row + v * L);
-    const T* ak = a + k * a_k;
 #pragma GCC unroll 16
     for (int m = 0; m < MB; ++m) {
-      const T scale = ak[m * a_m];
+      const T scale = a(m, k);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[m][v] += scale * x[v];
     }

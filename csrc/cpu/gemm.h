@@ -1,0 +1,170 @@
+#pragma once
+// A cache-blocked matrix product around micro_gemm.h's register tile, for the convolutions that
+// are matrix products over an unfolded input. Blocked like a BLAS: the whole of B is packed once
+// into panels of one tile's width; each thread packs a block of A rows, reduction step block by
+// block, and sweeps it against one B panel at a time, so that the B panel a tile reads
+// (kGemmDepthBlock steps x N values) stays in L1 and the packed A block in L2.
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "conv2d_common.h"
+#include "micro_gemm.h"
+#include "parallel.h"
+
+namespace lenetx::cpu {
+
+// Element (i, j) at data[i * row_stride + j * column_stride]: a matrix or its transpose, read
+// in place. gemm takes any type with this operator() as A or B.
+template <typename T>
+struct StridedMatrix {
+  const T* data;
+  int64_t row_stride, column_stride;
+  T operator()(int64_t i, int64_t j) const { return data[i * row_stride + j * column_stride]; }
+};
+
+// 128 steps of a 64-float panel are 32 KB, inside a 48 KB L1.
+constexpr int64_t kGemmDepthBlock = 64;
+// Rows of A per work item, and B columns per item (at least one panel): an item's packed A
+// block (192 x 128 floats, 96 KB) stays in L2 across its panels.
+constexpr int64_t kGemmRowBlock = 192;
+constexpr int64_t kGemmColumnBlock = 256;
+
+// A matrix whose rows can be read in place: row(i, k) points at m(i, k), m(i, k + 1), ... for
+// run(k) steps. gemm reads such an A through row pointers instead of packing it.
+template <typename Matrix>
+concept RowAddressable = requires(const Matrix& m) {
+  m.row(int64_t{0}, int64_t{0});
+  m.run(int64_t{0});
+};
+
+// A row-major matrix with `columns` columns, read in place.
+template <typename T>
+struct RowMajor {
+  const T* data;
+  int64_t row_stride, columns;
+  const T* row(int64_t i, int64_t j) const { return data + i * row_stride + j; }
+  int64_t run(int64_t j) const { return columns - j; }
+  T operator()(int64_t i, int64_t j) const { return *row(i, j); }
+};
+
+// dst[i][k][width] for i < count: panel i holds m(k0 + k, j) for columns j in
+// [first_column + i * width, ...), zero past `rows` x `columns`.
+template <typename T, typename Matrix>
+LENETX_SIMD_CLONES void pack_panels(const Matrix& m, int64_t rows, int64_t columns, int64_t k0,
+                                    int64_t steps, int64_t first_column, int64_t count, int64_t width, T* dst) {
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t j0 = first_column + i * width, used = std::max<int64_t>(0, std::min(width, columns - j0));
+    for (int64_t k = 0; k < steps; ++k) {
+      T* out = dst + (i * steps + k) * width;
+      if (k0 + k < rows) {
+        if constexpr (RowAddressable<Matrix>) {
+          for (int64_t j = 0, run; j < used; j += run) {
+            run = std::min(used - j, m.run(j0 + j));
+            std::copy_n(m.row(k0 + k, j0 + j), run, out + j);
+          }
+        } else {
+          for (int64_t j = 0; j < used; ++j) out[j] = m(k0 + k, j0 + j);
+        }
+      }
+      std::fill(out + (k0 + k < rows ? used : 0), out + width, T(0));
+    }
+  }
+}
+
+// A's (i, k) as (k, i), for packing A with pack_panels.
+template <typename Matrix>
+struct Transposed {
+  const Matrix& m;
+  auto operator()(int64_t i, int64_t j) const { return m(j, i); }
+};
+
+// out[r * out_stride + j] (+)= tile[r * tile_width + j], for r < count and j < width.
+template <typename T>
+LENETX_SIMD_CLONES void store_tile(const T* tile, int64_t tile_width, int64_t count, int64_t width,
+                                   bool accumulate, T* out, int64_t out_stride) {
+  for (int64_t r = 0; r < count; ++r) {
+    const T* src = tile + r * tile_width;
+    T* dst = out + r * out_stride;
+    if (accumulate)
+      for (int64_t j = 0; j < width; ++j) dst[j] += src[j];
+    else
+      for (int64_t j = 0; j < width; ++j) dst[j] = src[j];
+  }
+}
+
+// c[i * c_row_stride + j] = sum over k < depth of a(i, k) * b(k, j), for i < rows, j < columns.
+// Each sum runs over k in order, in blocks of at most kGemmDepthBlock added in order: the result
+// does not depend on the thread count.
+template <typename T, typename AMatrix, typename BMatrix>
+void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const BMatrix& b, T* c,
+          int64_t c_row_stride) {
+  if (rows <= 0 || columns <= 0) return;
+  if (depth <= 0) {
+    for (int64_t i = 0; i < rows; ++i) std::fill_n(c + i * c_row_stride, columns, T(0));
+    return;
+  }
+  with_tile<T>(rows, columns, [&]<int MB, int NV>() {
+    constexpr int64_t N = NV * Vec<T>::kLanes;
+    constexpr int64_t row_block = kGemmRowBlock / MB * MB;
+    const int64_t panels = blocks_of(columns, N), row_items = blocks_of(rows, row_block);
+    // A packed block serves every panel of its item; columns are split only when there are too
+    // few row blocks to keep the threads busy.
+    const int64_t column_items = std::min(panels, blocks_of(2 * at::get_num_threads(), row_items));
+    const int64_t panels_per_item = blocks_of(panels, column_items);
+    // B transposed: packed_b[panel][k][N] is b(k, panel * N + j), zero past the last column.
+    const std::unique_ptr<T[]> packed_b(new T[panels * depth * N]);
+    parallel_for(panels, depth * N, [&](int64_t panel) {
+      pack_panels(b, depth, columns, 0, depth, panel * N, 1, N, packed_b.get() + panel * depth * N);
+    });
+    const std::vector<int64_t> panel_rows = evenly_spaced(kGemmDepthBlock, N);
+    // What the rows past the last read, in place.
+    const std::vector<T> zeros(kGemmDepthBlock, T(0));
+    parallel_for_ranges(row_items * column_items, row_block * depth * panels_per_item * N,
+                        [&](int64_t first, int64_t last) {
+      // packed_a[row tile][k][MB]: a transposed, so that a tile's MB values of one step are adjacent.
+      const std::unique_ptr<T[]> packed_a(RowAddressable<AMatrix> ? nullptr : new T[row_block * kGemmDepthBlock]);
+      alignas(64) T tile[MB * N];
+      // Depth block [k0, k0 + steps) of one panel against each row tile of rows [row0, row0 + block_rows).
+      const auto sweep = [&](int64_t row0, int64_t block_rows, int64_t panel, int64_t k0, int64_t steps) {
+        const int64_t j0 = panel * N;
+        const T* b_block = packed_b.get() + (panel * depth + k0) * N;
+        for (int64_t rt = 0; rt < blocks_of(block_rows, MB); ++rt) {
+          const int64_t tile_rows = std::min<int64_t>(MB, block_rows - rt * MB);
+          if constexpr (RowAddressable<AMatrix>) {
+            RowPointers<T, MB> a_rows;
+            for (int m = 0; m < MB; ++m) a_rows.row[m] = m < tile_rows ? a.row(row0 + rt * MB + m, k0) : zeros.data();
+            gemm_tile<T, MB, NV>(a_rows, b_block, panel_rows.data(), steps, tile);
+          } else {
+            gemm_tile<T, MB, NV>(StridedRows<T>{packed_a.get() + rt * steps * MB, 1, MB}, b_block,
+                                 panel_rows.data(), steps, tile);
+          }
+          store_tile(tile, N, tile_rows, std::min(N, columns - j0), k0 > 0,
+                     c + (row0 + rt * MB) * c_row_stride + j0, c_row_stride);
+        }
+      };
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t row0 = item / column_items * row_block, block_rows = std::min(row_block, rows - row0);
+        const int64_t first_panel = item % column_items * panels_per_item;
+        const int64_t last_panel = std::min(panels, first_panel + panels_per_item);
+        if constexpr (RowAddressable<AMatrix>) {
+          // Nothing to pack: each panel runs its whole reduction while its slice of c stays in cache.
+          for (int64_t panel = first_panel; panel < last_panel; ++panel)
+            for (int64_t k0 = 0, steps; k0 < depth; k0 += steps) {
+              steps = std::min({kGemmDepthBlock, depth - k0, a.run(k0)});
+              sweep(row0, block_rows, panel, k0, steps);
+            }
+        } else {
+          for (int64_t k0 = 0, steps; k0 < depth; k0 += steps) {
+            steps = std::min(kGemmDepthBlock, depth - k0);
+            pack_panels(Transposed<AMatrix>{a}, depth, rows, k0, steps, row0, blocks_of(block_rows, MB), MB, packed_a.get());
+            for (int64_t panel = first_panel; panel < last_panel; ++panel) sweep(row0, block_rows, panel, k0, steps);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace lenetx::cpu
