@@ -1,8 +1,8 @@
 // Direct 2-D convolution on the CPU: forward, grad_input, grad_weight and grad_bias, each
 // dispatching by shape to one of the paths below (benchmarks/NOTES.md has the measurements):
-// - conv2d_unfolded.h: few output pixels (the forward up to 64: LeNet's conv3, VGG's 8x8 and
-//   smaller blocks; grad_input and grad_weight up to 32) as gemm.h's blocked matrix products
-//   over the unfolded input, read in place from a channels-last copy.
+// - conv2d_unfolded.h: few output pixels (LeNet's conv3, VGG's 8x8 and smaller blocks) as
+//   gemm.h's blocked matrix products over the unfolded input, read in place from a
+//   channels-last copy.
 // - conv2d_padded_rows.h: stride 1. Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
 //   multiplies a block of output channels by a run of positions; grad_weight with few output
@@ -45,9 +45,12 @@ LENETX_SIMD_CLONES T grad_bias_channel(const T* __restrict grad_output, int64_t 
   return static_cast<T>(total);
 }
 
-// Whether the forward runs as a product over the unfolded input: fastest with few output pixels,
-// where the padded rows would compute many dropped columns (benchmarks/NOTES.md).
+// Where the products over the unfolded input are fastest (benchmarks/NOTES.md): with few output
+// pixels, where the padded rows would compute many dropped columns and the channels-last
+// grad_weight would run short products. grad_input's product writes every unfolded value and
+// folds it back, so it stops earlier and leaves the rest to the correlation.
 inline bool forward_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 64; }
+inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
 
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
 template <typename T>
@@ -90,7 +93,7 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
     const Conv2dShape t = grad_input_as_correlation(s);
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    if (few_output_pixels(s)) {
+    if (grad_input_as_product(s)) {
       conv2d_grad_input_unfolded<scalar_t>(go_data, w.const_data_ptr<scalar_t>(), gi_data, s);
     } else if (grad_input_is_correlation(s) && (forward_as_product(t) || worth_padded_rows(t))) {
       conv2d_forward<scalar_t>(go_data, flipped_kernel(w.const_data_ptr<scalar_t>(), s).data(), nullptr, gi_data, t);
@@ -118,7 +121,7 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
       kernel(go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
              grad_weight.mutable_data_ptr<scalar_t>(), s);
     };
-    if (few_output_pixels(s))
+    if (forward_as_product(s))
       run(conv2d_grad_weight_unfolded<scalar_t>);
     else if (s.in_channels_per_group() >= Vec<scalar_t>::kLanes)
       run(conv2d_grad_weight_channels_last<scalar_t>);

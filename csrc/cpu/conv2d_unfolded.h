@@ -1,8 +1,12 @@
 #pragma once
-// Convolutions as matrix products over the unfolded input.
+// Convolutions with few output pixels as matrix products over the unfolded input: row (n, p) of
+// it holds every value output pixel p of image n reads, zero where it reads padding, so that per
+// group output[n][oc][p] = sum over k of unfolded[(n, p)][k] * weight[oc][k], with k running over
+// (ic, kh, kw) as in the weight or over (kh, kw, ic) as in ChannelWindows.
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -11,12 +15,6 @@
 #include "parallel.h"
 
 namespace lenetx::cpu {
-
-// Layers with few output pixels (VGG's last blocks, LeNet's conv3) as matrix products over the
-// unfolded input: row (n, p) of it holds every value output pixel p of image n reads, in the
-// weight's (ic, kh, kw) order and zero where it reads padding, so that per group
-// output[n][oc][p] = sum over k of unfolded[(n, p)][k] * weight[oc][k].
-inline bool few_output_pixels(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
 
 // Calls fn(tap, index) for each kernel tap (in (kh, kw) order) of output pixel (oh, ow) that
 // reads inside the input, index being where in an input plane it reads: what unfolding copies
@@ -78,9 +76,9 @@ struct WeightsByTap {
 
 // grad_output [n][oc][p] as one row per pixel, [(n, p)][oc].
 template <typename T>
-std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
+std::unique_ptr<T[]> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
   const int64_t pixels = s.out_h * s.out_w;
-  std::vector<T> out(s.batch * pixels * s.out_channels);
+  std::unique_ptr<T[]> out(new T[s.batch * pixels * s.out_channels]);
   parallel_for(s.batch, s.out_channels * pixels, [&](int64_t n) {
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       for (int64_t p = 0; p < pixels; ++p)
@@ -95,14 +93,14 @@ void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, 
   const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
   const std::vector<T> x = channels_last_padded(input, s, 0);
   // products[(n, p)][oc], then moved to [n][oc][p] with the bias.
-  std::vector<T> products(rows * s.out_channels);
+  const std::unique_ptr<T[]> products(new T[rows * s.out_channels]);
   for (int64_t g = 0; g < s.groups; ++g)
     gemm(rows, ocg, depth, ChannelWindows<T>(x.data(), s, g), WeightsByTap<T>(weight, s, g),
-         products.data() + g * ocg, s.out_channels);
+         products.get() + g * ocg, s.out_channels);
   parallel_for(s.batch * s.out_channels, pixels, [&](int64_t plane) {
     const int64_t n = plane / s.out_channels, oc = plane % s.out_channels;
     const T shift = bias ? bias[oc] : T(0);
-    const T* src = products.data() + n * pixels * s.out_channels + oc;
+    const T* src = products.get() + n * pixels * s.out_channels + oc;
     T* dst = output + plane * pixels;
     for (int64_t p = 0; p < pixels; ++p) dst[p] = src[p * s.out_channels] + shift;
   });
@@ -116,40 +114,43 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
   const int64_t ocg = s.out_channels_per_group(), pixels = s.out_h * s.out_w, rows = s.batch * pixels;
   const int64_t taps = s.kernel_h * s.kernel_w, depth = s.in_channels_per_group() * taps;
   const int64_t width = s.groups * depth;
-  const std::vector<T> go = pixels_by_channel(grad_output, s);
-  std::vector<T> unfolded_grad(rows * width);
+  const std::unique_ptr<T[]> go = pixels_by_channel(grad_output, s);
+  const std::unique_ptr<T[]> unfolded_grad(new T[rows * width]);
   for (int64_t g = 0; g < s.groups; ++g)
-    gemm(rows, depth, ocg, RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
-         StridedMatrix<T>{weight + g * ocg * depth, depth, 1}, unfolded_grad.data() + g * depth, width);
+    gemm(rows, depth, ocg, RowMajor<T>{go.get() + g * ocg, s.out_channels, ocg},
+         RowMajor<T>{weight + g * ocg * depth, depth, depth}, unfolded_grad.get() + g * depth, width);
   parallel_for(s.batch * s.in_channels, pixels * taps, [&](int64_t plane) {
     const int64_t n = plane / s.in_channels, ic = plane % s.in_channels;
     T* gi = grad_input + plane * s.in_h * s.in_w;
     std::fill_n(gi, s.in_h * s.in_w, T(0));
     for (int64_t p = 0; p < pixels; ++p) {
       const int64_t oh = p / s.out_w, ow = p % s.out_w;
-      const T* src = unfolded_grad.data() + (n * pixels + p) * width + ic * taps;
+      const T* src = unfolded_grad.get() + (n * pixels + p) * width + ic * taps;
       for_each_tap_inside(s, oh, ow, [&](int64_t tap, int64_t index) { gi[index] += src[tap]; });
     }
   });
 }
 
 // grad_weight[oc][k] = sum over rows (n, p) of grad_output[n][oc][p] * unfolded[(n, p)][k],
-// computed with ChannelWindows' (kh, kw, ic) column order and reordered into the weight's.
+// computed transposed, as [k][oc] with ChannelWindows' (kh, kw, ic) order of k: the unfolded input
+// is then the A that gemm packs a block at a time, and grad_output the smaller B it packs whole.
 template <typename T>
 void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_weight,
                                  const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), rows = s.batch * s.out_h * s.out_w;
   const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w, depth = icg * taps;
   const std::vector<T> x = channels_last_padded(input, s, 0);
-  const std::vector<T> go = pixels_by_channel(grad_output, s);
-  std::vector<T> by_tap(s.out_channels * depth);  // [oc][kh, kw, ic]
-  for (int64_t g = 0; g < s.groups; ++g)
-    gemm(ocg, depth, rows, StridedMatrix<T>{go.data() + g * ocg, 1, s.out_channels}, ChannelWindows<T>(x.data(), s, g),
-         by_tap.data() + g * ocg * depth, depth);
+  const std::unique_ptr<T[]> go = pixels_by_channel(grad_output, s);
+  const std::unique_ptr<T[]> by_tap(new T[depth * s.out_channels]);  // [kh, kw, ic][oc]
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const ChannelWindows<T> windows(x.data(), s, g);
+    gemm(depth, ocg, rows, transpose(windows), RowMajor<T>{go.get() + g * ocg, s.out_channels, ocg},
+         by_tap.get() + g * ocg, s.out_channels);
+  }
   parallel_for(s.out_channels, depth, [&](int64_t oc) {
     for (int64_t ic = 0; ic < icg; ++ic)
       for (int64_t tap = 0; tap < taps; ++tap)
-        grad_weight[(oc * icg + ic) * taps + tap] = by_tap[(oc * taps + tap) * icg + ic];
+        grad_weight[(oc * icg + ic) * taps + tap] = by_tap[(tap * icg + ic) * s.out_channels + oc];
   });
 }
 
