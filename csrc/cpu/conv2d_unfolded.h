@@ -40,8 +40,12 @@ struct ChannelWindows {
   int64_t channels;                 // per group
   std::vector<int64_t> pixel_start; // where each output pixel's window starts, at the group's first channel
   std::vector<int64_t> tap_start;   // where each tap lies within a window
+  int64_t kernel_w;
+  bool row_taps_adjacent;
 
-  ChannelWindows(const T* padded, const Conv2dShape& s, int64_t group) : x(padded), channels(s.in_channels_per_group()) {
+  ChannelWindows(const T* padded, const Conv2dShape& s, int64_t group)
+      : x(padded), channels(s.in_channels_per_group()), kernel_w(s.kernel_w),
+        row_taps_adjacent(s.groups == 1 && s.dilation_w == 1) {
     const int64_t pixels = s.out_h * s.out_w, C = s.in_channels, padded_w = s.in_w + 2 * s.pad_w;
     const int64_t image = (s.in_h + 2 * s.pad_h) * padded_w * C;
     for (int64_t row = 0; row < s.batch * pixels; ++row) {
@@ -52,7 +56,11 @@ struct ChannelWindows {
       for (int64_t kw = 0; kw < s.kernel_w; ++kw)
         tap_start.push_back((kh * s.dilation_h * padded_w + kw * s.dilation_w) * C);
   }
-  int64_t run(int64_t k) const { return channels - k % channels; }
+  // Without groups or dilation along rows the taps of one kernel row are adjacent too.
+  int64_t run(int64_t k) const {
+    const int64_t rest_of_tap = channels - k % channels;
+    return row_taps_adjacent ? rest_of_tap + (kernel_w - 1 - k / channels % kernel_w) * channels : rest_of_tap;
+  }
   const T* row(int64_t i, int64_t k) const { return x + pixel_start[i] + tap_start[k / channels] + k % channels; }
 };
 
