@@ -1,7 +1,8 @@
 """`lenetx bench`: lenetx's kernels against PyTorch's own path (oneDNN on the CPU, cuDNN on the
 GPU), op by op and model by model, in one process. Each case times both sides interleaved, after
-a warm-up, and reports the median; the figure is the ratio torch time / lenetx time (above 1:
-lenetx is faster)."""
+a warm-up, and reports the medians; the figure is the median over the repeats of the ratio
+torch time / lenetx time (above 1: lenetx is faster), so that a drift of the machine's speed
+between repeats cancels out."""
 
 import dataclasses
 import platform
@@ -42,7 +43,8 @@ def _timer(device):
 
 
 def time_pair(case, device, repeats, warmup=2):
-    """Median seconds of (lenetx, torch), measured alternately so that drifts hit both."""
+    """Median seconds of lenetx and of torch, and the median of their ratio torch / lenetx,
+    measured alternately so that drifts hit both."""
     measure = _timer(device)
     for _ in range(warmup):
         case.lenetx()
@@ -51,7 +53,8 @@ def time_pair(case, device, repeats, warmup=2):
     for _ in range(repeats):
         ours.append(measure(case.lenetx))
         theirs.append(measure(case.torch))
-    return statistics.median(ours), statistics.median(theirs)
+    ratio = statistics.median(t / o for o, t in zip(ours, theirs))
+    return statistics.median(ours), statistics.median(theirs), ratio
 
 
 def _conv_cases(group, layer, batch, c_in, c_out, size, kernel, padding, device):
@@ -176,13 +179,13 @@ def run(device="cpu", quick=False, repeats=None, allow_tf32=False, log=print):
     cases += model_cases(device, vgg_batch=16 if quick else 64)
     rows = []
     for case in cases:
-        # VGG cases take a second each: 3 repeats. LeNet train steps take milliseconds and
+        # VGG cases take up to a second each: 5 repeats. LeNet train steps take milliseconds and
         # vary with the machine's load, so their medians take more.
         heavy = "vgg" in case.name.lower() or "VGG" in case.group
-        count = repeats or (3 if heavy else 21 if case.group == "models" else 7)
-        ours, theirs = time_pair(case, device, count)
-        rows.append((case.group, case.name, 1000 * ours, 1000 * theirs, theirs / ours))
-        log(f"{case.group:22s} {case.name:70s} {theirs / ours:6.2f}x")
+        count = repeats or (5 if heavy else 21 if case.group == "models" else 7)
+        ours, theirs, ratio = time_pair(case, device, count)
+        rows.append((case.group, case.name, 1000 * ours, 1000 * theirs, ratio))
+        log(f"{case.group:22s} {case.name:70s} {ratio:6.2f}x")
     return rows
 
 

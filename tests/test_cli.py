@@ -230,8 +230,8 @@ def test_bench_times_both_sides_and_writes_a_ratio_table():
 
     calls = []
     case = bench.Case("group", "case", lambda: calls.append("lenetx"), lambda: calls.append("torch"))
-    ours, theirs = bench.time_pair(case, torch.device("cpu"), repeats=3, warmup=1)
-    assert calls == ["lenetx", "torch"] * 4 and ours > 0 and theirs > 0
+    ours, theirs, ratio = bench.time_pair(case, torch.device("cpu"), repeats=3, warmup=1)
+    assert calls == ["lenetx", "torch"] * 4 and ours > 0 and theirs > 0 and ratio > 0
     table = bench.markdown([("g", "c", 2.0, 3.0, 1.5)], ["machine"])
     assert "| g | c | 2.000 | 3.000 | 1.50 |" in table and "- machine" in table
     names = [c.name for c in bench.layer_cases(torch.device("cpu"), batches=(1,), vgg_batch=1)]
