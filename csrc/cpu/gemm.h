@@ -18,7 +18,8 @@ namespace lenetx::cpu {
 // 64 steps of a 64-float panel are 16 KB, which leaves room in a 48 KB L1 for the rows of A
 // (measured faster than 128 steps on VGG's 4x4 layers).
 constexpr int64_t kGemmDepthBlock = 64;
-// Rows of A per work item: a packed block (192 x 64 floats, 48 KB) stays in L2 across panels.
+// Rows of A per work item, at most: a packed block (192 x 64 floats, 48 KB) stays in L2 across
+// panels.
 constexpr int64_t kGemmRowBlock = 192;
 
 // A matrix whose rows can be read in place: row(i, k) points at m(i, k), m(i, k + 1), ... for
@@ -105,7 +106,9 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
   }
   with_tile<T>(rows, columns, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
-    constexpr int64_t row_block = kGemmRowBlock / MB * MB;
+    // Row blocks of equal size (a multiple of MB, at most about kGemmRowBlock), so that the
+    // threads' shares of them are equal too.
+    const int64_t row_block = blocks_of(blocks_of(rows, blocks_of(rows, kGemmRowBlock)), MB) * MB;
     const int64_t panels = blocks_of(columns, N), row_items = blocks_of(rows, row_block);
     // A packed block serves every panel of its item; columns are split only when there are too
     // few row blocks to keep the threads busy.
