@@ -15,7 +15,8 @@ namespace lenetx::cpu {
 namespace {
 
 // The windows along each axis and every output's divisor, worked out once per call rather than
-// per output element. A divisor of 0 marks an empty window: it outputs 0 and takes no gradient.
+// per output element. An empty window (all padding, with count_include_pad=False) sums nothing,
+// so it outputs 0 and takes no gradient; its divisor is 1, so that no loop needs a branch.
 template <typename T>
 struct AvgPoolPlan {
   std::vector<AvgPoolSpan> rows, cols;
@@ -35,7 +36,7 @@ struct AvgPoolPlan {
     for (const AvgPoolSpan& r : rows)
       for (const AvgPoolSpan& c : cols) {
         const bool empty = r.begin >= r.end || c.begin >= c.end;
-        divisors.push_back(empty ? T(0) : static_cast<T>(avg_pool_divisor(r, c, count_include_pad, divisor_override)));
+        divisors.push_back(empty ? T(1) : static_cast<T>(avg_pool_divisor(r, c, count_include_pad, divisor_override)));
       }
   }
 };
@@ -58,13 +59,12 @@ LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict o
     }
     if (plan.pairs_of_columns) {
 #pragma omp simd
-      for (int64_t ow = 0; ow < s.out_w; ++ow)
-        out[ow] = divisors[ow] != T(0) ? (row_sum[2 * ow] + row_sum[2 * ow + 1]) / divisors[ow] : T(0);
+      for (int64_t ow = 0; ow < s.out_w; ++ow) out[ow] = (row_sum[2 * ow] + row_sum[2 * ow + 1]) / divisors[ow];
     } else {
       for (int64_t ow = 0; ow < s.out_w; ++ow) {
         T sum = 0;
         for (int64_t iw = plan.cols[ow].begin; iw < plan.cols[ow].end; ++iw) sum += row_sum[iw];
-        out[ow] = divisors[ow] != T(0) ? sum / divisors[ow] : T(0);
+        out[ow] = sum / divisors[ow];
       }
     }
   }
@@ -86,13 +86,12 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
     if (plan.pairs_of_columns) {
 #pragma omp simd
       for (int64_t ow = 0; ow < s.out_w; ++ow) {
-        const T share = divisors[ow] != T(0) ? go[ow] / divisors[ow] : T(0);
+        const T share = go[ow] / divisors[ow];
         spread[2 * ow] = share;
         spread[2 * ow + 1] = share;
       }
     } else {
       for (int64_t ow = 0; ow < s.out_w; ++ow) {
-        if (divisors[ow] == T(0)) continue;
         const T share = go[ow] / divisors[ow];
         for (int64_t iw = plan.cols[ow].begin; iw < plan.cols[ow].end; ++iw) spread[iw] += share;
       }
