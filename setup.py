@@ -2,17 +2,39 @@
 
 Switches (environment variables):
   FORCE_CUDA=1  compile the CUDA kernels even if no toolkit is detected; FORCE_CUDA=0 skips them.
-  CUDA_HOME     the CUDA toolkit to use (default: detected by torch, e.g. /usr/local/cuda).
+  CUDA_HOME     the CUDA toolkit to use (default: detected by torch from the nvcc on PATH, or
+                /usr/local/cuda when that nvcc is a wrapper outside a toolkit).
   TORCH_CUDA_ARCH_LIST  GPU architectures to build for (default: "8.0;9.0").
   MAX_JOBS      parallel compile jobs (ninja).
 """
 
 import glob
 import os
+import shutil
 
-import torch
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def use_standard_toolkit_if_nvcc_is_a_wrapper() -> None:
+    """Without CUDA_HOME, torch takes the toolkit to be two levels above the nvcc on PATH. Where
+    that nvcc is a wrapper outside the toolkit (/usr/local/bin/nvcc), that directory has no CUDA
+    headers, and the link fails; then the toolkit is /usr/local/cuda, torch's own default."""
+    if "CUDA_HOME" in os.environ or "CUDA_PATH" in os.environ:
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    standard = "/usr/local/cuda"
+    if not os.path.exists(os.path.join(guess, "include", "cuda_runtime.h")) and os.path.exists(
+            os.path.join(standard, "include", "cuda_runtime.h")):
+        os.environ["CUDA_HOME"] = standard
+
+
+# Before torch.utils.cpp_extension, which reads the toolkit's location when imported.
+use_standard_toolkit_if_nvcc_is_a_wrapper()
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
