@@ -63,22 +63,29 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   return {std::move(storage), out, padded_h, padded_w, plane};
 }
 
-// The input channels-last inside its zero border, [n][in_h + 2 pad_h][in_w + 2 pad_w][C], then
-// `slack` zeros: the channels one pixel reads through one tap are a contiguous run.
+// Planes [n][C][h][w] channels-last inside a zero border, [n][h + 2 pad_h][w + 2 pad_w][C], then
+// `slack` zeros: the channels one pixel reads are one contiguous run.
 template <typename T>
-std::vector<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_t slack) {
-  const int64_t C = s.in_channels, padded_w = s.in_w + 2 * s.pad_w;
-  const int64_t image = (s.in_h + 2 * s.pad_h) * padded_w * C;
-  std::vector<T> x(s.batch * image + slack, T(0));
-  parallel_for(s.batch * s.in_h, C * s.in_w, [&](int64_t row) {
-    const int64_t n = row / s.in_h, h = row % s.in_h;
-    T* dst = x.data() + n * image + ((h + s.pad_h) * padded_w + s.pad_w) * C;
+std::vector<T> channels_last(const T* x, int64_t batch, int64_t C, int64_t h, int64_t w, int64_t pad_h,
+                             int64_t pad_w, int64_t slack) {
+  const int64_t padded_w = w + 2 * pad_w, image = (h + 2 * pad_h) * padded_w * C;
+  std::vector<T> out(batch * image + slack, T(0));
+  parallel_for(batch * h, C * w, [&](int64_t row) {
+    const int64_t n = row / h, r = row % h;
+    T* dst = out.data() + n * image + ((r + pad_h) * padded_w + pad_w) * C;
     for (int64_t c = 0; c < C; ++c) {
-      const T* src = input + ((n * C + c) * s.in_h + h) * s.in_w;
-      for (int64_t w = 0; w < s.in_w; ++w) dst[w * C + c] = src[w];
+      const T* src = x + ((n * C + c) * h + r) * w;
+      for (int64_t col = 0; col < w; ++col) dst[col * C + c] = src[col];
     }
   });
-  return x;
+  return out;
+}
+
+// The input channels-last inside the layer's padding: what a pixel reads through one tap is one
+// contiguous run of channels.
+template <typename T>
+std::vector<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_t slack) {
+  return channels_last(input, s.batch, s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, slack);
 }
 
 // Where tap (ic, kh, kw) of the output position at offset 0 reads in padded planes `x`, in the

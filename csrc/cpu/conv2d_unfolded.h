@@ -17,8 +17,8 @@
 namespace lenetx::cpu {
 
 // Calls fn(tap, index) for each kernel tap (in (kh, kw) order) of output pixel (oh, ow) that
-// reads inside the input, index being where in an input plane it reads: what unfolding copies
-// and folding back adds up.
+// reads inside the input, index being where in an input plane it reads: what folding the
+// unfolded gradient back adds up.
 template <typename Fn>
 void for_each_tap_inside(const Conv2dShape& s, int64_t oh, int64_t ow, const Fn& fn) {
   for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
@@ -84,15 +84,8 @@ struct WeightsByTap {
 
 // grad_output [n][oc][p] as one row per pixel, [(n, p)][oc].
 template <typename T>
-std::unique_ptr<T[]> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
-  const int64_t pixels = s.out_h * s.out_w;
-  std::unique_ptr<T[]> out(new T[s.batch * pixels * s.out_channels]);
-  parallel_for(s.batch, s.out_channels * pixels, [&](int64_t n) {
-    for (int64_t oc = 0; oc < s.out_channels; ++oc)
-      for (int64_t p = 0; p < pixels; ++p)
-        out[(n * pixels + p) * s.out_channels + oc] = grad_output[(n * s.out_channels + oc) * pixels + p];
-  });
-  return out;
+std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
+  return channels_last(grad_output, s.batch, s.out_channels, s.out_h, s.out_w, 0, 0, 0);
 }
 
 template <typename T>
@@ -122,10 +115,10 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
   const int64_t ocg = s.out_channels_per_group(), pixels = s.out_h * s.out_w, rows = s.batch * pixels;
   const int64_t taps = s.kernel_h * s.kernel_w, depth = s.in_channels_per_group() * taps;
   const int64_t width = s.groups * depth;
-  const std::unique_ptr<T[]> go = pixels_by_channel(grad_output, s);
+  const std::vector<T> go = pixels_by_channel(grad_output, s);
   const std::unique_ptr<T[]> unfolded_grad(new T[rows * width]);
   for (int64_t g = 0; g < s.groups; ++g)
-    gemm(rows, depth, ocg, RowMajor<T>{go.get() + g * ocg, s.out_channels, ocg},
+    gemm(rows, depth, ocg, RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
          RowMajor<T>{weight + g * ocg * depth, depth, depth}, unfolded_grad.get() + g * depth, width);
   parallel_for(s.batch * s.in_channels, pixels * taps, [&](int64_t plane) {
     const int64_t n = plane / s.in_channels, ic = plane % s.in_channels;
@@ -148,11 +141,11 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
   const int64_t ocg = s.out_channels_per_group(), rows = s.batch * s.out_h * s.out_w;
   const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w, depth = icg * taps;
   const std::vector<T> x = channels_last_padded(input, s, 0);
-  const std::unique_ptr<T[]> go = pixels_by_channel(grad_output, s);
+  const std::vector<T> go = pixels_by_channel(grad_output, s);
   const std::unique_ptr<T[]> by_tap(new T[depth * s.out_channels]);  // [kh, kw, ic][oc]
   for (int64_t g = 0; g < s.groups; ++g) {
     const ChannelWindows<T> windows(x.data(), s, g);
-    gemm(depth, ocg, rows, transpose(windows), RowMajor<T>{go.get() + g * ocg, s.out_channels, ocg},
+    gemm(depth, ocg, rows, transpose(windows), RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
          by_tap.get() + g * ocg, s.out_channels);
   }
   parallel_for(s.out_channels, depth, [&](int64_t oc) {
