@@ -10,8 +10,5 @@ if ! "$PYTHON" -c "import torch, torchvision" 2>/dev/null; then
 fi
 "$PYTHON" -m pip install -q numpy pillow matplotlib pytest hypothesis expecttest setuptools wheel
 
-# torch guesses the toolkit from the nvcc on PATH, which may be a bare wrapper; prefer the full one.
-if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
-  export CUDA_HOME=/usr/local/cuda
-fi
+# setup.py finds the CUDA toolkit (CUDA_HOME, or from the nvcc on PATH, or /usr/local/cuda).
 "$PYTHON" -m pip install -q --no-build-isolation --no-deps -e .
