@@ -67,6 +67,11 @@ EDGE_CASES = [
     dict(batch=7, in_channels=36, out_channels=50, size=(11, 9), kernel=(3, 3), padding=(2, 1),
          stride=2, dilation=(2, 1), groups=2),
     dict(batch=4, in_channels=24, out_channels=30, size=(8, 8), kernel=(3, 3), padding=1, groups=3),
+    # Pixel tiles: tiles that span output rows and images, a part-filled last tile and channel
+    # panel; then a stride-1 grad_input (a correlation) with many input channels.
+    dict(batch=3, in_channels=6, out_channels=90, size=(11, 10), kernel=(3, 2), padding=(1, 2),
+         stride=(2, 1), dilation=(1, 2), groups=2),
+    dict(batch=2, in_channels=40, out_channels=8, size=(10, 9), kernel=(3, 3), padding=1),
 ]
 
 
@@ -163,6 +168,7 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
     dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5)),  # few output channels
     dict(input=(20, 16, 5, 5), weight=(120, 16, 5, 5)),  # fully connected
     dict(input=(9, 70, 8, 8), weight=(40, 70, 3, 3)),  # blocked matrix products
+    dict(input=(6, 16, 12, 12), weight=(40, 16, 3, 3)),  # pixel tiles
 ])
 def test_results_do_not_depend_on_the_thread_count(shape, generator):
     input = torch.randn(shape["input"], generator=generator, requires_grad=True)

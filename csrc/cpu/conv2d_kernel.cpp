@@ -3,6 +3,9 @@
 // - conv2d_unfolded.h: few output pixels (LeNet's conv3, VGG's 8x8 and smaller blocks) as
 //   gemm.h's blocked matrix products over the unfolded input, read in place from a
 //   channels-last copy.
+// - conv2d_pixel_tiles.h: at least two vectors of output channels. A register tile multiplies
+//   a few output pixels, each reading its window from a channels-last copy of the input, by
+//   vectors of output channels, over the whole reduction.
 // - conv2d_padded_rows.h: stride 1. Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
 //   multiplies a block of output channels by a run of positions; grad_weight with few output
@@ -23,6 +26,7 @@
 #include "conv2d_channel_vector.h"
 #include "conv2d_channels_last.h"
 #include "conv2d_padded_rows.h"
+#include "conv2d_pixel_tiles.h"
 #include "conv2d_unfolded.h"
 #include "parallel.h"
 #include "simd.h"
@@ -52,11 +56,19 @@ LENETX_SIMD_CLONES T grad_bias_channel(const T* __restrict grad_output, int64_t 
 inline bool forward_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 64; }
 inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
 
+// Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
+template <typename T>
+bool forward_is_tiled(const Conv2dShape& s) {
+  return forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_padded_rows(s);
+}
+
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
 template <typename T>
 void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   if (forward_as_product(s))
     conv2d_unfolded<T>(input, weight, bias, output, s);
+  else if (worth_pixel_tiles<T>(s))
+    conv2d_pixel_tiles<T>(input, weight, bias, output, s);
   else if (worth_padded_rows(s))
     conv2d_padded_rows<T>(input, weight, bias, output, s);
   else
@@ -95,7 +107,7 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
     if (grad_input_as_product(s)) {
       conv2d_grad_input_unfolded<scalar_t>(go_data, w.const_data_ptr<scalar_t>(), gi_data, s);
-    } else if (grad_input_is_correlation(s) && (forward_as_product(t) || worth_padded_rows(t))) {
+    } else if (grad_input_is_correlation(s) && forward_is_tiled<scalar_t>(t)) {
       conv2d_forward<scalar_t>(go_data, flipped_kernel(w.const_data_ptr<scalar_t>(), s).data(), nullptr, gi_data, t);
     } else {
       const auto run = [&](auto kernel) { kernel(go_data, w.const_data_ptr<scalar_t>(), gi_data, s); };

@@ -46,9 +46,18 @@ struct RowPointers {
   T operator()(int m, int64_t k) const { return row[m][k]; }
 };
 
+// A's rows for one tile each at its own address, every row read at the same offset per step:
+// a window of the input per output pixel, read through the offsets of the kernel's taps.
+template <typename T, int MB>
+struct WindowRows {
+  const T* row[MB];
+  const int64_t* offsets;
+  T operator()(int m, int64_t k) const { return row[m][offsets[k]]; }
+};
+
 // c[m * N + n] = sum over k < depth of a(m, k) * b[b_rows[k] + n], with N = NV * Vec<T>::kLanes
-// and `a` a StridedRows or RowPointers. The sum runs over k in order, so a tile is bit-identical
-// run to run.
+// and `a` one of the accessors above. The sum runs over k in order, so a tile is bit-identical run
+// to run.
 template <typename T, int MB, int NV, typename ARows>
 LENETX_SIMD_CLONES void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict b_rows,
                                   int64_t depth, T* __restrict c) {
