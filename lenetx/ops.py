@@ -1,7 +1,8 @@
-"""Fake (meta) kernels and autograd formulas of the lenetx operators.
+"""Fake (meta) kernels of the lenetx operators.
 
-The schemas and the CPU/CUDA kernels live in csrc/; this module makes the operators traceable by
-torch.compile and differentiable. Every backward formula calls lenetx's own backward kernels.
+The schemas, the CPU/CUDA kernels and the autograd kernels (csrc/autograd.cpp, whose backward
+formulas call lenetx's own backward operators) live in csrc/; this module makes the operators
+traceable by torch.compile.
 """
 
 import torch
@@ -101,70 +102,3 @@ def _(input, output_size):
 @torch.library.register_fake("lenetx::adaptive_avg_pool2d_backward")
 def _(grad_output, input):
     return _empty(input, *input.shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# Autograd: each backward asks only for the gradients that are needed.
-
-
-def _setup_conv2d(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.geometry = (stride, padding, dilation, groups)
-
-
-def _backward_conv2d(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-    grad_input = ops.conv2d_grad_input(grad_output, input, weight, *ctx.geometry) if needs_input else None
-    grad_weight = ops.conv2d_grad_weight(grad_output, input, weight, *ctx.geometry) if needs_weight else None
-    grad_bias = ops.conv2d_grad_bias(grad_output) if needs_bias else None
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-torch.library.register_autograd("lenetx::conv2d", _backward_conv2d, setup_context=_setup_conv2d)
-
-
-def _setup_avg_pool2d(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.arguments = inputs[1:]
-
-
-def _backward_avg_pool2d(ctx, grad_output):
-    (input,) = ctx.saved_tensors
-    grad_input = ops.avg_pool2d_backward(grad_output, input, *ctx.arguments)
-    return (grad_input,) + (None,) * len(ctx.arguments)
-
-
-torch.library.register_autograd("lenetx::avg_pool2d", _backward_avg_pool2d,
-                                setup_context=_setup_avg_pool2d)
-
-
-def _setup_max_pool2d(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[1])
-    ctx.arguments = inputs[1:]
-    ctx.set_materialize_grads(False)
-
-
-def _backward_max_pool2d(ctx, grad_output, grad_indices):
-    input, indices = ctx.saved_tensors
-    grad_input = None if grad_output is None else ops.max_pool2d_backward(
-        grad_output, input, indices, *ctx.arguments)
-    return (grad_input,) + (None,) * len(ctx.arguments)
-
-
-torch.library.register_autograd("lenetx::max_pool2d_with_indices", _backward_max_pool2d,
-                                setup_context=_setup_max_pool2d)
-
-
-def _setup_adaptive_avg_pool2d(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _backward_adaptive_avg_pool2d(ctx, grad_output):
-    (input,) = ctx.saved_tensors
-    return ops.adaptive_avg_pool2d_backward(grad_output, input), None
-
-
-torch.library.register_autograd("lenetx::adaptive_avg_pool2d", _backward_adaptive_avg_pool2d,
-                                setup_context=_setup_adaptive_avg_pool2d)

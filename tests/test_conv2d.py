@@ -199,6 +199,14 @@ def test_gradcheck(kwargs, generator):
     assert torch.autograd.gradcheck(lambda x, w, b: LF.conv2d(x, w, b, **kwargs), (input, weight, bias))
 
 
+def test_second_derivative_raises_instead_of_being_wrong(generator):
+    input = torch.randn(2, 3, 8, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, generator=generator, requires_grad=True)
+    (grad_input,) = torch.autograd.grad(LF.conv2d(input, weight).square().sum(), input, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for lenetx::conv2d_grad_input is not implemented"):
+        grad_input.sum().backward()
+
+
 def test_course_notes_worked_example():
     image = torch.tensor([[1, 1, 1, 0, 0],
                           [0, 1, 1, 1, 0],

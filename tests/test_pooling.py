@@ -136,3 +136,15 @@ def test_results_are_bit_identical_from_run_to_run(generator):
         runs = [(fn(input), *torch.autograd.grad(fn(input), input, upstream)) for _ in range(3)]
         for run in runs[1:]:
             assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
+
+
+@pytest.mark.parametrize("pool, backward", [
+    (lambda x: LF.avg_pool2d(x, 2), "avg_pool2d_backward"),
+    (lambda x: LF.max_pool2d(x, 2), "max_pool2d_backward"),
+    (lambda x: LF.adaptive_avg_pool2d(x, 3), "adaptive_avg_pool2d_backward"),
+])
+def test_second_derivative_raises_instead_of_being_wrong(pool, backward, generator):
+    input = torch.randn(2, 3, 8, 8, generator=generator, requires_grad=True)
+    (grad_input,) = torch.autograd.grad(pool(input).square().sum(), input, create_graph=True)
+    with pytest.raises(RuntimeError, match=f"derivative for lenetx::{backward} is not implemented"):
+        grad_input.sum().backward()
