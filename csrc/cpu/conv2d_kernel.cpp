@@ -6,6 +6,8 @@
 // - conv2d_pixel_tiles.h: at least two vectors of output channels. A register tile multiplies
 //   a few output pixels, each reading its window from a channels-last copy of the input, by
 //   vectors of output channels, over the whole reduction.
+// - conv2d_row_tiles.h: one vector of output channels, stride 1 along rows. Each input value
+//   read feeds every pixel of a row tile that reads it, once per kernel column.
 // - conv2d_padded_rows.h: stride 1. Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
 //   multiplies a block of output channels by a run of positions; grad_weight with few output
@@ -27,6 +29,7 @@
 #include "conv2d_channels_last.h"
 #include "conv2d_padded_rows.h"
 #include "conv2d_pixel_tiles.h"
+#include "conv2d_row_tiles.h"
 #include "conv2d_unfolded.h"
 #include "parallel.h"
 #include "simd.h"
@@ -59,7 +62,7 @@ inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out
 // Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
 template <typename T>
 bool forward_is_tiled(const Conv2dShape& s) {
-  return forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_padded_rows(s);
+  return forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
 }
 
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
@@ -69,6 +72,8 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
     conv2d_unfolded<T>(input, weight, bias, output, s);
   else if (worth_pixel_tiles<T>(s))
     conv2d_pixel_tiles<T>(input, weight, bias, output, s);
+  else if (worth_row_tiles<T>(s))
+    conv2d_row_tiles<T>(input, weight, bias, output, s);
   else if (worth_padded_rows(s))
     conv2d_padded_rows<T>(input, weight, bias, output, s);
   else

@@ -1,0 +1,115 @@
+#pragma once
+// Forward with one vector of output channels (LeNet's conv2 and the improved LeNet's conv1: 16),
+// stride 1 along rows. A tile holds MB adjacent output pixels of one row; each input value is
+// broadcast once and feeds every (pixel, kernel column) pair that reads it, so a broadcast serves
+// kernel_w multiply-adds instead of one, and no lane is spent on padding columns.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "conv2d_common.h"
+#include "micro_gemm.h"
+#include "parallel.h"
+
+namespace lenetx::cpu {
+
+// tile[m] = sum over kh, ic and kw of in[ic * plane + kh * row_step + m + kw] * w[kh][ic][kw], for
+// MB pixels m, w packed as [kh][ic][kw][one vector of output channels].
+template <typename T, int MB, int KW>
+LENETX_SIMD_CLONES void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, const T* __restrict w,
+                                 int64_t kernel_h, int64_t channels, T* __restrict tile) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[MB];
+#pragma GCC unroll 32
+  for (int m = 0; m < MB; ++m) acc[m] = V{};
+  for (int64_t kh = 0; kh < kernel_h; ++kh)
+    for (int64_t ic = 0; ic < channels; ++ic) {
+      const T* row = in + ic * plane + kh * row_step;
+      const T* taps = w + (kh * channels + ic) * KW * L;
+      V weights[KW];
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) load_vec(weights[kw], taps + kw * L);
+#pragma GCC unroll 40
+      for (int c = 0; c < MB + KW - 1; ++c) {
+        const T value = row[c];
+#pragma GCC unroll 8
+        for (int kw = 0; kw < KW; ++kw)
+          if (c - kw >= 0 && c - kw < MB) acc[c - kw] += value * weights[kw];
+      }
+    }
+#pragma GCC unroll 32
+  for (int m = 0; m < MB; ++m) store_vec(tile + m * L, acc[m]);
+}
+
+// More than half a vector of output channels and at most one (fewer leave most lanes idle, more
+// go to the pixel tiles), a kernel row without gaps read along an output row without stride.
+template <typename T>
+bool worth_row_tiles(const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group();
+  return 2 * ocg > Vec<T>::kLanes && ocg <= Vec<T>::kLanes && s.stride_w == 1 && s.dilation_w == 1 &&
+         (s.kernel_w == 3 || s.kernel_w == 5);
+}
+
+template <typename T, int MB, int KW>
+void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  constexpr int64_t L = Vec<T>::kLanes;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w;
+  // A part-filled last tile of a row reads on into the next row, and the last row past the
+  // last plane: MB + KW zeros of slack.
+  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, MB + KW);
+  // Weights as [group][kh][ic][kw][L output channels], zero past ocg.
+  std::vector<T> packed(s.groups * icg * taps * L, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, o = oc % ocg;
+    for (int64_t ic = 0; ic < icg; ++ic)
+      for (int64_t kh = 0; kh < s.kernel_h; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          packed[(((g * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] = weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
+  }
+  const int64_t row_tiles = blocks_of(s.out_w, MB);
+  parallel_for_ranges(s.batch * s.groups * s.out_h * row_tiles, icg * taps * MB * L, [&](int64_t first, int64_t last) {
+    alignas(64) T tile[MB * L];
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t t = item % row_tiles, oh = item / row_tiles % s.out_h;
+      const int64_t g = item / (row_tiles * s.out_h) % s.groups, n = item / (row_tiles * s.out_h * s.groups);
+      const int64_t ow0 = t * MB, pixels = std::min<int64_t>(MB, s.out_w - ow0);
+      row_tile<T, MB, KW>(x.data + (n * s.in_channels + g * icg) * x.plane + oh * s.stride_h * x.w + ow0, x.plane,
+                          s.dilation_h * x.w, packed.data() + g * icg * taps * L, s.kernel_h, icg, tile);
+      for (int64_t j = 0; j < ocg; ++j) {
+        const int64_t oc = g * ocg + j;
+        const T shift = bias ? bias[oc] : T(0);
+        T* out = output + (n * s.out_channels + oc) * out_plane + oh * s.out_w + ow0;
+        for (int64_t m = 0; m < pixels; ++m) out[m] = tile[m * L + j] + shift;
+      }
+    }
+  });
+}
+
+// The tile width with the fewest dropped pixels per output row, the wider on a tie.
+template <typename T>
+void conv2d_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const auto run = [&]<int MB>() {
+    if (s.kernel_w == 3)
+      correlate_row_tiles<T, MB, 3>(input, weight, bias, output, s);
+    else
+      correlate_row_tiles<T, MB, 5>(input, weight, bias, output, s);
+  };
+  const auto padded = [&](int64_t mb) { return blocks_of(s.out_w, mb) * mb; };
+  const int64_t least = std::min({padded(8), padded(10), padded(12), padded(14), padded(16)});
+  if (padded(16) == least)
+    run.template operator()<16>();
+  else if (padded(14) == least)
+    run.template operator()<14>();
+  else if (padded(12) == least)
+    run.template operator()<12>();
+  else if (padded(10) == least)
+    run.template operator()<10>();
+  else
+    run.template operator()<8>();
+}
+
+}  // namespace lenetx::cpu
