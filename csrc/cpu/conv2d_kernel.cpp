@@ -8,7 +8,8 @@
 //   vectors of output channels, over the whole reduction.
 // - conv2d_row_tiles.h: one vector of output channels, stride 1 along rows. Each input value
 //   read feeds every pixel of a row tile that reads it, once per kernel column.
-// - conv2d_padded_rows.h: stride 1. Positions are numbered along the rows of a zero-padded copy
+// - conv2d_padded_rows.h: stride 1, and before the two above when its rows are nearly all
+//   outputs (padded_rows_dense). Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
 //   multiplies a block of output channels by a run of positions; grad_weight with few output
 //   channels is dot products along the same rows.
@@ -68,14 +69,15 @@ bool forward_is_tiled(const Conv2dShape& s) {
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
 template <typename T>
 void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
   if (forward_as_product(s))
     conv2d_unfolded<T>(input, weight, bias, output, s);
+  else if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles))
+    conv2d_padded_rows<T>(input, weight, bias, output, s);
   else if (worth_pixel_tiles<T>(s))
     conv2d_pixel_tiles<T>(input, weight, bias, output, s);
   else if (worth_row_tiles<T>(s))
     conv2d_row_tiles<T>(input, weight, bias, output, s);
-  else if (worth_padded_rows(s))
-    conv2d_padded_rows<T>(input, weight, bias, output, s);
   else
     switch (channel_block(s.out_channels_per_group())) {
       case 8: conv2d_forward_impl<T, 8, 8>(input, weight, bias, output, s); break;
