@@ -1,8 +1,9 @@
 #pragma once
-// Forward with one vector of output channels (LeNet's conv2 and the improved LeNet's conv1: 16),
-// stride 1 along rows. A tile holds MB adjacent output pixels of one row; each input value is
-// broadcast once and feeds every (pixel, kernel column) pair that reads it, so a broadcast serves
-// kernel_w multiply-adds instead of one, and no lane is spent on padding columns.
+// Forward with one vector of output channels (LeNet's conv2: 16; the improved LeNet's conv2's
+// grad_input, a correlation), stride 1 along rows. A tile holds MB adjacent output pixels of one
+// row; each input value is broadcast once and feeds every (pixel, kernel column) pair that reads
+// it, so a broadcast serves kernel_w multiply-adds instead of one, and no lane is spent on
+// padding columns.
 #include <ATen/ATen.h>
 
 #include <algorithm>
