@@ -1,7 +1,8 @@
 #pragma once
 // Forward convolution with output channels along the vector lanes: a tile multiplies MB output
-// pixels, each broadcasting the values its window reads from a channels-last copy of the input,
-// by NV vectors of output channels of the packed weights, over the whole reduction at once.
+// pixels, each broadcasting the values its window reads from a channels-last copy of the input
+// (ChannelWindows, as the products of conv2d_unfolded.h read it), by NV vectors of output
+// channels of the packed weights (WeightsByTap), over the whole reduction at once.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 
 #include "../shape_checks.h"
 #include "conv2d_common.h"
+#include "conv2d_unfolded.h"
+#include "gemm.h"
 #include "micro_gemm.h"
 #include "parallel.h"
 
@@ -24,28 +27,22 @@ bool worth_pixel_tiles(const Conv2dShape& s) {
 
 template <typename T>
 void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
-  const int64_t pixels = s.out_h * s.out_w, rows = s.batch * pixels, C = s.in_channels;
-  const int64_t padded_w = s.in_w + 2 * s.pad_w, image = (s.in_h + 2 * s.pad_h) * padded_w * C;
+  const int64_t ocg = s.out_channels_per_group();
+  const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
+  const int64_t pixels = s.out_h * s.out_w, rows = s.batch * pixels;
   const std::vector<T> x = channels_last_padded(input, s, 0);
-  // Where reduction step k = (kh, kw, ic) reads, from where its pixel's window starts.
-  std::vector<int64_t> offsets;
-  for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-    for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-      for (int64_t ic = 0; ic < icg; ++ic)
-        offsets.push_back((kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + ic);
+  std::vector<ChannelWindows<T>> windows;
+  for (int64_t g = 0; g < s.groups; ++g) windows.emplace_back(x.data(), s, g);
+  std::vector<int64_t> offsets(depth);
+  for (int64_t k = 0; k < depth; ++k) offsets[k] = windows[0].step_offset(k);
   with_tile<T>(rows, ocg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
     const int64_t panels = blocks_of(ocg, N), tiles = blocks_of(rows, MB);
     // Weights as [group][panel][kh, kw, ic][N output channels], zero past ocg.
-    std::vector<T> packed(s.groups * panels * depth * N, T(0));
-    for (int64_t oc = 0; oc < s.out_channels; ++oc) {
-      const int64_t g = oc / ocg, o = oc % ocg;
-      for (int64_t k = 0; k < depth; ++k)
-        packed[((g * panels + o / N) * depth + k) * N + o % N] =
-            weight[oc * depth + k % icg * taps + k / icg];
-    }
+    std::vector<T> packed(s.groups * panels * depth * N);
+    for (int64_t g = 0; g < s.groups; ++g)
+      pack_panels(WeightsByTap<T>(weight, s, g), depth, ocg, 0, depth, 0, panels, N,
+                  packed.data() + g * panels * depth * N);
     const std::vector<int64_t> packed_rows = evenly_spaced(depth, N);
     parallel_for_ranges(s.groups * tiles * panels, depth * MB * N, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
@@ -55,15 +52,14 @@ void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* outpu
         // Where each pixel's output lies in its (image, channel 0) plane; rows past the last
         // repeat the first and are dropped.
         int64_t out_at[MB];
-        WindowRows<T, MB> windows;
-        windows.offsets = offsets.data();
+        WindowRows<T, MB> a_rows;
+        a_rows.offsets = offsets.data();
         for (int m = 0; m < MB; ++m) {
-          const int64_t row = row0 + (m < tile_rows ? m : 0), n = row / pixels, p = row % pixels;
-          const int64_t oh = p / s.out_w, ow = p % s.out_w;
-          out_at[m] = n * s.out_channels * pixels + p;
-          windows.row[m] = x.data() + n * image + (oh * s.stride_h * padded_w + ow * s.stride_w) * C + g * icg;
+          const int64_t row = row0 + (m < tile_rows ? m : 0);
+          out_at[m] = row / pixels * s.out_channels * pixels + row % pixels;
+          a_rows.row[m] = windows[g].row(row, 0);
         }
-        gemm_tile<T, MB, NV>(windows, packed.data() + (g * panels + panel) * depth * N, packed_rows.data(),
+        gemm_tile<T, MB, NV>(a_rows, packed.data() + (g * panels + panel) * depth * N, packed_rows.data(),
                              depth, tile);
         for (int64_t j = 0; j < std::min<int64_t>(N, ocg - panel * N); ++j) {
           const int64_t oc = g * ocg + panel * N + j;

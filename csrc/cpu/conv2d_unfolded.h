@@ -61,7 +61,9 @@ struct ChannelWindows {
     const int64_t rest_of_tap = channels - k % channels;
     return row_taps_adjacent ? rest_of_tap + (kernel_w - 1 - k / channels % kernel_w) * channels : rest_of_tap;
   }
-  const T* row(int64_t i, int64_t k) const { return x + pixel_start[i] + tap_start[k / channels] + k % channels; }
+  // Where step k lies within a window: the same for every pixel.
+  int64_t step_offset(int64_t k) const { return tap_start[k / channels] + k % channels; }
+  const T* row(int64_t i, int64_t k) const { return x + pixel_start[i] + step_offset(k); }
 };
 
 // Group g's weights as ChannelWindows' partner: b(k, oc) = weight[g * ocg + oc][ic][kh][kw] for
