@@ -79,6 +79,12 @@ EDGE_CASES = [
     dict(batch=3, in_channels=4, out_channels=14, size=(13, 19), kernel=(3, 3), padding=(0, 1),
          stride=(2, 1), dilation=(2, 1), groups=2),
     dict(batch=2, in_channels=12, out_channels=20, size=(8, 9), kernel=(3, 3), padding=1),
+    # grad_weight as dot products along padded rows: a part-filled last chunk of images, tap
+    # blocks of uneven size, channel blocks that run past a group's channels and, in the last
+    # image, past the last channel.
+    dict(batch=11, in_channels=4, out_channels=14, size=(12, 17), kernel=(3, 3), padding=(1, 2),
+         dilation=(2, 1), groups=2),
+    dict(batch=9, in_channels=1, out_channels=7, size=(20, 21), kernel=(5, 4), padding=1),
 ]
 
 

@@ -33,18 +33,25 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
   with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
     const std::vector<T> x = channels_last_padded(input, s, N);
-    // grad_output per chunk as [channel][image][pixel], then MB zero channels that the last
-    // tile reads and drops.
-    const int64_t go_rows = s.out_channels + MB, go_chunk = go_rows * chunk_images * out_plane;
+    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(icg, N);
+    // grad_output per chunk as [group][block][image][pixel][MB channels], zero past ocg: the A
+    // of one tile, step after step (PackedRows).
+    const int64_t chunk_pixels = chunk_images * out_plane, go_block = chunk_pixels * MB;
+    const int64_t go_chunk = s.groups * blocks * go_block;
     const std::unique_ptr<T[]> go(new T[chunks * go_chunk]);
-    for (int64_t chunk = 0; chunk < chunks; ++chunk)
-      std::fill_n(go.get() + chunk * go_chunk + s.out_channels * chunk_images * out_plane,
-                  MB * chunk_images * out_plane, T(0));
-    parallel_for(s.batch * s.out_channels, out_plane, [&](int64_t item) {
-      const int64_t n = item / s.out_channels, oc = item % s.out_channels;
-      const int64_t chunk = n / chunk_images, local = n % chunk_images;
-      std::copy_n(grad_output + item * out_plane, out_plane,
-                  go.get() + chunk * go_chunk + (oc * chunk_images + local) * out_plane);
+    parallel_for(s.batch * s.groups * blocks, out_plane * MB, [&](int64_t item) {
+      const int64_t n = item / (s.groups * blocks), gb = item % (s.groups * blocks);
+      const int64_t oc0 = gb / blocks * ocg + gb % blocks * MB;
+      const int64_t channels = std::min<int64_t>(MB, ocg - gb % blocks * MB);
+      const T* src = grad_output + (n * s.out_channels + oc0) * out_plane;
+      T* dst = go.get() + n / chunk_images * go_chunk + gb * go_block + n % chunk_images * out_plane * MB;
+      // A square of 16 pixels by MB channels at a time, so that the reads run along each
+      // channel's plane and the strided writes stay within 1 KB.
+      for (int64_t i0 = 0; i0 < out_plane; i0 += 16) {
+        const int64_t pixels = std::min<int64_t>(16, out_plane - i0);
+        for (int m = 0; m < MB; ++m)
+          for (int64_t i = i0; i < i0 + pixels; ++i) dst[i * MB + m] = m < channels ? src[m * out_plane + i] : T(0);
+      }
     });
     // Where each pixel of a chunk reads through tap (0, 0); tap (kh, kw) adds a constant.
     std::vector<int64_t> pixel_rows(chunk_images * out_plane);
@@ -53,9 +60,9 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         for (int64_t ow = 0; ow < s.out_w; ++ow)
           pixel_rows[(n * s.out_h + oh) * s.out_w + ow] =
               n * image + (oh * s.stride_h * padded_w + ow * s.stride_w) * C;
-    const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(icg, N);
-    // partial[chunk][oc][ic][tap]
-    std::vector<T> partial(chunks * s.out_channels * icg * taps);
+    // partial[chunk][tap][oc][ic]: a tile's rows are stored whole.
+    const int64_t per_tap = s.out_channels * icg;
+    std::vector<T> partial(chunks * taps * per_tap);
     parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, chunk_images * out_plane * MB * N, [&](int64_t first, int64_t last) {
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
@@ -66,17 +73,19 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         const int64_t images = std::min(chunk_images, s.batch - chunk * chunk_images);
         const int64_t kh = tap / s.kernel_w, kw = tap % s.kernel_w;
         const int64_t oc0 = g * ocg + b * MB, ic0 = t * N;
-        gemm_tile<T, MB, NV>(StridedRows<T>{go.get() + chunk * go_chunk + oc0 * chunk_images * out_plane,
-                                            chunk_images * out_plane, 1},
+        gemm_tile<T, MB, NV>(PackedRows<T, MB>{go.get() + chunk * go_chunk + (g * blocks + b) * go_block},
                              x.data() + chunk * chunk_images * image +
                                  (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
                              pixel_rows.data(), images * out_plane, tile);
+        T* dst = partial.data() + (chunk * taps + tap) * per_tap + oc0 * icg + ic0;
         for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
-          for (int64_t j = 0; j < std::min<int64_t>(N, icg - ic0); ++j)
-            partial[((chunk * s.out_channels + oc0 + m) * icg + ic0 + j) * taps + tap] = tile[m * N + j];
+          std::copy_n(tile + m * N, std::min<int64_t>(N, icg - ic0), dst + m * icg);
       }
     });
-    sum_chunk_partials(partial, chunks, s.out_channels * icg * taps, grad_weight);
+    std::vector<T> by_tap(taps * per_tap);
+    sum_chunk_partials(partial, chunks, taps * per_tap, by_tap.data());
+    for (int64_t tap = 0; tap < taps; ++tap)
+      for (int64_t i = 0; i < per_tap; ++i) grad_weight[i * taps + tap] = by_tap[tap * per_tap + i];
   });
 }
 

@@ -45,7 +45,7 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
       const int64_t t = item % tiles, b = item / tiles % blocks;
       const int64_t g = item / (tiles * blocks) % s.groups, n = item / (tiles * blocks * s.groups);
       const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
-      gemm_tile<T, MB, NV>(StridedRows<T>{packed.data() + (g * blocks + b) * depth * MB, 1, MB},
+      gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * blocks + b) * depth * MB},
                            x.data + (n * s.in_channels + g * icg) * x.plane + p0,
                            taps_at.data(), depth, tile);
       const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
@@ -81,7 +81,7 @@ void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* outpu
 template <typename T>
 void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
-  constexpr int MB = 6, TB = 3;
+  constexpr int MB = 6, TB = 4;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
@@ -90,41 +90,44 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
                                        s.pad_w, (s.kernel_w - 1) * s.dilation_w + L, &finite);
   if (!finite) return conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
   const int64_t positions = s.out_h * x.w, len = blocks_of(positions, L) * L;
-  // grad_output as [image][channel (MB zero ones after the last)][len], each value written once.
-  const int64_t go_rows = s.out_channels + MB;
-  const std::unique_ptr<T[]> go(new T[s.batch * go_rows * len]);
+  // grad_output as [image][channel][len], then MB - 1 zero rows that the last image's last block
+  // may read past its channels (a block past a group's channels reads the next group's or
+  // image's rows, and drops them).
+  const int64_t go_rows = s.out_channels, zero_rows = MB - 1;
+  const std::unique_ptr<T[]> go(new T[(s.batch * go_rows + zero_rows) * len]);
+  std::fill_n(go.get() + s.batch * go_rows * len, zero_rows * len, T(0));
   parallel_for(s.batch * go_rows, len, [&](int64_t row) {
-    const int64_t n = row / go_rows, oc = row % go_rows;
     T* dst = go.get() + row * len;
-    if (oc >= s.out_channels) {
-      std::fill_n(dst, len, T(0));
-      return;
-    }
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
-      std::copy_n(grad_output + ((n * s.out_channels + oc) * s.out_h + oh) * s.out_w, s.out_w, dst + oh * x.w);
+      std::copy_n(grad_output + (row * s.out_h + oh) * s.out_w, s.out_w, dst + oh * x.w);
       std::fill(dst + oh * x.w + s.out_w, dst + (oh + 1) * x.w, T(0));
     }
     std::fill(dst + positions, dst + len, T(0));
   });
   const std::vector<int64_t> taps_at = tap_offsets(x, icg, s);
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
+  // Blocks of at most TB taps, as even as they come: a block of one tap would load MB rows of
+  // grad_output per MB multiply-adds.
   const int64_t tap_blocks = blocks_of(depth, TB);
   // partial[chunk][oc][k]
   std::vector<T> partial(chunks * s.out_channels * depth);
   parallel_for(chunks * s.groups * blocks * tap_blocks, kImagesPerPartial * len * MB * TB, [&](int64_t item) {
     const int64_t j = item % tap_blocks, b = item / tap_blocks % blocks;
     const int64_t g = item / (tap_blocks * blocks) % s.groups, chunk = item / (tap_blocks * blocks * s.groups);
-    const int64_t k0 = j * TB, count = std::min<int64_t>(TB, depth - k0);
-    const int64_t oc0 = g * ocg + b * MB;
-    T sums[MB * TB] = {};
-    for (int64_t n = chunk * kImagesPerPartial; n < std::min(s.batch, (chunk + 1) * kImagesPerPartial); ++n) {
-      const T* a = go.get() + (n * go_rows + oc0) * len;
-      const T* in = x.data + (n * s.in_channels + g * icg) * x.plane;
-      switch (count) {
-        case 1: dot_tile<T, MB, 1>(a, len, in, taps_at.data() + k0, len, sums); break;
-        case 2: dot_tile<T, MB, 2>(a, len, in, taps_at.data() + k0, len, sums); break;
-        default: dot_tile<T, MB, TB>(a, len, in, taps_at.data() + k0, len, sums); break;
-      }
+    const int64_t k0 = j * depth / tap_blocks, count = (j + 1) * depth / tap_blocks - k0;
+    const int64_t oc0 = g * ocg + b * MB, n0 = chunk * kImagesPerPartial;
+    const int64_t images = std::min(kImagesPerPartial, s.batch - n0);
+    const T* a = go.get() + (n0 * go_rows + oc0) * len;
+    const T* in = x.data + (n0 * s.in_channels + g * icg) * x.plane;
+    T sums[MB * TB];
+    const auto dots = [&]<int TW>() {
+      dot_tile<T, MB, TW>(a, len, go_rows * len, in, s.in_channels * x.plane, taps_at.data() + k0, len, images, sums);
+    };
+    switch (count) {
+      case 1: dots.template operator()<1>(); break;
+      case 2: dots.template operator()<2>(); break;
+      case 3: dots.template operator()<3>(); break;
+      default: dots.template operator()<TB>(); break;
     }
     for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
       for (int64_t t = 0; t < count; ++t)

@@ -138,7 +138,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
             for (int m = 0; m < MB; ++m) a_rows.row[m] = m < tile_rows ? a.row(row0 + rt * MB + m, k0) : zeros.data();
             gemm_tile<T, MB, NV>(a_rows, b_block, panel_rows.data(), steps, tile);
           } else {
-            gemm_tile<T, MB, NV>(StridedRows<T>{packed_a.get() + rt * steps * MB, 1, MB}, b_block,
+            gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed_a.get() + rt * steps * MB}, b_block,
                                  panel_rows.data(), steps, tile);
           }
           store_tile(tile, N, tile_rows, std::min(N, columns - j0), k0 > 0,

@@ -31,12 +31,14 @@ __attribute__((always_inline)) inline void store_vec(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// A's values for one tile, row m of reduction step k at a[m * m_stride + k * k_stride].
-template <typename T>
-struct StridedRows {
+// A packed for one tile, step after step: the MB values of step k at a[k * MB .. k * MB + MB).
+// One pointer with constant displacements: a tile whose A rows lie at a runtime stride apart
+// needs a register per row, and the address moves that spill from them ran the 16x1 tile at
+// about two thirds of its speed (benchmarks/NOTES.md, section 6).
+template <typename T, int MB>
+struct PackedRows {
   const T* a;
-  int64_t m_stride, k_stride;
-  T operator()(int m, int64_t k) const { return a[m * m_stride + k * k_stride]; }
+  T operator()(int m, int64_t k) const { return a[k * MB + m]; }
 };
 
 // A's rows for one tile each at its own address, steps contiguous: rows read in place.
@@ -86,13 +88,14 @@ LENETX_SIMD_CLONES void gemm_tile(const ARows& a, const T* __restrict b, const i
     for (int v = 0; v < NV; ++v) store_vec(c + (m * NV + v) * L, acc[m][v]);
 }
 
-// sums[m * TB + t] += sum over p < len of a[m * a_m + p] * b[b_offsets[t] + p], len a multiple
-// of Vec<T>::kLanes: MB x TB dot products at once, vectorized along p, each vector's lanes added
-// in a fixed order at the end.
+// sums[m * TB + t] = sum over images i < `images` and p < len of a[i * a_n + m * a_m + p] times
+// b[i * b_n + b_offsets[t] + p], len a multiple of Vec<T>::kLanes: MB x TB dot products at once,
+// vectorized along p. The vectors run over every image before their lanes are added, once, in a
+// fixed order.
 template <typename T, int MB, int TB>
-LENETX_SIMD_CLONES void dot_tile(const T* __restrict a, int64_t a_m, const T* __restrict b,
-                                 const int64_t* __restrict b_offsets, int64_t len,
-                                 T* __restrict sums) {
+LENETX_SIMD_CLONES void dot_tile(const T* __restrict a, int64_t a_m, int64_t a_n, const T* __restrict b,
+                                 int64_t b_n, const int64_t* __restrict b_offsets, int64_t len,
+                                 int64_t images, T* __restrict sums) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[MB][TB];
@@ -100,23 +103,28 @@ LENETX_SIMD_CLONES void dot_tile(const T* __restrict a, int64_t a_m, const T* __
   for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 8
     for (int t = 0; t < TB; ++t) acc[m][t] = V{};
-  for (int64_t p = 0; p < len; p += L) {
-    V rows[MB];
-#pragma GCC unroll 16
-    for (int m = 0; m < MB; ++m) load_vec(rows[m], a + m * a_m + p);
+  for (int64_t i = 0; i < images; ++i, a += a_n, b += b_n) {
+    const T* b_tap[TB];
 #pragma GCC unroll 8
-    for (int t = 0; t < TB; ++t) {
-      V x;
-      load_vec(x, b + b_offsets[t] + p);
+    for (int t = 0; t < TB; ++t) b_tap[t] = b + b_offsets[t];
+    for (int64_t p = 0; p < len; p += L) {
+      V rows[MB];
 #pragma GCC unroll 16
-      for (int m = 0; m < MB; ++m) acc[m][t] += rows[m] * x;
+      for (int m = 0; m < MB; ++m) load_vec(rows[m], a + m * a_m + p);
+#pragma GCC unroll 8
+      for (int t = 0; t < TB; ++t) {
+        V x;
+        load_vec(x, b_tap[t] + p);
+#pragma GCC unroll 16
+        for (int m = 0; m < MB; ++m) acc[m][t] += rows[m] * x;
+      }
     }
   }
   for (int m = 0; m < MB; ++m)
     for (int t = 0; t < TB; ++t) {
       T total = 0;
       for (int l = 0; l < L; ++l) total += acc[m][t][l];
-      sums[m * TB + t] += total;
+      sums[m * TB + t] = total;
     }
 }
 
