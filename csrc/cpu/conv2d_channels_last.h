@@ -17,9 +17,11 @@ namespace lenetx::cpu {
 
 // grad_weight as one matrix product per kernel tap, input channels along the vector lanes: for
 // tap (kh, kw), grad_weight[oc][ic] = sum over images and output pixels of grad_output[oc][pixel]
-// times input channel ic at the position that pixel reads through the tap. The input is copied
-// channels-last with its zero border, so that a position's channels are one contiguous run.
-// Images are summed in chunks (sized by the shape alone) whose partials are added in a fixed order.
+// times input channel ic at the position that pixel reads through the tap. Images are summed in
+// chunks (sized by the shape alone) whose partials are added in a fixed order. Each thread copies
+// the chunk it works on, the input channels-last inside its zero border (a position's channels
+// are one contiguous run) and grad_output packed for the tiles: copies of the whole batch would
+// leave the cache before the tiles read them (benchmarks/NOTES.md, section 6).
 template <typename T>
 void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* grad_weight,
                                       const Conv2dShape& s) {
@@ -32,27 +34,25 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
   const int64_t image = padded_h * padded_w * C, chunks = blocks_of(s.batch, chunk_images);
   with_tile<T>(ocg, icg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
-    const std::vector<T> x = channels_last_padded(input, s, N);
     const int64_t blocks = blocks_of(ocg, MB), tiles = blocks_of(icg, N);
-    // grad_output per chunk as [group][block][image][pixel][MB channels], zero past ocg: the A
-    // of one tile, step after step (PackedRows).
-    const int64_t chunk_pixels = chunk_images * out_plane, go_block = chunk_pixels * MB;
-    const int64_t go_chunk = s.groups * blocks * go_block;
-    const std::unique_ptr<T[]> go(new T[chunks * go_chunk]);
-    parallel_for(s.batch * s.groups * blocks, out_plane * MB, [&](int64_t item) {
-      const int64_t n = item / (s.groups * blocks), gb = item % (s.groups * blocks);
-      const int64_t oc0 = gb / blocks * ocg + gb % blocks * MB;
-      const int64_t channels = std::min<int64_t>(MB, ocg - gb % blocks * MB);
-      const T* src = grad_output + (n * s.out_channels + oc0) * out_plane;
-      T* dst = go.get() + n / chunk_images * go_chunk + gb * go_block + n % chunk_images * out_plane * MB;
-      // A square of 16 pixels by MB channels at a time, so that the reads run along each
-      // channel's plane and the strided writes stay within 1 KB.
-      for (int64_t i0 = 0; i0 < out_plane; i0 += 16) {
-        const int64_t pixels = std::min<int64_t>(16, out_plane - i0);
-        for (int m = 0; m < MB; ++m)
-          for (int64_t i = i0; i < i0 + pixels; ++i) dst[i * MB + m] = m < channels ? src[m * out_plane + i] : T(0);
-      }
-    });
+    // A chunk's grad_output as [group][block][image][pixel][MB channels], zero past ocg: the A of
+    // one tile, step after step (PackedRows).
+    const int64_t go_block = chunk_images * out_plane * MB, go_chunk = s.groups * blocks * go_block;
+    const auto pack_grad_output = [&](int64_t n0, int64_t images, T* go) {
+      for (int64_t i = 0; i < images; ++i)
+        for (int64_t gb = 0; gb < s.groups * blocks; ++gb) {
+          const int64_t oc0 = gb / blocks * ocg + gb % blocks * MB;
+          const int64_t channels = std::min<int64_t>(MB, ocg - gb % blocks * MB);
+          const T* src = grad_output + ((n0 + i) * s.out_channels + oc0) * out_plane;
+          T* dst = go + gb * go_block + i * out_plane * MB;
+          // A square of 16 pixels by MB channels at a time, so that the reads run along each
+          // channel's plane and the strided writes stay within 1 KB.
+          for (int64_t p0 = 0; p0 < out_plane; p0 += 16)
+            for (int m = 0; m < MB; ++m)
+              for (int64_t p = p0; p < std::min<int64_t>(p0 + 16, out_plane); ++p)
+                dst[p * MB + m] = m < channels ? src[m * out_plane + p] : T(0);
+        }
+    };
     // Where each pixel of a chunk reads through tap (0, 0); tap (kh, kw) adds a constant.
     std::vector<int64_t> pixel_rows(chunk_images * out_plane);
     for (int64_t n = 0; n < chunk_images; ++n)
@@ -64,18 +64,27 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
     const int64_t per_tap = s.out_channels * icg;
     std::vector<T> partial(chunks * taps * per_tap);
     parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, chunk_images * out_plane * MB * N, [&](int64_t first, int64_t last) {
+      std::vector<T> x(chunk_images * image + N, T(0));  // the border stays zero
+      const std::unique_ptr<T[]> go(new T[go_chunk]);
+      int64_t copied_chunk = -1;
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
         // Channel blocks vary fastest: the input panel of one tap stays in cache across them.
         const int64_t b = item % blocks, t = item / blocks % tiles, tap = item / (blocks * tiles) % taps;
         const int64_t g = item / (tiles * taps * blocks) % s.groups;
         const int64_t chunk = item / (tiles * taps * blocks * s.groups);
-        const int64_t images = std::min(chunk_images, s.batch - chunk * chunk_images);
+        const int64_t n0 = chunk * chunk_images, images = std::min(chunk_images, s.batch - n0);
+        if (chunk != copied_chunk) {
+          for (int64_t i = 0; i < images; ++i)
+            channels_last_rows(input + (n0 + i) * C * s.in_h * s.in_w, C, s.in_h, s.in_w, s.pad_h, s.pad_w, 0,
+                               s.in_h, x.data() + i * image);
+          pack_grad_output(n0, images, go.get());
+          copied_chunk = chunk;
+        }
         const int64_t kh = tap / s.kernel_w, kw = tap % s.kernel_w;
         const int64_t oc0 = g * ocg + b * MB, ic0 = t * N;
-        gemm_tile<T, MB, NV>(PackedRows<T, MB>{go.get() + chunk * go_chunk + (g * blocks + b) * go_block},
-                             x.data() + chunk * chunk_images * image +
-                                 (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
+        gemm_tile<T, MB, NV>(PackedRows<T, MB>{go.get() + (g * blocks + b) * go_block},
+                             x.data() + (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
                              pixel_rows.data(), images * out_plane, tile);
         T* dst = partial.data() + (chunk * taps + tap) * per_tap + oc0 * icg + ic0;
         for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)

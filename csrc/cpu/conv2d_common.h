@@ -63,20 +63,31 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   return {std::move(storage), out, padded_h, padded_w, plane};
 }
 
+// Rows [first_row, last_row) of one image [C][h][w] written channels-last into `dst`, the image's
+// [h + 2 pad_h][w + 2 pad_w][C] copy, whose zero border is left as it is.
+template <typename T>
+void channels_last_rows(const T* x, int64_t C, int64_t h, int64_t w, int64_t pad_h, int64_t pad_w,
+                        int64_t first_row, int64_t last_row, T* dst) {
+  const int64_t padded_w = w + 2 * pad_w;
+  for (int64_t r = first_row; r < last_row; ++r) {
+    T* row = dst + ((r + pad_h) * padded_w + pad_w) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const T* src = x + (c * h + r) * w;
+      for (int64_t col = 0; col < w; ++col) row[col * C + c] = src[col];
+    }
+  }
+}
+
 // Planes [n][C][h][w] channels-last inside a zero border, [n][h + 2 pad_h][w + 2 pad_w][C], then
 // `slack` zeros: the channels one pixel reads are one contiguous run.
 template <typename T>
 std::vector<T> channels_last(const T* x, int64_t batch, int64_t C, int64_t h, int64_t w, int64_t pad_h,
                              int64_t pad_w, int64_t slack) {
-  const int64_t padded_w = w + 2 * pad_w, image = (h + 2 * pad_h) * padded_w * C;
+  const int64_t image = (h + 2 * pad_h) * (w + 2 * pad_w) * C;
   std::vector<T> out(batch * image + slack, T(0));
   parallel_for(batch * h, C * w, [&](int64_t row) {
     const int64_t n = row / h, r = row % h;
-    T* dst = out.data() + n * image + ((r + pad_h) * padded_w + pad_w) * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const T* src = x + ((n * C + c) * h + r) * w;
-      for (int64_t col = 0; col < w; ++col) dst[col * C + c] = src[col];
-    }
+    channels_last_rows(x + n * C * h * w, C, h, w, pad_h, pad_w, r, r + 1, out.data() + n * image);
   });
   return out;
 }

@@ -90,20 +90,6 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
                                        s.pad_w, (s.kernel_w - 1) * s.dilation_w + L, &finite);
   if (!finite) return conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
   const int64_t positions = s.out_h * x.w, len = blocks_of(positions, L) * L;
-  // grad_output as [image][channel][len], then MB - 1 zero rows that the last image's last block
-  // may read past its channels (a block past a group's channels reads the next group's or
-  // image's rows, and drops them).
-  const int64_t go_rows = s.out_channels, zero_rows = MB - 1;
-  const std::unique_ptr<T[]> go(new T[(s.batch * go_rows + zero_rows) * len]);
-  std::fill_n(go.get() + s.batch * go_rows * len, zero_rows * len, T(0));
-  parallel_for(s.batch * go_rows, len, [&](int64_t row) {
-    T* dst = go.get() + row * len;
-    for (int64_t oh = 0; oh < s.out_h; ++oh) {
-      std::copy_n(grad_output + (row * s.out_h + oh) * s.out_w, s.out_w, dst + oh * x.w);
-      std::fill(dst + oh * x.w + s.out_w, dst + (oh + 1) * x.w, T(0));
-    }
-    std::fill(dst + positions, dst + len, T(0));
-  });
   const std::vector<int64_t> taps_at = tap_offsets(x, icg, s);
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
   // Blocks of at most TB taps, as even as they come: a block of one tap would load MB rows of
@@ -111,27 +97,47 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   const int64_t tap_blocks = blocks_of(depth, TB);
   // partial[chunk][oc][k]
   std::vector<T> partial(chunks * s.out_channels * depth);
-  parallel_for(chunks * s.groups * blocks * tap_blocks, kImagesPerPartial * len * MB * TB, [&](int64_t item) {
-    const int64_t j = item % tap_blocks, b = item / tap_blocks % blocks;
-    const int64_t g = item / (tap_blocks * blocks) % s.groups, chunk = item / (tap_blocks * blocks * s.groups);
-    const int64_t k0 = j * depth / tap_blocks, count = (j + 1) * depth / tap_blocks - k0;
-    const int64_t oc0 = g * ocg + b * MB, n0 = chunk * kImagesPerPartial;
-    const int64_t images = std::min(kImagesPerPartial, s.batch - n0);
-    const T* a = go.get() + (n0 * go_rows + oc0) * len;
-    const T* in = x.data + (n0 * s.in_channels + g * icg) * x.plane;
-    T sums[MB * TB];
-    const auto dots = [&]<int TW>() {
-      dot_tile<T, MB, TW>(a, len, go_rows * len, in, s.in_channels * x.plane, taps_at.data() + k0, len, images, sums);
-    };
-    switch (count) {
-      case 1: dots.template operator()<1>(); break;
-      case 2: dots.template operator()<2>(); break;
-      case 3: dots.template operator()<3>(); break;
-      default: dots.template operator()<TB>(); break;
+  parallel_for_ranges(chunks * s.groups * blocks, kImagesPerPartial * len * MB * depth, [&](int64_t first, int64_t last) {
+    // One chunk's grad_output for one block of channels, as [image][MB][len] (zero past the
+    // block's channels), packed here so that it stays in cache for every tap block.
+    const std::unique_ptr<T[]> go(new T[kImagesPerPartial * MB * len]);
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t b = item % blocks, g = item / blocks % s.groups, chunk = item / (blocks * s.groups);
+      const int64_t oc0 = g * ocg + b * MB, channels = std::min<int64_t>(MB, ocg - b * MB);
+      const int64_t n0 = chunk * kImagesPerPartial, images = std::min(kImagesPerPartial, s.batch - n0);
+      for (int64_t i = 0; i < images; ++i)
+        for (int64_t m = 0; m < MB; ++m) {
+          T* dst = go.get() + (i * MB + m) * len;
+          if (m >= channels) {
+            std::fill_n(dst, len, T(0));
+            continue;
+          }
+          const T* src = grad_output + ((n0 + i) * s.out_channels + oc0 + m) * s.out_h * s.out_w;
+          for (int64_t oh = 0; oh < s.out_h; ++oh) {
+            std::copy_n(src + oh * s.out_w, s.out_w, dst + oh * x.w);
+            std::fill(dst + oh * x.w + s.out_w, dst + (oh + 1) * x.w, T(0));
+          }
+          std::fill(dst + positions, dst + len, T(0));
+        }
+      const T* in = x.data + (n0 * s.in_channels + g * icg) * x.plane;
+      for (int64_t j = 0; j < tap_blocks; ++j) {
+        const int64_t k0 = j * depth / tap_blocks, count = (j + 1) * depth / tap_blocks - k0;
+        T sums[MB * TB];
+        const auto dots = [&]<int TW>() {
+          dot_tile<T, MB, TW>(go.get(), len, MB * len, in, s.in_channels * x.plane, taps_at.data() + k0, len,
+                              images, sums);
+        };
+        switch (count) {
+          case 1: dots.template operator()<1>(); break;
+          case 2: dots.template operator()<2>(); break;
+          case 3: dots.template operator()<3>(); break;
+          default: dots.template operator()<TB>(); break;
+        }
+        for (int64_t m = 0; m < channels; ++m)
+          for (int64_t t = 0; t < count; ++t)
+            partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
+      }
     }
-    for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
-      for (int64_t t = 0; t < count; ++t)
-        partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
   });
   sum_chunk_partials(partial, chunks, s.out_channels * depth, grad_weight);
 }
