@@ -148,3 +148,17 @@ def test_second_derivative_raises_instead_of_being_wrong(pool, backward, generat
     (grad_input,) = torch.autograd.grad(pool(input).square().sum(), input, create_graph=True)
     with pytest.raises(RuntimeError, match=f"derivative for lenetx::{backward} is not implemented"):
         grad_input.sum().backward()
+
+
+def test_max_pool2d_backward_follows_indices_outside_their_windows(generator):
+    # A 2x2 pooling writes each input's gradient once; indices that are not their window's own
+    # (made by hand here) must still be scattered and summed as torch does.
+    input = torch.randn(2, 3, 9, 7, generator=generator)
+    grad_output = torch.randn(2, 3, 4, 3, generator=generator)
+    indices = torch.randint(0, 9 * 7, (2, 3, 4, 3), generator=generator)
+    indices[0, 0] = 0
+    ours = torch.ops.lenetx.max_pool2d_backward(grad_output, input, indices, [2, 2], [2, 2], [0, 0],
+                                                [1, 1], False)
+    theirs = torch.ops.aten.max_pool2d_with_indices_backward(grad_output, input, [2, 2], [2, 2], [0, 0],
+                                                             [1, 1], False, indices)
+    torch.testing.assert_close(ours, theirs)
