@@ -30,7 +30,21 @@ struct PaddedPlanes {
   int64_t h, w, plane;
 };
 
-// all_finite, when given, is set to whether every value of x is finite (checked while copying).
+// One h x w plane written into `dst` inside a zero border of pad_h rows and pad_w columns.
+template <typename T>
+void pad_plane(const T* x, int64_t h, int64_t w, int64_t pad_h, int64_t pad_w, T* dst) {
+  const int64_t padded_w = w + 2 * pad_w;
+  std::fill_n(dst, pad_h * padded_w + pad_w, T(0));
+  for (int64_t r = 0; r < h; ++r) {
+    T* row = dst + (r + pad_h) * padded_w;
+    std::copy_n(x + r * w, w, row + pad_w);
+    // The right border of this row and the left border of the next are adjacent.
+    std::fill_n(row + pad_w + w, r + 1 < h ? 2 * pad_w : pad_w, T(0));
+  }
+  std::fill_n(dst + (h + pad_h) * padded_w, pad_h * padded_w, T(0));
+}
+
+// all_finite, when given, is set to whether every value of x is finite.
 template <typename T>
 PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t pad_h,
                            int64_t pad_w, int64_t slack, bool* all_finite = nullptr) {
@@ -41,22 +55,14 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   T* out = storage.get();
   std::atomic<bool> finite{true};
   parallel_for(planes, h * w, [&](int64_t p) {
-    T* dst = out + p * plane;
-    std::fill_n(dst, pad_h * padded_w + pad_w, T(0));
-    T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
-    for (int64_t r = 0; r < h; ++r) {
-      T* row = dst + (r + pad_h) * padded_w;
-      const T* src = x + (p * h + r) * w;
-      std::copy_n(src, w, row + pad_w);
-      if (all_finite) {
+    const T* src = x + p * h * w;
+    pad_plane(src, h, w, pad_h, pad_w, out + p * plane);
+    if (all_finite) {
+      T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
 #pragma omp simd reduction(+ : zero_if_finite)
-        for (int64_t c = 0; c < w; ++c) zero_if_finite += src[c] * T(0);
-      }
-      // The right border of this row and the left border of the next are adjacent.
-      std::fill_n(row + pad_w + w, r + 1 < h ? 2 * pad_w : pad_w, T(0));
+      for (int64_t i = 0; i < h * w; ++i) zero_if_finite += src[i] * T(0);
+      if (zero_if_finite != T(0)) finite = false;
     }
-    std::fill_n(dst + (h + pad_h) * padded_w, pad_h * padded_w, T(0));
-    if (zero_if_finite != T(0)) finite = false;
   });
   std::fill_n(out + planes * plane, slack, T(0));
   if (all_finite) *all_finite = finite;
@@ -99,15 +105,15 @@ std::vector<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_
   return channels_last(input, s.batch, s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, slack);
 }
 
-// Where tap (ic, kh, kw) of the output position at offset 0 reads in padded planes `x`, in the
-// weight's (ic, kh, kw) order: the rows that a padded-rows tile reads.
-template <typename T>
-std::vector<int64_t> tap_offsets(const PaddedPlanes<T>& x, int64_t in_channels, const Conv2dShape& s) {
+// Where tap (ic, kh, kw) of the output position at offset 0 reads in padded planes of `plane`
+// values and rows of `row` values, in the weight's (ic, kh, kw) order: the rows that a
+// padded-rows tile reads.
+inline std::vector<int64_t> tap_offsets(int64_t plane, int64_t row, int64_t in_channels, const Conv2dShape& s) {
   std::vector<int64_t> offsets;
   for (int64_t ic = 0; ic < in_channels; ++ic)
     for (int64_t kh = 0; kh < s.kernel_h; ++kh)
       for (int64_t kw = 0; kw < s.kernel_w; ++kw)
-        offsets.push_back(ic * x.plane + kh * s.dilation_h * x.w + kw * s.dilation_w);
+        offsets.push_back(ic * plane + kh * s.dilation_h * row + kw * s.dilation_w);
   return offsets;
 }
 

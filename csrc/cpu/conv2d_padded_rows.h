@@ -27,9 +27,8 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
   constexpr int64_t N = NV * Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
-  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h,
-                                       s.pad_w, N + s.kernel_w * s.dilation_w);
-  const int64_t positions = s.out_h * x.w, tiles = blocks_of(positions, N);
+  const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
+  const int64_t positions = s.out_h * padded_w, tiles = blocks_of(positions, N);
   const int64_t blocks = blocks_of(ocg, MB), out_plane = s.out_h * s.out_w;
   // Weights as [group][block][ic, kh, kw][MB output channels], zero past ocg.
   std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
@@ -38,15 +37,27 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
     for (int64_t k = 0; k < depth; ++k)
       packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
   }
-  const std::vector<int64_t> taps_at = tap_offsets(x, icg, s);
+  const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, icg, s);
+  // The last tile of a row reads up to N positions and kernel_w columns past the planes.
+  const int64_t slack = N + s.kernel_w * s.dilation_w;
   parallel_for_ranges(s.batch * s.groups * blocks * tiles, depth * MB * N, [&](int64_t first, int64_t last) {
+    // The padded planes of the (image, group) this thread works on, copied here so that they are
+    // in cache when its tiles read them (a padded copy of the whole batch was not: NOTES, section 6).
+    const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
+    std::fill_n(x.get() + icg * plane, slack, T(0));
+    int64_t padded = -1;
     alignas(64) T tile[MB * N];
     for (int64_t item = first; item < last; ++item) {
       const int64_t t = item % tiles, b = item / tiles % blocks;
       const int64_t g = item / (tiles * blocks) % s.groups, n = item / (tiles * blocks * s.groups);
+      if (n * s.groups + g != padded) {
+        for (int64_t ic = 0; ic < icg; ++ic)
+          pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
+                    s.pad_w, x.get() + ic * plane);
+        padded = n * s.groups + g;
+      }
       const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
-      gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * blocks + b) * depth * MB},
-                           x.data + (n * s.in_channels + g * icg) * x.plane + p0,
+      gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * blocks + b) * depth * MB}, x.get() + p0,
                            taps_at.data(), depth, tile);
       const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
       for (int64_t m = 0; m < channels; ++m) {
@@ -54,7 +65,7 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
         const T shift = bias ? bias[oc] : T(0);
         T* out = output + (n * s.out_channels + oc) * out_plane;
         for (int64_t p = p0; p < p_end;) {
-          const int64_t oh = p / x.w, ow = p % x.w, row_end = std::min(p_end, (oh + 1) * x.w);
+          const int64_t oh = p / padded_w, ow = p % padded_w, row_end = std::min(p_end, (oh + 1) * padded_w);
           const T* src = tile + m * N + (p - p0);
           T* dst = out + oh * s.out_w;
           for (int64_t c = ow; c < std::min(s.out_w, ow + row_end - p); ++c) dst[c] = src[c - ow] + shift;
@@ -90,7 +101,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
                                        s.pad_w, (s.kernel_w - 1) * s.dilation_w + L, &finite);
   if (!finite) return conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
   const int64_t positions = s.out_h * x.w, len = blocks_of(positions, L) * L;
-  const std::vector<int64_t> taps_at = tap_offsets(x, icg, s);
+  const std::vector<int64_t> taps_at = tap_offsets(x.plane, x.w, icg, s);
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
   // Blocks of at most TB taps, as even as they come: a block of one tap would load MB rows of
   // grad_output per MB multiply-adds.
