@@ -68,9 +68,9 @@ class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, IntList kernel_size, IntList stride,
                             IntList padding, bool ceil_mode, bool count_include_pad,
-                            std::optional<int64_t> divisor_override) {
+                            std::optional<int64_t> divisor_override, bool relu_input) {
     static const auto op = lenetx_op<at::Tensor(const at::Tensor&, IntList, IntList, IntList, bool, bool,
-                                                std::optional<int64_t>)>("lenetx::avg_pool2d");
+                                                std::optional<int64_t>, bool)>("lenetx::avg_pool2d");
     ctx->save_for_backward({input});
     ctx->saved_data["kernel_size"] = kernel_size;
     ctx->saved_data["stride"] = stride;
@@ -78,33 +78,38 @@ class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
     ctx->saved_data["ceil_mode"] = ceil_mode;
     ctx->saved_data["count_include_pad"] = count_include_pad;
     ctx->saved_data["divisor_override"] = divisor_override;
+    ctx->saved_data["relu_input"] = relu_input;
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+    return op.call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, relu_input);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static const auto op = lenetx_op<at::Tensor(const at::Tensor&, const at::Tensor&, IntList, IntList, IntList,
-                                                bool, bool, std::optional<int64_t>)>("lenetx::avg_pool2d_backward");
+    static const auto op =
+        lenetx_op<at::Tensor(const at::Tensor&, const at::Tensor&, IntList, IntList, IntList, bool, bool,
+                             std::optional<int64_t>, bool)>("lenetx::avg_pool2d_backward");
     auto& data = ctx->saved_data;
     const at::Tensor grad_input =
         op.call(grad_outputs[0], ctx->get_saved_variables()[0], data["kernel_size"].toIntVector(),
                 data["stride"].toIntVector(), data["padding"].toIntVector(), data["ceil_mode"].toBool(),
-                data["count_include_pad"].toBool(), data["divisor_override"].toOptional<int64_t>());
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+                data["count_include_pad"].toBool(), data["divisor_override"].toOptional<int64_t>(),
+                data["relu_input"].toBool());
+    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
 class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, IntList kernel_size,
-                               IntList stride, IntList padding, IntList dilation, bool ceil_mode) {
+                               IntList stride, IntList padding, IntList dilation, bool ceil_mode,
+                               bool relu_input) {
     static const auto op = lenetx_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, IntList, IntList,
-                                                                        IntList, IntList, bool)>(
+                                                                        IntList, IntList, bool, bool)>(
         "lenetx::max_pool2d_with_indices");
     at::Tensor output, indices;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, indices) = op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
+      std::tie(output, indices) = op.call(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
     }
     ctx->save_for_backward({input, indices});
     ctx->mark_non_differentiable({indices});
@@ -115,21 +120,22 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["ceil_mode"] = ceil_mode;
+    ctx->saved_data["relu_input"] = relu_input;
     return {output, indices};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static const auto op = lenetx_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, IntList,
-                                                IntList, IntList, IntList, bool)>("lenetx::max_pool2d_backward");
+                                                IntList, IntList, IntList, bool, bool)>("lenetx::max_pool2d_backward");
     at::Tensor grad_input;
     if (grad_outputs[0].defined()) {
       auto& data = ctx->saved_data;
       const variable_list saved = ctx->get_saved_variables();
       grad_input = op.call(grad_outputs[0], saved[0], saved[1], data["kernel_size"].toIntVector(),
                            data["stride"].toIntVector(), data["padding"].toIntVector(),
-                           data["dilation"].toIntVector(), data["ceil_mode"].toBool());
+                           data["dilation"].toIntVector(), data["ceil_mode"].toBool(), data["relu_input"].toBool());
     }
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -155,16 +161,17 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
 }
 
 at::Tensor avg_pool2d(const at::Tensor& input, IntList kernel_size, IntList stride, IntList padding,
-                      bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+                      bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
+                      bool relu_input) {
   return AvgPool2dFunction::apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                  divisor_override);
+                                  divisor_override, relu_input);
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& input, IntList kernel_size,
                                                            IntList stride, IntList padding, IntList dilation,
-                                                           bool ceil_mode) {
+                                                           bool ceil_mode, bool relu_input) {
   const variable_list outputs =
-      MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode);
+      MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
   return {outputs[0], outputs[1]};
 }
 

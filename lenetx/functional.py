@@ -80,24 +80,27 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None):
-    """2-D average pooling; see torch.nn.functional.avg_pool2d."""
+               count_include_pad=True, divisor_override=None, *, relu_input=False):
+    """2-D average pooling; see torch.nn.functional.avg_pool2d. relu_input=True pools
+    relu(input) in one pass, and its backward masks the gradient as relu's would."""
     input, unbatched = _batched(input, "lenetx.avg_pool2d")
     kernel_size = _pair("kernel_size", kernel_size)
     stride = _pool_stride(stride, kernel_size)
     output = ops.avg_pool2d(input, kernel_size, stride, _pair("padding", padding), ceil_mode,
-                            count_include_pad, divisor_override)
+                            count_include_pad, divisor_override, relu_input)
     return output.squeeze(0) if unbatched else output
 
 
 def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1,
-                            ceil_mode=False):
-    """2-D max pooling that also returns, per output, the flat index within its H x W plane."""
+                            ceil_mode=False, *, relu_input=False):
+    """2-D max pooling that also returns, per output, the flat index within its H x W plane.
+    relu_input=True pools relu(input) in one pass, as avg_pool2d's does."""
     input, unbatched = _batched(input, "lenetx.max_pool2d")
     kernel_size = _pair("kernel_size", kernel_size)
     stride = _pool_stride(stride, kernel_size)
     output, indices = ops.max_pool2d_with_indices(
-        input, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation), ceil_mode
+        input, kernel_size, stride, _pair("padding", padding), _pair("dilation", dilation), ceil_mode,
+        relu_input,
     )
     if unbatched:
         output, indices = output.squeeze(0), indices.squeeze(0)
@@ -105,10 +108,11 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
-    """2-D max pooling; see torch.nn.functional.max_pool2d."""
+               return_indices=False, *, relu_input=False):
+    """2-D max pooling; see torch.nn.functional.max_pool2d. relu_input=True pools relu(input) in
+    one pass, as avg_pool2d's does."""
     output, indices = max_pool2d_with_indices(input, kernel_size, stride, padding, dilation,
-                                              ceil_mode)
+                                              ceil_mode, relu_input=relu_input)
     return (output, indices) if return_indices else output
 
 

@@ -20,17 +20,18 @@ class Conv2d(torch.nn.Conv2d):
 class AvgPool2d(torch.nn.AvgPool2d):
     __doc__ = torch.nn.AvgPool2d.__doc__
 
-    def forward(self, input):
+    def forward(self, input, *, relu_input=False):
         return LF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                             self.count_include_pad, self.divisor_override)
+                             self.count_include_pad, self.divisor_override, relu_input=relu_input)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
     __doc__ = torch.nn.MaxPool2d.__doc__
 
-    def forward(self, input):
+    def forward(self, input, *, relu_input=False):
         return LF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices,
+                             relu_input=relu_input)
 
 
 class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
@@ -38,6 +39,14 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 
     def forward(self, input):
         return LF.adaptive_avg_pool2d(input, self.output_size)
+
+
+def relu_pool(pool, input):
+    """pool(relu(input)) for a pooling layer: one pass (relu_input) for lenetx's average and max
+    pooling, relu then the layer for any other, torch.nn's included."""
+    if isinstance(pool, (AvgPool2d, MaxPool2d)):
+        return pool(input, relu_input=True)
+    return pool(torch.relu(input))
 
 
 # torch.nn class -> its lenetx replacement; convert() swaps exactly these types.

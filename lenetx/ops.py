@@ -69,7 +69,8 @@ def _pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mod
 
 
 @torch.library.register_fake("lenetx::avg_pool2d")
-def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+      relu_input=False):
     shape = _pool2d_output_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode,
                                  "lenetx.avg_pool2d")
     return _empty(input, *shape)
@@ -77,19 +78,20 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
 
 @torch.library.register_fake("lenetx::avg_pool2d_backward")
 def _(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-      divisor_override):
+      divisor_override, relu_input=False):
     return _empty(input, *input.shape)
 
 
 @torch.library.register_fake("lenetx::max_pool2d_with_indices")
-def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+def _(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input=False):
     shape = _pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode,
                                  "lenetx.max_pool2d")
     return _empty(input, *shape), _empty(input, *shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("lenetx::max_pool2d_backward")
-def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode,
+      relu_input=False):
     return _empty(input, *input.shape)
 
 

@@ -28,14 +28,15 @@ def test_conv2d_matches_torch_on_cuda(case, generator):
     run_case(case, generator, device="cuda")
 
 
-def _pool_check(name, case, generator):
+def _pool_check(name, case, generator, relu_input=False):
     case = dict(case)
     dtype = case.pop("dtype")
     input = make_input(case.pop("shape"), dtype, case.pop("layout"), generator, "cuda")
     if name == "max_pool2d":
         case["return_indices"] = True
-    assert_matches_torch(lambda x: getattr(LF, name)(x, **case), lambda x: getattr(F, name)(x, **case),
-                         [input], dtype, generator)
+    relu = F.relu if relu_input else (lambda x: x)
+    assert_matches_torch(lambda x: getattr(LF, name)(x, **case, relu_input=relu_input),
+                         lambda x: getattr(F, name)(relu(x), **case), [input], dtype, generator)
 
 
 @pytest.mark.parametrize("case", avg_cases(), ids=range(len(avg_cases())))
@@ -46,6 +47,12 @@ def test_avg_pool2d_matches_torch_on_cuda(case, generator):
 @pytest.mark.parametrize("case", pool_cases(150, 9, dilated=True), ids=range(150))
 def test_max_pool2d_matches_torch_on_cuda(case, generator):
     _pool_check("max_pool2d", case, generator)
+
+
+@pytest.mark.parametrize("name, case", [("avg_pool2d", c) for c in avg_cases()[:40]] +
+                         [("max_pool2d", c) for c in pool_cases(40, 10, dilated=True)], ids=range(80))
+def test_pooling_of_relu_matches_torch_on_cuda(name, case, generator):
+    _pool_check(name, case, generator, relu_input=True)
 
 
 @pytest.mark.parametrize("output_size", [1, (5, 7), (4, None), (13, 6), (0, 3)], ids=str)

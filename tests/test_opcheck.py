@@ -35,6 +35,11 @@ def opcheck_samples():
         ("avg_pool2d_backward", (torch.randn_like(ops.avg_pool2d(x, *avg_args)), x, *avg_args)),
         ("max_pool2d_with_indices", (_t(2, 3, 9, 8, grad=True), *max_args)),
         ("max_pool2d_backward", (torch.randn_like(out), x, idx, *max_args)),
+        # relu_input: the pooling of relu(input), and its masked backward.
+        ("avg_pool2d", (_t(2, 3, 9, 8, grad=True), *avg_args, True)),
+        ("avg_pool2d_backward", (torch.randn_like(ops.avg_pool2d(x, *avg_args)), x, *avg_args, True)),
+        ("max_pool2d_with_indices", (_t(2, 3, 9, 8, grad=True), *max_args, True)),
+        ("max_pool2d_backward", (torch.randn_like(out), x, idx, *max_args, True)),
         ("adaptive_avg_pool2d", (_t(2, 3, 9, 8, grad=True), [4, 3])),
         ("adaptive_avg_pool2d_backward", (_t(2, 3, 4, 3), x)),
     ]
@@ -53,10 +58,13 @@ class TinyLeNet(torch.nn.Module):
             lnn.Conv2d(6, 16, 5), torch.nn.ReLU(), lnn.MaxPool2d(2),
             lnn.AdaptiveAvgPool2d((3, 3)),
         )
-        self.classifier = torch.nn.Linear(16 * 9, 10)
+        self.conv = lnn.Conv2d(16, 8, 1)
+        self.pool = lnn.MaxPool2d(2, ceil_mode=True)
+        self.classifier = torch.nn.Linear(8 * 4, 10)
 
     def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
+        x = lnn.relu_pool(self.pool, self.conv(self.features(x)))
+        return self.classifier(x.flatten(1))
 
 
 @pytest.mark.parametrize("dynamic", [False, True])

@@ -162,3 +162,37 @@ def test_max_pool2d_backward_follows_indices_outside_their_windows(generator):
     theirs = torch.ops.aten.max_pool2d_with_indices_backward(grad_output, input, [2, 2], [2, 2], [0, 0],
                                                              [1, 1], False, indices)
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("case", avg_cases()[:40], ids=_case_id)
+def test_avg_pool2d_of_relu_matches_torch(case, generator):
+    case = dict(case)
+    input = make_input(case.pop("shape"), case["dtype"], case.pop("layout"), generator)
+    dtype = case.pop("dtype")
+    assert_matches_torch(lambda x: LF.avg_pool2d(x, **case, relu_input=True),
+                         lambda x: F.avg_pool2d(F.relu(x), **case), [input], dtype, generator)
+
+
+@pytest.mark.parametrize("case", pool_cases(40, 10, dilated=True), ids=_case_id)
+def test_max_pool2d_of_relu_matches_torch_with_identical_indices(case, generator):
+    case = dict(case)
+    input = make_input(case.pop("shape"), case["dtype"], case.pop("layout"), generator)
+    dtype = case.pop("dtype")
+    assert_matches_torch(lambda x: LF.max_pool2d(x, **case, return_indices=True, relu_input=True),
+                         lambda x: F.max_pool2d(F.relu(x), **case, return_indices=True),
+                         [input], dtype, generator)
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda x: LF.avg_pool2d(x, 2, relu_input=True), lambda x: F.avg_pool2d(F.relu(x), 2)),
+    (lambda x: LF.max_pool2d(x, 2, return_indices=True, relu_input=True),
+     lambda x: F.max_pool2d(F.relu(x), 2, return_indices=True)),
+], ids=["avg", "max"])
+def test_pooling_of_relu_handles_zeros_infinities_and_nan_as_torch(ours, theirs, generator):
+    # Windows of only non-positive values (all relu to 0: max pooling's index is the first),
+    # -0.0, infinities and a NaN, which relu keeps and whose gradient relu's backward drops.
+    input = torch.tensor([[[[-1.0, -2.0, 0.0, -0.0, float("inf"), 1.0],
+                            [-3.0, -0.5, -0.0, 2.0, -float("inf"), float("nan")],
+                            [0.5, -1.0, 3.0, 3.0, -4.0, -4.0],
+                            [-1.0, 0.5, -2.0, 1.0, -5.0, -6.0]]]])
+    assert_matches_torch(ours, theirs, [input], torch.float32, generator)

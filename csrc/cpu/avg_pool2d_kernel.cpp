@@ -42,8 +42,8 @@ struct AvgPoolPlan {
 };
 
 // One plane: each output row first sums its window's input rows (contiguous, vectorized), then
-// each output sums its columns of that row sum.
-template <typename T>
+// each output sums its columns of that row sum. RELU: sums relu of each input value.
+template <typename T, bool RELU>
 LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict output,
                                       T* __restrict row_sum, const Pool2dShape& s,
                                       const AvgPoolPlan<T>& plan) {
@@ -55,7 +55,7 @@ LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict o
     for (int64_t ih = r.begin; ih < r.end; ++ih) {
       const T* in = input + ih * s.in_w;
 #pragma omp simd
-      for (int64_t iw = 0; iw < s.in_w; ++iw) row_sum[iw] += in[iw];
+      for (int64_t iw = 0; iw < s.in_w; ++iw) row_sum[iw] += RELU ? relu(in[iw]) : in[iw];
     }
     if (plan.pairs_of_columns) {
 #pragma omp simd
@@ -71,11 +71,12 @@ LENETX_SIMD_CLONES void forward_plane(const T* __restrict input, T* __restrict o
 }
 
 // One plane: each output row spreads its shares over one input row's worth of columns, which is
-// then added to every input row the row's windows cover.
+// then added to every input row the row's windows cover. With `relu_of` (the plane's input, for
+// relu_input) the finished plane, still in cache, drops its gradient where that input <= 0.
 template <typename T>
 LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __restrict grad_input,
                                        T* __restrict spread, const Pool2dShape& s,
-                                       const AvgPoolPlan<T>& plan) {
+                                       const AvgPoolPlan<T>& plan, const T* __restrict relu_of) {
   std::fill_n(grad_input, s.in_h * s.in_w, T(0));
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     const AvgPoolSpan& r = plan.rows[oh];
@@ -102,11 +103,15 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
       for (int64_t iw = 0; iw < s.in_w; ++iw) gi[iw] += spread[iw];
     }
   }
+  if (relu_of) {
+#pragma omp simd
+    for (int64_t i = 0; i < s.in_h * s.in_w; ++i) grad_input[i] = relu_of[i] <= T(0) ? T(0) : grad_input[i];
+  }
 }
 
 at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                      std::optional<int64_t> divisor_override) {
+                      std::optional<int64_t> divisor_override, bool relu_input) {
   const Pool2dShape s = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode,
                                          divisor_override, "lenetx.avg_pool2d");
   const at::Tensor in = input.contiguous();
@@ -115,11 +120,12 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
+    const auto plane_kernel = relu_input ? forward_plane<scalar_t, true> : forward_plane<scalar_t, false>;
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> row_sum(s.in_w);
       for (int64_t plane = first; plane < last; ++plane)
-        forward_plane<scalar_t>(in_data + plane * s.in_h * s.in_w,
-                                out_data + plane * s.out_h * s.out_w, row_sum.data(), s, plan);
+        plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * s.out_h * s.out_w, row_sum.data(), s,
+                     plan);
     });
   });
   return output;
@@ -128,12 +134,13 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
 at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                               std::optional<int64_t> divisor_override) {
+                               std::optional<int64_t> divisor_override, bool relu_input) {
   constexpr const char* op = "lenetx.avg_pool2d_backward";
   const Pool2dShape s =
       check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, divisor_override, op);
   check_pool2d_grad_output(grad_output, input, s, op);
   const at::Tensor go = grad_output.contiguous();
+  const at::Tensor in = relu_input ? input.contiguous() : at::Tensor();
   at::Tensor grad_input = at::empty({s.batch, s.channels, s.in_h, s.in_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_avg_pool2d_backward", [&] {
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
@@ -142,8 +149,9 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> spread(s.in_w);
       for (int64_t plane = first; plane < last; ++plane)
-        backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w,
-                                 gi_data + plane * s.in_h * s.in_w, spread.data(), s, plan);
+        backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w,
+                                 spread.data(), s, plan,
+                                 relu_input ? in.const_data_ptr<scalar_t>() + plane * s.in_h * s.in_w : nullptr);
     });
   });
   return grad_input;

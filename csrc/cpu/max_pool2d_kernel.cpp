@@ -17,7 +17,8 @@
 namespace lenetx::cpu {
 namespace {
 
-template <typename T>
+// RELU: the window's values are relu of the input's (relu_input).
+template <typename T, bool RELU>
 void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShape& s) {
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     const MaxPoolTaps rows = max_pool_taps(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
@@ -28,7 +29,7 @@ void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShap
       for (int64_t ih = rows.first; ih < rows.end; ih += s.dilation_h) {
         for (int64_t iw = cols.first; iw < cols.end; iw += s.dilation_w) {
           const int64_t index = ih * s.in_w + iw;
-          const T value = input[index];
+          const T value = RELU ? relu(input[index]) : input[index];
           // A NaN wins over any number, and a later NaN over an earlier one, as in PyTorch.
           if (value > best || std::isnan(value)) {
             best = value;
@@ -45,7 +46,7 @@ void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShap
 // The common 2x2 window at stride 2 without padding or dilation, every window inside the input:
 // the four taps in the same scan order and with the same update rule as forward_plane, written
 // without branches so that the compiler vectorizes along the row.
-template <typename T>
+template <typename T, bool RELU>
 LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restrict output,
                                           int64_t* __restrict indices, const Pool2dShape& s) {
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
@@ -55,17 +56,18 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
 #pragma omp simd
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
       const int64_t first = row + 2 * ow;
+      const auto read = [](T value) { return RELU ? relu(value) : value; };
       // best starts at the first tap: what -inf with that tap's index becomes after one update.
-      T best = top[2 * ow];
+      T best = read(top[2 * ow]);
       int64_t best_index = first;
       const auto update = [&](T value, int64_t index) {
         const bool take = value > best || value != value;
         best = take ? value : best;
         best_index = take ? index : best_index;
       };
-      update(top[2 * ow + 1], first + 1);
-      update(bottom[2 * ow], first + s.in_w);
-      update(bottom[2 * ow + 1], first + s.in_w + 1);
+      update(read(top[2 * ow + 1]), first + 1);
+      update(read(bottom[2 * ow]), first + s.in_w);
+      update(read(bottom[2 * ow + 1]), first + s.in_w + 1);
       output[oh * s.out_w + ow] = best;
       indices[oh * s.out_w + ow] = best_index;
     }
@@ -79,21 +81,27 @@ bool is_2x2_inside(const Pool2dShape& s) {
 }
 
 // Returns false when an index points outside the plane: only a hand-made indices tensor can.
+// With `relu_of` (the plane's input, for relu_input) the finished plane, still in cache, drops
+// its gradient where that input <= 0.
 template <typename T>
 bool backward_plane(const T* grad_output, const int64_t* indices, T* grad_input,
-                    int64_t out_plane, int64_t in_plane) {
+                    int64_t out_plane, int64_t in_plane, const T* relu_of) {
   std::fill_n(grad_input, in_plane, T(0));
   for (int64_t i = 0; i < out_plane; ++i) {
     const int64_t index = indices[i];
     if (index < 0 || index >= in_plane) return false;
     grad_input[index] += grad_output[i];
   }
+  if (relu_of) {
+#pragma omp simd
+    for (int64_t i = 0; i < in_plane; ++i) grad_input[i] = relu_of[i] <= T(0) ? T(0) : grad_input[i];
+  }
   return true;
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
     const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, bool relu_input) {
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
                                      "lenetx.max_pool2d");
   const at::Tensor in = input.contiguous();
@@ -104,7 +112,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     int64_t* idx_data = indices.mutable_data_ptr<int64_t>();
     const int64_t out_plane = s.out_h * s.out_w;
-    const auto plane_kernel = is_2x2_inside(s) ? forward_plane_2x2<scalar_t> : forward_plane<scalar_t>;
+    using PlaneKernel = void (*)(const scalar_t*, scalar_t*, int64_t*, const Pool2dShape&);
+    const PlaneKernel plane_kernel =
+        is_2x2_inside(s) ? (relu_input ? forward_plane_2x2<scalar_t, true> : forward_plane_2x2<scalar_t, false>)
+                         : (relu_input ? forward_plane<scalar_t, true> : forward_plane<scalar_t, false>);
     parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
       plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * out_plane,
                    idx_data + plane * out_plane, s);
@@ -116,12 +127,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                const at::Tensor& indices, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding,
-                               at::IntArrayRef dilation, bool ceil_mode) {
+                               at::IntArrayRef dilation, bool ceil_mode, bool relu_input) {
   constexpr const char* op = "lenetx.max_pool2d_backward";
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, op);
   check_pool2d_grad_output(grad_output, input, s, op);
   check_max_pool2d_indices(indices, grad_output, input, op);
   const at::Tensor go = grad_output.contiguous(), idx = indices.contiguous();
+  const at::Tensor in = relu_input ? input.contiguous() : at::Tensor();
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   std::atomic<bool> indices_valid{true};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_max_pool2d_backward", [&] {
@@ -131,7 +143,8 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     const int64_t out_plane = go.size(2) * go.size(3), in_plane = input.size(2) * input.size(3);
     parallel_for(input.size(0) * input.size(1), in_plane, [&](int64_t plane) {
       if (!backward_plane<scalar_t>(go_data + plane * out_plane, idx_data + plane * out_plane,
-                                    gi_data + plane * in_plane, out_plane, in_plane)) {
+                                    gi_data + plane * in_plane, out_plane, in_plane,
+                                    relu_input ? in.const_data_ptr<scalar_t>() + plane * in_plane : nullptr)) {
         indices_valid = false;
       }
     });

@@ -16,7 +16,7 @@ namespace {
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ output,
-                               int64_t* __restrict__ indices, Pool2dShape s) {
+                               int64_t* __restrict__ indices, Pool2dShape s, bool relu_input) {
   using acc_t = at::acc_type<T, true>;
   const int64_t total = s.batch * s.channels * s.out_h * s.out_w;
   LENETX_GRID_STRIDE_LOOP(index, total) {
@@ -28,7 +28,8 @@ __global__ void forward_kernel(const T* __restrict__ input, T* __restrict__ outp
     acc_t best = -std::numeric_limits<acc_t>::infinity();
     for (int64_t ih = rows.first; ih < rows.end; ih += s.dilation_h)
       for (int64_t iw = cols.first; iw < cols.end; iw += s.dilation_w) {
-        const acc_t value = static_cast<acc_t>(in[ih * s.in_w + iw]);
+        const acc_t read = static_cast<acc_t>(in[ih * s.in_w + iw]);
+        const acc_t value = relu_input ? relu(read) : read;
         if (value > best || isnan(value)) {
           best = value;
           best_index = ih * s.in_w + iw;
@@ -48,7 +49,8 @@ __device__ void candidate_outputs(int64_t i, int64_t kernel, int64_t stride, int
 
 template <typename T>
 __global__ void backward_kernel(const T* __restrict__ grad_output, const int64_t* __restrict__ indices,
-                                T* __restrict__ grad_input, Pool2dShape s) {
+                                const T* __restrict__ input, T* __restrict__ grad_input, Pool2dShape s,
+                                bool relu_input) {
   using acc_t = at::acc_type<T, true>;
   const int64_t total = s.batch * s.channels * s.in_h * s.in_w;
   LENETX_GRID_STRIDE_LOOP(index, total) {
@@ -64,13 +66,13 @@ __global__ void backward_kernel(const T* __restrict__ grad_output, const int64_t
         const int64_t o = plane_offset + oh * s.out_w + ow;
         if (indices[o] == flat) sum += static_cast<acc_t>(grad_output[o]);
       }
-    grad_input[index] = static_cast<T>(sum);
+    grad_input[index] = relu_input && static_cast<acc_t>(input[index]) <= acc_t(0) ? T(0) : static_cast<T>(sum);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
     const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, bool relu_input) {
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
                                      "lenetx.max_pool2d");
   const c10::cuda::CUDAGuard guard(input.device());
@@ -81,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_cuda", [&] {
     forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         in.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-        indices.mutable_data_ptr<int64_t>(), s);
+        indices.mutable_data_ptr<int64_t>(), s, relu_input);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {output, indices};
@@ -90,18 +92,20 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                const at::Tensor& indices, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding,
-                               at::IntArrayRef dilation, bool ceil_mode) {
+                               at::IntArrayRef dilation, bool ceil_mode, bool relu_input) {
   constexpr const char* op = "lenetx.max_pool2d_backward";
   const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, op);
   check_pool2d_grad_output(grad_output, input, s, op);
   check_max_pool2d_indices(indices, grad_output, input, op);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor go = grad_output.contiguous(), idx = indices.contiguous();
+  const at::Tensor in = relu_input ? input.contiguous() : at::Tensor();
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_backward_cuda", [&] {
     backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        go.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>(), s);
+        go.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), relu_input ? in.const_data_ptr<scalar_t>() : nullptr,
+        grad_input.mutable_data_ptr<scalar_t>(), s, relu_input);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input;
