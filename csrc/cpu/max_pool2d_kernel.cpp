@@ -45,7 +45,10 @@ void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShap
 
 // The common 2x2 window at stride 2 without padding or dilation, every window inside the input:
 // the four taps in the same scan order and with the same update rule as forward_plane, written
-// without branches so that the compiler vectorizes along the row.
+// without branches so that the compiler vectorizes along the row. RELU: relu is monotone, so the
+// maximum of the relu'd taps is relu of the maximum, at the same tap, unless that maximum is
+// <= 0: then all four relu to zeros (or -0.0) and the first tap wins the tie. Applied once per
+// window, after the scan, the loop stays vectorized (relu on each tap's read did not).
 template <typename T, bool RELU>
 LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restrict output,
                                           int64_t* __restrict indices, const Pool2dShape& s) {
@@ -56,18 +59,22 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
 #pragma omp simd
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
       const int64_t first = row + 2 * ow;
-      const auto read = [](T value) { return RELU ? relu(value) : value; };
       // best starts at the first tap: what -inf with that tap's index becomes after one update.
-      T best = read(top[2 * ow]);
+      T best = top[2 * ow];
       int64_t best_index = first;
       const auto update = [&](T value, int64_t index) {
         const bool take = value > best || value != value;
         best = take ? value : best;
         best_index = take ? index : best_index;
       };
-      update(read(top[2 * ow + 1]), first + 1);
-      update(read(bottom[2 * ow]), first + s.in_w);
-      update(read(bottom[2 * ow + 1]), first + s.in_w + 1);
+      update(top[2 * ow + 1], first + 1);
+      update(bottom[2 * ow], first + s.in_w);
+      update(bottom[2 * ow + 1], first + s.in_w + 1);
+      if (RELU) {
+        const bool none_positive = best <= T(0);
+        best = none_positive ? relu(top[2 * ow]) : best;
+        best_index = none_positive ? first : best_index;
+      }
       output[oh * s.out_w + ow] = best;
       indices[oh * s.out_w + ow] = best_index;
     }
