@@ -25,30 +25,49 @@ bool worth_pixel_tiles(const Conv2dShape& s) {
   return s.out_channels_per_group() >= 2 * Vec<T>::kLanes;
 }
 
+// Images are taken in chunks of about 1024 output pixels; each thread copies the chunk it works
+// on channels-last, just before its tiles read it (benchmarks/NOTES.md, section 6).
 template <typename T>
 void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  const int64_t ocg = s.out_channels_per_group();
+  const int64_t ocg = s.out_channels_per_group(), C = s.in_channels;
   const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
-  const int64_t pixels = s.out_h * s.out_w, rows = s.batch * pixels;
-  const std::vector<T> x = channels_last_padded(input, s, 0);
-  std::vector<ChannelWindows<T>> windows;
-  for (int64_t g = 0; g < s.groups; ++g) windows.emplace_back(x.data(), s, g);
+  const int64_t pixels = s.out_h * s.out_w;
+  const int64_t chunk_images = std::max<int64_t>(1, 1024 / std::max<int64_t>(pixels, 1));
+  const int64_t chunks = blocks_of(s.batch, chunk_images);
+  const int64_t image = (s.in_h + 2 * s.pad_h) * (s.in_w + 2 * s.pad_w) * C;
+  Conv2dShape chunk = s;
+  chunk.batch = chunk_images;
+  std::vector<ChannelWindows<T>> windows;  // over one chunk's copy, set per thread
+  for (int64_t g = 0; g < s.groups; ++g) windows.emplace_back(nullptr, chunk, g);
   std::vector<int64_t> offsets(depth);
   for (int64_t k = 0; k < depth; ++k) offsets[k] = windows[0].step_offset(k);
-  with_tile<T>(rows, ocg, [&]<int MB, int NV>() {
+  with_tile<T>(chunk_images * pixels, ocg, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes;
-    const int64_t panels = blocks_of(ocg, N), tiles = blocks_of(rows, MB);
+    const int64_t panels = blocks_of(ocg, N), tiles = blocks_of(chunk_images * pixels, MB);
     // Weights as [group][panel][kh, kw, ic][N output channels], zero past ocg.
     std::vector<T> packed(s.groups * panels * depth * N);
     for (int64_t g = 0; g < s.groups; ++g)
       pack_panels(WeightsByTap<T>(weight, s, g), depth, ocg, 0, depth, 0, panels, N,
                   packed.data() + g * panels * depth * N);
     const std::vector<int64_t> packed_rows = evenly_spaced(depth, N);
-    parallel_for_ranges(s.groups * tiles * panels, depth * MB * N, [&](int64_t first, int64_t last) {
+    parallel_for_ranges(chunks * s.groups * tiles * panels, depth * MB * N, [&](int64_t first, int64_t last) {
+      std::vector<T> x(chunk_images * image, T(0));  // the border stays zero
+      std::vector<ChannelWindows<T>> local = windows;
+      for (ChannelWindows<T>& w : local) w.x = x.data();
+      int64_t copied_chunk = -1;
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
-        const int64_t panel = item % panels, t = item / panels % tiles, g = item / (panels * tiles);
-        const int64_t row0 = t * MB, tile_rows = std::min<int64_t>(MB, rows - row0);
+        const int64_t panel = item % panels, t = item / panels % tiles, g = item / (panels * tiles) % s.groups;
+        const int64_t c = item / (panels * tiles * s.groups), n0 = c * chunk_images;
+        const int64_t rows = std::min(chunk_images, s.batch - n0) * pixels, row0 = t * MB;
+        if (row0 >= rows) continue;  // past the last image of a part-filled chunk
+        if (c != copied_chunk) {
+          for (int64_t i = 0; i < std::min(chunk_images, s.batch - n0); ++i)
+            channels_last_rows(input + (n0 + i) * C * s.in_h * s.in_w, C, s.in_h, s.in_w, s.pad_h, s.pad_w, 0,
+                               s.in_h, x.data() + i * image);
+          copied_chunk = c;
+        }
+        const int64_t tile_rows = std::min<int64_t>(MB, rows - row0);
         // Where each pixel's output lies in its (image, channel 0) plane; rows past the last
         // repeat the first and are dropped.
         int64_t out_at[MB];
@@ -56,8 +75,8 @@ void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* outpu
         a_rows.offsets = offsets.data();
         for (int m = 0; m < MB; ++m) {
           const int64_t row = row0 + (m < tile_rows ? m : 0);
-          out_at[m] = row / pixels * s.out_channels * pixels + row % pixels;
-          a_rows.row[m] = windows[g].row(row, 0);
+          out_at[m] = (n0 + row / pixels) * s.out_channels * pixels + row % pixels;
+          a_rows.row[m] = local[g].row(row, 0);
         }
         gemm_tile<T, MB, NV>(a_rows, packed.data() + (g * panels + panel) * depth * N, packed_rows.data(),
                              depth, tile);
