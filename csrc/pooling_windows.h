@@ -12,10 +12,14 @@ namespace lenetx {
 C10_HOST_DEVICE inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 C10_HOST_DEVICE inline int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// What a pooling with relu_input reads: relu as torch computes it, NaN staying NaN. Its backward
-// drops the gradient where input <= 0, as relu's backward does (a NaN input keeps it).
+// What a pooling with relu_input reads: relu as torch computes it, NaN staying NaN.
 template <typename T>
 C10_HOST_DEVICE inline T relu(T value) { return value < T(0) ? T(0) : value; }
+
+// relu's backward, as torch's threshold_backward: the gradient is dropped where input <= 0 (a NaN
+// input keeps it).
+template <typename T>
+C10_HOST_DEVICE inline T relu_backward(T grad, T input) { return input <= T(0) ? T(0) : grad; }
 
 // Average pooling along one dimension: output o reads input [begin, end); `extent` is the
 // window's length counting padding (what count_include_pad divides by), never the part of a

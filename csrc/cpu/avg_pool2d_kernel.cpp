@@ -105,7 +105,7 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
   }
   if (relu_of) {
 #pragma omp simd
-    for (int64_t i = 0; i < s.in_h * s.in_w; ++i) grad_input[i] = relu_of[i] <= T(0) ? T(0) : grad_input[i];
+    for (int64_t i = 0; i < s.in_h * s.in_w; ++i) grad_input[i] = relu_backward(grad_input[i], relu_of[i]);
   }
 }
 

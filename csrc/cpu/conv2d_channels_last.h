@@ -10,6 +10,7 @@
 
 #include "../shape_checks.h"
 #include "conv2d_common.h"
+#include "conv2d_unfolded.h"
 #include "micro_gemm.h"
 #include "parallel.h"
 
@@ -54,12 +55,9 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         }
     };
     // Where each pixel of a chunk reads through tap (0, 0); tap (kh, kw) adds a constant.
-    std::vector<int64_t> pixel_rows(chunk_images * out_plane);
-    for (int64_t n = 0; n < chunk_images; ++n)
-      for (int64_t oh = 0; oh < s.out_h; ++oh)
-        for (int64_t ow = 0; ow < s.out_w; ++ow)
-          pixel_rows[(n * s.out_h + oh) * s.out_w + ow] =
-              n * image + (oh * s.stride_h * padded_w + ow * s.stride_w) * C;
+    Conv2dShape chunk_shape = s;
+    chunk_shape.batch = chunk_images;
+    const std::vector<int64_t> pixel_rows = ChannelWindows<T>(nullptr, chunk_shape, 0).pixel_start;
     // partial[chunk][tap][oc][ic]: a tile's rows are stored whole.
     const int64_t per_tap = s.out_channels * icg;
     std::vector<T> partial(chunks * taps * per_tap);
@@ -75,9 +73,7 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         const int64_t chunk = item / (tiles * taps * blocks * s.groups);
         const int64_t n0 = chunk * chunk_images, images = std::min(chunk_images, s.batch - n0);
         if (chunk != copied_chunk) {
-          for (int64_t i = 0; i < images; ++i)
-            channels_last_rows(input + (n0 + i) * C * s.in_h * s.in_w, C, s.in_h, s.in_w, s.pad_h, s.pad_w, 0,
-                               s.in_h, x.data() + i * image);
+          channels_last_images(input, n0, images, s, x.data());
           pack_grad_output(n0, images, go.get());
           copied_chunk = chunk;
         }

@@ -105,6 +105,17 @@ std::vector<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_
   return channels_last(input, s.batch, s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, slack);
 }
 
+// Images [first, first + images) of the input, channels-last inside the layer's padding, into
+// `dst` (one image after another; the zero borders already there are left as they are): the
+// chunk of images one thread works on.
+template <typename T>
+void channels_last_images(const T* input, int64_t first, int64_t images, const Conv2dShape& s, T* dst) {
+  const int64_t image = (s.in_h + 2 * s.pad_h) * (s.in_w + 2 * s.pad_w) * s.in_channels;
+  for (int64_t i = 0; i < images; ++i)
+    channels_last_rows(input + (first + i) * s.in_channels * s.in_h * s.in_w, s.in_channels, s.in_h, s.in_w,
+                       s.pad_h, s.pad_w, 0, s.in_h, dst + i * image);
+}
+
 // Where tap (ic, kh, kw) of the output position at offset 0 reads in padded planes of `plane`
 // values and rows of `row` values, in the weight's (ic, kh, kw) order: the rows that a
 // padded-rows tile reads.

@@ -29,12 +29,12 @@ bool worth_pixel_tiles(const Conv2dShape& s) {
 // on channels-last, just before its tiles read it (benchmarks/NOTES.md, section 6).
 template <typename T>
 void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  const int64_t ocg = s.out_channels_per_group(), C = s.in_channels;
+  const int64_t ocg = s.out_channels_per_group();
   const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
   const int64_t pixels = s.out_h * s.out_w;
   const int64_t chunk_images = std::max<int64_t>(1, 1024 / std::max<int64_t>(pixels, 1));
   const int64_t chunks = blocks_of(s.batch, chunk_images);
-  const int64_t image = (s.in_h + 2 * s.pad_h) * (s.in_w + 2 * s.pad_w) * C;
+  const int64_t image = (s.in_h + 2 * s.pad_h) * (s.in_w + 2 * s.pad_w) * s.in_channels;
   Conv2dShape chunk = s;
   chunk.batch = chunk_images;
   std::vector<ChannelWindows<T>> windows;  // over one chunk's copy, set per thread
@@ -59,12 +59,10 @@ void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* outpu
       for (int64_t item = first; item < last; ++item) {
         const int64_t panel = item % panels, t = item / panels % tiles, g = item / (panels * tiles) % s.groups;
         const int64_t c = item / (panels * tiles * s.groups), n0 = c * chunk_images;
-        const int64_t rows = std::min(chunk_images, s.batch - n0) * pixels, row0 = t * MB;
+        const int64_t images = std::min(chunk_images, s.batch - n0), rows = images * pixels, row0 = t * MB;
         if (row0 >= rows) continue;  // past the last image of a part-filled chunk
         if (c != copied_chunk) {
-          for (int64_t i = 0; i < std::min(chunk_images, s.batch - n0); ++i)
-            channels_last_rows(input + (n0 + i) * C * s.in_h * s.in_w, C, s.in_h, s.in_w, s.pad_h, s.pad_w, 0,
-                               s.in_h, x.data() + i * image);
+          channels_last_images(input, n0, images, s, x.data());
           copied_chunk = c;
         }
         const int64_t tile_rows = std::min<int64_t>(MB, rows - row0);

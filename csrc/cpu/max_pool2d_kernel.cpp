@@ -101,7 +101,7 @@ bool backward_plane(const T* grad_output, const int64_t* indices, T* grad_input,
   }
   if (relu_of) {
 #pragma omp simd
-    for (int64_t i = 0; i < in_plane; ++i) grad_input[i] = relu_of[i] <= T(0) ? T(0) : grad_input[i];
+    for (int64_t i = 0; i < in_plane; ++i) grad_input[i] = relu_backward(grad_input[i], relu_of[i]);
   }
   return true;
 }

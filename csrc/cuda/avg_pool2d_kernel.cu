@@ -59,7 +59,7 @@ __global__ void backward_kernel(const T* __restrict__ grad_output, const T* __re
         if (ih >= win.h0 && ih < win.h1 && iw >= win.w0 && iw < win.w1)
           sum += static_cast<acc_t>(go[oh * s.out_w + ow]) / static_cast<acc_t>(win.divisor);
       }
-    grad_input[index] = relu_input && static_cast<acc_t>(input[index]) <= acc_t(0) ? T(0) : static_cast<T>(sum);
+    grad_input[index] = static_cast<T>(relu_input ? relu_backward(sum, static_cast<acc_t>(input[index])) : sum);
   }
 }
 

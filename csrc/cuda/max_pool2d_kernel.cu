@@ -66,7 +66,7 @@ __global__ void backward_kernel(const T* __restrict__ grad_output, const int64_t
         const int64_t o = plane_offset + oh * s.out_w + ow;
         if (indices[o] == flat) sum += static_cast<acc_t>(grad_output[o]);
       }
-    grad_input[index] = relu_input && static_cast<acc_t>(input[index]) <= acc_t(0) ? T(0) : static_cast<T>(sum);
+    grad_input[index] = static_cast<T>(relu_input ? relu_backward(sum, static_cast<acc_t>(input[index])) : sum);
   }
 }
 
