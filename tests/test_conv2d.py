@@ -56,6 +56,12 @@ EDGE_CASES = [
     dict(batch=19, in_channels=5, out_channels=37, size=(9, 12), kernel=(3, 3), padding=1),
     dict(batch=17, in_channels=6, out_channels=40, size=(5, 5), kernel=(5, 5), groups=2),
     dict(batch=10, in_channels=4, out_channels=70, size=(4, 3), kernel=(4, 3)),
+    # Kernels that cover the whole input (products over the tensors in place): several row
+    # blocks, column panels and depth blocks (LeNet-5's conv3 at batch 200); groups, with a
+    # stride and dilation that a 1x1 kernel on a 1x1 input never uses.
+    dict(batch=200, in_channels=16, out_channels=120, size=(5, 5), kernel=(5, 5)),
+    dict(batch=3, in_channels=4, out_channels=6, size=(1, 1), kernel=(1, 1), stride=2, dilation=3,
+         groups=2),
     dict(batch=3, in_channels=2, out_channels=4, size=(10, 9), kernel=(3, 3), padding=2, dilation=2),
     dict(batch=9, in_channels=3, out_channels=6, size=(30, 33), kernel=(5, 5)),
     dict(batch=3, in_channels=40, out_channels=20, size=(9, 8), kernel=(3, 3), padding=1,

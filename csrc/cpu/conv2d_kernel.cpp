@@ -1,8 +1,8 @@
 // Direct 2-D convolution on the CPU: forward, grad_input, grad_weight and grad_bias, each
 // dispatching by shape to one of the paths below (benchmarks/NOTES.md has the measurements):
-// - conv2d_unfolded.h: few output pixels (LeNet's conv3, VGG's 8x8 and smaller blocks) as
-//   gemm.h's blocked matrix products over the unfolded input, read in place from a
-//   channels-last copy.
+// - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
+//   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
+//   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
 // - conv2d_pixel_tiles.h: at least two vectors of output channels. A register tile multiplies
 //   a few output pixels, each reading its window from a channels-last copy of the input, by
 //   vectors of output channels, over the whole reduction.
@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../shape_checks.h"
 #include "conv2d_channel_vector.h"
@@ -38,19 +39,29 @@
 namespace lenetx::cpu {
 namespace {
 
+// grad_bias[c] for channels [first, last): each image's plane summed in T, the images' sums added
+// in acc_type, in order. The loop runs across channels, so that a small plane (LeNet-5's conv3
+// outputs 1x1) is not a vector loop of a few values per (image, channel).
 template <typename T>
-LENETX_SIMD_CLONES T grad_bias_channel(const T* __restrict grad_output, int64_t batch,
-                                       int64_t image_stride, int64_t plane) {
+LENETX_SIMD_CLONES void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t channels,
+                                           int64_t plane, int64_t first, int64_t last, T* __restrict grad_bias) {
   using acc_t = at::acc_type<T, /*is_cuda=*/false>;
-  acc_t total = 0;
+  std::vector<acc_t> totals(last - first, acc_t(0));
   for (int64_t n = 0; n < batch; ++n) {
-    const T* go = grad_output + n * image_stride;
-    T sum = 0;
+    const T* go = grad_output + (n * channels + first) * plane;
+    if (plane == 1) {
+#pragma omp simd
+      for (int64_t c = 0; c < last - first; ++c) totals[c] += go[c];
+      continue;
+    }
+    for (int64_t c = 0; c < last - first; ++c) {
+      T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < plane; ++i) sum += go[i];
-    total += sum;
+      for (int64_t i = 0; i < plane; ++i) sum += go[c * plane + i];
+      totals[c] += sum;
+    }
   }
-  return static_cast<T>(total);
+  for (int64_t c = first; c < last; ++c) grad_bias[c] = static_cast<T>(totals[c - first]);
 }
 
 // Where the products over the unfolded input are fastest (benchmarks/NOTES.md): with few output
@@ -70,7 +81,9 @@ bool forward_is_tiled(const Conv2dShape& s) {
 template <typename T>
 void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
-  if (forward_as_product(s))
+  if (is_fully_connected(s))
+    conv2d_fully_connected<T>(input, weight, bias, output, s);
+  else if (forward_as_product(s))
     conv2d_unfolded<T>(input, weight, bias, output, s);
   else if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles))
     conv2d_padded_rows<T>(input, weight, bias, output, s);
@@ -112,7 +125,9 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
     const Conv2dShape t = grad_input_as_correlation(s);
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    if (grad_input_as_product(s)) {
+    if (is_fully_connected(s)) {
+      conv2d_grad_input_fully_connected<scalar_t>(go_data, w.const_data_ptr<scalar_t>(), gi_data, s);
+    } else if (grad_input_as_product(s)) {
       conv2d_grad_input_unfolded<scalar_t>(go_data, w.const_data_ptr<scalar_t>(), gi_data, s);
     } else if (grad_input_is_correlation(s) && forward_is_tiled<scalar_t>(t)) {
       conv2d_forward<scalar_t>(go_data, flipped_kernel(w.const_data_ptr<scalar_t>(), s).data(), nullptr, gi_data, t);
@@ -140,7 +155,9 @@ at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
       kernel(go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
              grad_weight.mutable_data_ptr<scalar_t>(), s);
     };
-    if (forward_as_product(s))
+    if (is_fully_connected(s))
+      run(conv2d_grad_weight_fully_connected<scalar_t>);
+    else if (forward_as_product(s))
       run(conv2d_grad_weight_unfolded<scalar_t>);
     else if (s.in_channels_per_group() >= Vec<scalar_t>::kLanes)
       run(conv2d_grad_weight_channels_last<scalar_t>);
@@ -162,8 +179,8 @@ at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "lenetx_conv2d_grad_bias", [&] {
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gb_data = grad_bias.mutable_data_ptr<scalar_t>();
-    parallel_for(channels, batch * plane, [&](int64_t c) {
-      gb_data[c] = grad_bias_channel<scalar_t>(go_data + c * plane, batch, channels * plane, plane);
+    parallel_for_ranges(channels, batch * plane, [&](int64_t first, int64_t last) {
+      grad_bias_channels<scalar_t>(go_data, batch, channels, plane, first, last, gb_data);
     });
   });
   return grad_bias;

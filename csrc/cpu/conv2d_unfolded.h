@@ -84,6 +84,49 @@ struct WeightsByTap {
   T operator()(int64_t k, int64_t oc) const { return weight[oc * depth + column[k]]; }
 };
 
+// A kernel that covers the whole input, without padding (LeNet-5's conv3: 5x5 on 5x5): one output
+// pixel, so dilation and stride change nothing, and the unfolded input is the input itself,
+// [batch][in_channels * h * w], in the weight's (ic, kh, kw) order. Its products read and write
+// the tensors in place: no channels-last copy, no transpose, no fold.
+inline bool is_fully_connected(const Conv2dShape& s) {
+  return s.out_h == 1 && s.out_w == 1 && s.pad_h == 0 && s.pad_w == 0 && s.kernel_h == s.in_h &&
+         s.kernel_w == s.in_w;
+}
+
+template <typename T>
+void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const RowMajor<T> w{weight + g * ocg * depth, depth, depth};
+    gemm(s.batch, ocg, depth, RowMajor<T>{input + g * depth, s.groups * depth, depth}, transpose(w),
+         output + g * ocg, s.out_channels);
+  }
+  if (bias)
+    for (int64_t n = 0; n < s.batch; ++n)
+#pragma omp simd
+      for (int64_t oc = 0; oc < s.out_channels; ++oc) output[n * s.out_channels + oc] += bias[oc];
+}
+
+template <typename T>
+void conv2d_grad_input_fully_connected(const T* grad_output, const T* weight, T* grad_input,
+                                       const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
+  for (int64_t g = 0; g < s.groups; ++g)
+    gemm(s.batch, depth, ocg, RowMajor<T>{grad_output + g * ocg, s.out_channels, ocg},
+         RowMajor<T>{weight + g * ocg * depth, depth, depth}, grad_input + g * depth, s.groups * depth);
+}
+
+template <typename T>
+void conv2d_grad_weight_fully_connected(const T* grad_output, const T* input, T* grad_weight,
+                                        const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const RowMajor<T> go{grad_output + g * ocg, s.out_channels, ocg};
+    gemm(ocg, depth, s.batch, transpose(go), RowMajor<T>{input + g * depth, s.groups * depth, depth},
+         grad_weight + g * ocg * depth, depth);
+  }
+}
+
 // grad_output [n][oc][p] as one row per pixel, [(n, p)][oc].
 template <typename T>
 std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {

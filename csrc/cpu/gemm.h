@@ -40,27 +40,37 @@ struct RowMajor {
   T operator()(int64_t i, int64_t j) const { return *row(i, j); }
 };
 
-// dst[i][k][width] for i < count: panel i holds m(k0 + k, j) for columns j in
-// [first_column + i * width, ...), zero past `rows` x `columns`.
-template <typename T, typename Matrix>
+// dst[i][k][W] for i < count: panel i holds m(k0 + k, j) for columns j in
+// [first_column + i * W, ...), zero past `rows` x `columns`. A RowAddressable matrix is read a
+// row at a time, one call to row() per contiguous run however many panels it crosses: per panel
+// row, the calls (and std::copy_n's memmove for a few values) took as long as the products over
+// VGG's packed rows (benchmarks/NOTES.md).
+template <int64_t W, typename T, typename Matrix>
 LENETX_SIMD_CLONES void pack_panels(const Matrix& m, int64_t rows, int64_t columns, int64_t k0,
-                                    int64_t steps, int64_t first_column, int64_t count, int64_t width, T* dst) {
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t j0 = first_column + i * width, used = std::max<int64_t>(0, std::min(width, columns - j0));
-    for (int64_t k = 0; k < steps; ++k) {
-      T* out = dst + (i * steps + k) * width;
-      if (k0 + k < rows) {
-        if constexpr (RowAddressable<Matrix>) {
-          for (int64_t j = 0, run; j < used; j += run) {
-            run = std::min(used - j, m.run(j0 + j));
-            std::copy_n(m.row(k0 + k, j0 + j), run, out + j);
+                                    int64_t steps, int64_t first_column, int64_t count, T* dst) {
+  const int64_t used = std::max<int64_t>(0, std::min(count * W, columns - first_column));
+  for (int64_t k = 0; k < steps; ++k) {
+    const auto out = [&](int64_t j) -> T& { return dst[(j / W * steps + k) * W + j % W]; };
+    const int64_t filled = k0 + k < rows ? used : 0;
+    if constexpr (RowAddressable<Matrix>) {
+      for (int64_t j = 0, run; j < filled; j += run) {
+        run = std::min(filled - j, m.run(first_column + j));
+        const T* src = m.row(k0 + k, first_column + j);
+        for (int64_t t = 0; t < run;) {
+          if ((j + t) % W == 0 && run - t >= W) {  // a whole panel row: a fixed-size copy
+            T* panel_row = &out(j + t);
+            for (int64_t u = 0; u < W; ++u) panel_row[u] = src[t + u];
+            t += W;
+          } else {
+            out(j + t) = src[t];
+            ++t;
           }
-        } else {
-          for (int64_t j = 0; j < used; ++j) out[j] = m(k0 + k, j0 + j);
         }
       }
-      std::fill(out + (k0 + k < rows ? used : 0), out + width, T(0));
+    } else {
+      for (int64_t j = 0; j < filled; ++j) out(j) = m(k0 + k, first_column + j);
     }
+    for (int64_t j = filled; j < count * W; ++j) out(j) = T(0);
   }
 }
 
@@ -117,7 +127,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
     // B transposed: packed_b[panel][k][N] is b(k, panel * N + j), zero past the last column.
     const std::unique_ptr<T[]> packed_b(new T[panels * depth * N]);
     parallel_for(panels, depth * N, [&](int64_t panel) {
-      pack_panels(b, depth, columns, 0, depth, panel * N, 1, N, packed_b.get() + panel * depth * N);
+      pack_panels<N>(b, depth, columns, 0, depth, panel * N, 1, packed_b.get() + panel * depth * N);
     });
     const std::vector<int64_t> panel_rows = evenly_spaced(kGemmDepthBlock, N);
     // What the rows past the last read, in place.
@@ -159,7 +169,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
         } else {
           for (int64_t k0 = 0, steps; k0 < depth; k0 += steps) {
             steps = std::min(kGemmDepthBlock, depth - k0);
-            pack_panels(transpose(a), depth, rows, k0, steps, row0, blocks_of(block_rows, MB), MB, packed_a.get());
+            pack_panels<MB>(transpose(a), depth, rows, k0, steps, row0, blocks_of(block_rows, MB), packed_a.get());
             for (int64_t panel = first_panel; panel < last_panel; ++panel) sweep(row0, block_rows, panel, k0, steps);
           }
         }
