@@ -48,29 +48,37 @@ struct RowMajor {
 template <int64_t W, typename T, typename Matrix>
 LENETX_SIMD_CLONES void pack_panels(const Matrix& m, int64_t rows, int64_t columns, int64_t k0,
                                     int64_t steps, int64_t first_column, int64_t count, T* dst) {
-  const int64_t used = std::max<int64_t>(0, std::min(count * W, columns - first_column));
-  for (int64_t k = 0; k < steps; ++k) {
-    const auto out = [&](int64_t j) -> T& { return dst[(j / W * steps + k) * W + j % W]; };
-    const int64_t filled = k0 + k < rows ? used : 0;
-    if constexpr (RowAddressable<Matrix>) {
+  if constexpr (RowAddressable<Matrix>) {
+    const int64_t used = std::max<int64_t>(0, std::min(count * W, columns - first_column));
+    for (int64_t k = 0; k < steps; ++k) {
+      T* row = dst + k * W;  // column c of step k: row[c / W * steps * W + c % W]
+      const int64_t filled = k0 + k < rows ? used : 0;
       for (int64_t j = 0, run; j < filled; j += run) {
         run = std::min(filled - j, m.run(first_column + j));
         const T* src = m.row(k0 + k, first_column + j);
         for (int64_t t = 0; t < run;) {
+          T* panel_row = row + (j + t) / W * steps * W;
           if ((j + t) % W == 0 && run - t >= W) {  // a whole panel row: a fixed-size copy
-            T* panel_row = &out(j + t);
             for (int64_t u = 0; u < W; ++u) panel_row[u] = src[t + u];
             t += W;
           } else {
-            out(j + t) = src[t];
+            panel_row[(j + t) % W] = src[t];
             ++t;
           }
         }
       }
-    } else {
-      for (int64_t j = 0; j < filled; ++j) out(j) = m(k0 + k, first_column + j);
+      for (int64_t c = filled; c < count * W; ++c) row[c / W * steps * W + c % W] = T(0);
     }
-    for (int64_t j = filled; j < count * W; ++j) out(j) = T(0);
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t j0 = first_column + i * W, used = std::max<int64_t>(0, std::min(W, columns - j0));
+      for (int64_t k = 0; k < steps; ++k) {
+        T* out = dst + (i * steps + k) * W;
+        const int64_t filled = k0 + k < rows ? used : 0;
+        for (int64_t j = 0; j < filled; ++j) out[j] = m(k0 + k, j0 + j);
+        std::fill(out + filled, out + W, T(0));
+      }
+    }
   }
 }
 
