@@ -171,15 +171,21 @@ inline bool grad_input_is_correlation(const Conv2dShape& s) {
 template <typename T>
 std::vector<T> flipped_kernel(const T* weight, const Conv2dShape& s) {
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w;
-  std::vector<T> flipped(s.in_channels * ocg * kh_n * kw_n);
+  const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w, taps = kh_n * kw_n;
+  // In squares of kBlock x kBlock channels: element by element, VGG's 512 x 512 weight wrote each
+  // value 18 KB from the last, a page apart, and took 6-10 ms of a 50 ms grad_input.
+  constexpr int64_t kBlock = 16;
+  std::vector<T> flipped(s.in_channels * ocg * taps);
   for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t oc = 0; oc < ocg; ++oc)
-      for (int64_t ic = 0; ic < icg; ++ic)
-        for (int64_t kh = 0; kh < kh_n; ++kh)
-          for (int64_t kw = 0; kw < kw_n; ++kw)
-            flipped[(((g * icg + ic) * ocg + oc) * kh_n + kh) * kw_n + kw] =
-                weight[(((g * ocg + oc) * icg + ic) * kh_n + kh_n - 1 - kh) * kw_n + kw_n - 1 - kw];
+    for (int64_t oc0 = 0; oc0 < ocg; oc0 += kBlock)
+      for (int64_t ic0 = 0; ic0 < icg; ic0 += kBlock)
+        for (int64_t oc = oc0; oc < std::min(ocg, oc0 + kBlock); ++oc)
+          for (int64_t ic = ic0; ic < std::min(icg, ic0 + kBlock); ++ic) {
+            const T* src = weight + ((g * ocg + oc) * icg + ic) * taps;
+            T* dst = flipped.data() + ((g * icg + ic) * ocg + oc) * taps;
+            for (int64_t kh = 0; kh < kh_n; ++kh)
+              for (int64_t kw = 0; kw < kw_n; ++kw) dst[kh * kw_n + kw] = src[(kh_n - 1 - kh) * kw_n + kw_n - 1 - kw];
+          }
   return flipped;
 }
 
