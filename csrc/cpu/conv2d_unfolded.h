@@ -193,10 +193,16 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
     gemm(depth, ocg, rows, transpose(windows), RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
          by_tap.get() + g * ocg, s.out_channels);
   }
-  parallel_for(s.out_channels, depth, [&](int64_t oc) {
-    for (int64_t ic = 0; ic < icg; ++ic)
-      for (int64_t tap = 0; tap < taps; ++tap)
-        grad_weight[(oc * icg + ic) * taps + tap] = by_tap[(tap * icg + ic) * s.out_channels + oc];
+  // Blocks of kBlock output channels, so that each read of by_tap is a run of them: an output
+  // channel at a time read values 2 KB apart (VGG's 512 channels), a third of the product's time.
+  constexpr int64_t kBlock = 16;
+  parallel_for(blocks_of(s.out_channels, kBlock), kBlock * depth, [&](int64_t block) {
+    const int64_t oc0 = block * kBlock, oc1 = std::min(s.out_channels, oc0 + kBlock);
+    for (int64_t tap = 0; tap < taps; ++tap)
+      for (int64_t ic = 0; ic < icg; ++ic) {
+        const T* src = by_tap.get() + (tap * icg + ic) * s.out_channels;
+        for (int64_t oc = oc0; oc < oc1; ++oc) grad_weight[(oc * icg + ic) * taps + tap] = src[oc];
+      }
   });
 }
 
