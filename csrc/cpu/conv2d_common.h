@@ -172,8 +172,8 @@ template <typename T>
 std::vector<T> flipped_kernel(const T* weight, const Conv2dShape& s) {
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w, taps = kh_n * kw_n;
-  // In squares of kBlock x kBlock channels: element by element, VGG's 512 x 512 weight wrote each
-  // value 18 KB from the last, a page apart, and took 6-10 ms of a 50 ms grad_input.
+  // In squares of kBlock x kBlock channels: element by element, each value of VGG's 512 x 512
+  // weight was written 18 KB (most of a page) after the one before.
   constexpr int64_t kBlock = 16;
   std::vector<T> flipped(s.in_channels * ocg * taps);
   for (int64_t g = 0; g < s.groups; ++g)

@@ -67,13 +67,9 @@ LENETX_SIMD_CLONES void grad_bias_channels(const T* __restrict grad_output, int6
 // Where the products over the unfolded input are fastest (benchmarks/NOTES.md): with few output
 // pixels, where the padded rows would compute many dropped columns and the channels-last
 // grad_weight would run short products. grad_input's product writes every unfolded value and
-// folds it back: where grad_input is a correlation (stride 1), that correlation, the forward's
-// product, is faster from 4x4 outputs up (VGG's 512 channels on 4x4: 52-54 ms against 41-44) and
-// as fast on 2x2; otherwise the product serves up to 32 output pixels.
+// folds it back, so it stops earlier and leaves the rest to the correlation.
 inline bool forward_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 64; }
-inline bool grad_input_as_product(const Conv2dShape& s) {
-  return s.out_h * s.out_w <= (grad_input_is_correlation(s) ? 4 : 32);
-}
+inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
 
 // Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
 template <typename T>
