@@ -47,7 +47,8 @@ void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* outpu
     // Weights as [group][panel][kh, kw, ic][N output channels], zero past ocg.
     std::vector<T> packed(s.groups * panels * depth * N);
     for (int64_t g = 0; g < s.groups; ++g)
-      pack_panels<N>(WeightsByTap<T>(weight, s, g), depth, ocg, 0, depth, 0, panels, packed.data() + g * panels * depth * N);
+      pack_panels<N>(WeightsByTap<T>(weight, s, g), depth, ocg, 0, depth, 0, panels,
+                     packed.data() + g * panels * depth * N);
     const std::vector<int64_t> packed_rows = evenly_spaced(depth, N);
     parallel_for_ranges(chunks * s.groups * tiles * panels, depth * MB * N, [&](int64_t first, int64_t last) {
       std::vector<T> x(chunk_images * image, T(0));  // the border stays zero

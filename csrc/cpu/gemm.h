@@ -43,8 +43,8 @@ struct RowMajor {
 // dst[i][k][W] for i < count: panel i holds m(k0 + k, j) for columns j in
 // [first_column + i * W, ...), zero past `rows` x `columns`. A RowAddressable matrix is read a
 // row at a time, one call to row() per contiguous run however many panels it crosses: per panel
-// row, the calls (and std::copy_n's memmove for a few values) took as long as the products over
-// VGG's packed rows (benchmarks/NOTES.md).
+// row, the calls (and std::copy_n's memmove for a few values) took 60 % as long as the products
+// over VGG's packed rows (benchmarks/NOTES.md, section 8).
 template <int64_t W, typename T, typename Matrix>
 LENETX_SIMD_CLONES void pack_panels(const Matrix& m, int64_t rows, int64_t columns, int64_t k0,
                                     int64_t steps, int64_t first_column, int64_t count, T* dst) {
