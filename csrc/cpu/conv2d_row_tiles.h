@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -59,9 +60,10 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w;
+  const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
   // A part-filled last tile of a row reads on into the next row, and the last row past the
   // last plane: MB + KW zeros of slack.
-  const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, MB + KW);
+  const int64_t slack = MB + KW;
   // Weights as [group][kh][ic][kw][L output channels], zero past ocg.
   std::vector<T> packed(s.groups * icg * taps * L, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
@@ -73,13 +75,24 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   }
   const int64_t row_tiles = blocks_of(s.out_w, MB);
   parallel_for_ranges(s.batch * s.groups * s.out_h * row_tiles, icg * taps * MB * L, [&](int64_t first, int64_t last) {
+    // The padded planes of the (image, group) this thread works on, copied here so that they are
+    // in cache when its tiles read them, as the padded rows' are (NOTES, section 6).
+    const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
+    std::fill_n(x.get() + icg * plane, slack, T(0));
+    int64_t padded = -1;
     alignas(64) T tile[MB * L];
     for (int64_t item = first; item < last; ++item) {
       const int64_t t = item % row_tiles, oh = item / row_tiles % s.out_h;
       const int64_t g = item / (row_tiles * s.out_h) % s.groups, n = item / (row_tiles * s.out_h * s.groups);
+      if (n * s.groups + g != padded) {
+        for (int64_t ic = 0; ic < icg; ++ic)
+          pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
+                    s.pad_w, x.get() + ic * plane);
+        padded = n * s.groups + g;
+      }
       const int64_t ow0 = t * MB, pixels = std::min<int64_t>(MB, s.out_w - ow0);
-      row_tile<T, MB, KW>(x.data + (n * s.in_channels + g * icg) * x.plane + oh * s.stride_h * x.w + ow0, x.plane,
-                          s.dilation_h * x.w, packed.data() + g * icg * taps * L, s.kernel_h, icg, tile);
+      row_tile<T, MB, KW>(x.get() + oh * s.stride_h * padded_w + ow0, plane, s.dilation_h * padded_w,
+                          packed.data() + g * icg * taps * L, s.kernel_h, icg, tile);
       for (int64_t j = 0; j < ocg; ++j) {
         const int64_t oc = g * ocg + j;
         const T shift = bias ? bias[oc] : T(0);
