@@ -64,6 +64,52 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
   }
 };
 
+class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool2dFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, IntList stride, IntList padding,
+                               IntList dilation, int64_t groups, IntList pool_size, bool max_pool) {
+    static const auto op =
+        lenetx_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                     const std::optional<at::Tensor>&, IntList, IntList, IntList,
+                                                     int64_t, IntList, bool)>("lenetx::conv2d_relu_pool2d");
+    at::Tensor output, mask;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(output, mask) = op.call(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
+    }
+    ctx->save_for_backward({input, weight, mask});
+    ctx->mark_non_differentiable({mask});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["pool_size"] = pool_size;
+    ctx->saved_data["max_pool"] = max_pool;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return {output, mask};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto op =
+        lenetx_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, const at::Tensor&, IntList,
+                                                                 IntList, IntList, int64_t, IntList, bool, bool)>(
+            "lenetx::conv2d_relu_pool2d_backward");
+    const variable_list saved = ctx->get_saved_variables();
+    auto& data = ctx->saved_data;
+    const bool input_grad = ctx->needs_input_grad(0);
+    auto [grad_input, grad_weight, grad_bias] =
+        op.call(grad_outputs[0], saved[2], saved[0], saved[1], data["stride"].toIntVector(),
+                data["padding"].toIntVector(), data["dilation"].toIntVector(), data["groups"].toInt(),
+                data["pool_size"].toIntVector(), data["max_pool"].toBool(), input_grad);
+    return {input_grad ? grad_input : at::Tensor(),
+            ctx->needs_input_grad(1) ? grad_weight : at::Tensor(),
+            data["has_bias"].toBool() && ctx->needs_input_grad(2) ? grad_bias : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, IntList kernel_size, IntList stride,
@@ -160,6 +206,15 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
 }
 
+std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, const at::Tensor& weight,
+                                                      const std::optional<at::Tensor>& bias, IntList stride,
+                                                      IntList padding, IntList dilation, int64_t groups,
+                                                      IntList pool_size, bool max_pool) {
+  const variable_list outputs =
+      Conv2dReluPool2dFunction::apply(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
+  return {outputs[0], outputs[1]};
+}
+
 at::Tensor avg_pool2d(const at::Tensor& input, IntList kernel_size, IntList stride, IntList padding,
                       bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
                       bool relu_input) {
@@ -183,13 +238,15 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, IntList output_size) {
 
 TORCH_LIBRARY_IMPL(lenetx, Autograd, m) {
   m.impl("conv2d", &conv2d);
+  m.impl("conv2d_relu_pool2d", &conv2d_relu_pool2d);
   m.impl("avg_pool2d", &avg_pool2d);
   m.impl("max_pool2d_with_indices", &max_pool2d_with_indices);
   m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d);
   // The backward operators have no derivative of their own: a second derivative through them
   // raises when it is taken, instead of the fallback's warning and a silently wrong result.
-  for (const char* name : {"conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "avg_pool2d_backward",
-                           "max_pool2d_backward", "adaptive_avg_pool2d_backward"})
+  for (const char* name : {"conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+                           "conv2d_relu_pool2d_backward", "avg_pool2d_backward", "max_pool2d_backward",
+                           "adaptive_avg_pool2d_backward"})
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
 }
 

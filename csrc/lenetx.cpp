@@ -19,6 +19,19 @@ TORCH_LIBRARY(lenetx, m) {
       "int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def("conv2d_grad_bias(Tensor grad_output) -> Tensor");
 
+  // pool(relu(conv2d(...))) with a pool_size x pool_size window at stride pool_size, floor mode:
+  // average pooling, or max pooling with max_pool. Returns the pooled output and a uint8 mask of
+  // the convolution's output size: 1 where the gradient reaches the convolution. The backward
+  // returns (grad_input, grad_weight, grad_bias); grad_input is empty unless input_grad.
+  // CPU only: elsewhere lenetx.nn.conv_relu_pool composes conv2d and the relu_input pooling.
+  m.def(
+      "conv2d_relu_pool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, int[2] pool_size, bool max_pool) -> (Tensor, Tensor)");
+  m.def(
+      "conv2d_relu_pool2d_backward(Tensor grad_output, Tensor mask, Tensor input, Tensor weight, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int[2] pool_size, bool max_pool, "
+      "bool input_grad) -> (Tensor, Tensor, Tensor)");
+
   m.def(
       "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
       "bool ceil_mode, bool count_include_pad, int? divisor_override, bool relu_input=False) -> Tensor");

@@ -66,8 +66,8 @@ void check_same_dtype_and_device(
 
 Conv2dShape check_conv2d(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  constexpr const char* op = "lenetx.conv2d";
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    const char* op) {
   check_4d(input, "input", op);
   check_4d(weight, "weight", op);
   check_floating_dtype(input, op);
@@ -178,6 +178,37 @@ static void check_grad_output(const at::Tensor& grad_output, const at::Tensor& i
   check_same_dtype_and_device(input, "input", grad_output, "grad_output", op);
   TORCH_CHECK(grad_output.sizes() == expected, op, ": expected grad_output of size ", expected,
               ", but got grad_output of size ", grad_output.sizes());
+}
+
+ConvReluPoolShape check_conv2d_relu_pool2d(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_size, const char* op) {
+  const Conv2dShape conv = check_conv2d(input, weight, bias, stride, padding, dilation, groups, op);
+  check_positive(pool_size, "pool_size", op);
+  const ConvReluPoolShape s{conv, pool_size[0], pool_size[1], conv.out_h / pool_size[0], conv.out_w / pool_size[1]};
+  TORCH_CHECK(s.pooled_h >= 1 && s.pooled_w >= 1, op, ": pool_size=", pool_size,
+              " is larger than the convolution's output (", conv.out_h, " x ", conv.out_w,
+              ") for input of size ", input.sizes(), " and weight of size ", weight.sizes());
+  return s;
+}
+
+ConvReluPoolShape check_conv2d_relu_pool2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& mask, const at::Tensor& input,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, at::IntArrayRef pool_size) {
+  constexpr const char* op = "lenetx.conv2d_relu_pool2d_backward";
+  const ConvReluPoolShape s = check_conv2d_relu_pool2d(input, weight, std::nullopt, stride, padding,
+                                                       dilation, groups, pool_size, op);
+  const Conv2dShape& c = s.conv;
+  check_grad_output(grad_output, input, {c.batch, c.out_channels, s.pooled_h, s.pooled_w}, op);
+  TORCH_CHECK(mask.scalar_type() == at::kByte && mask.device() == input.device(), op,
+              ": expected a uint8 mask on ", input.device(), ", but got mask of dtype ",
+              mask.scalar_type(), " on ", mask.device());
+  TORCH_CHECK(mask.sizes() == at::IntArrayRef({c.batch, c.out_channels, c.out_h, c.out_w}), op,
+              ": expected mask of size [", c.batch, ", ", c.out_channels, ", ", c.out_h, ", ", c.out_w,
+              "] (the convolution's output), but got mask of size ", mask.sizes());
+  return s;
 }
 
 Conv2dShape check_conv2d_backward(

@@ -31,7 +31,27 @@ void check_same_dtype_and_device(
 
 Conv2dShape check_conv2d(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    const char* op = "lenetx.conv2d");
+
+// conv2d_relu_pool2d: the convolution's checks, then a pool_size that fits in its output.
+// pooled_h/w: the output's size, floor(conv output / pool_size).
+struct ConvReluPoolShape {
+  Conv2dShape conv;
+  int64_t pool_h, pool_w, pooled_h, pooled_w;
+};
+
+ConvReluPoolShape check_conv2d_relu_pool2d(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_size, const char* op);
+
+// Its backward: grad_output of the pooled size, and the forward's mask (uint8, the
+// convolution's output size).
+ConvReluPoolShape check_conv2d_relu_pool2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& mask, const at::Tensor& input,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, at::IntArrayRef pool_size);
 
 Pool2dShape check_pool2d(
     const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,

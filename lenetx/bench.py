@@ -88,6 +88,31 @@ def _pool_cases(group, layer, batch, channels, size, kind, device):
     ]
 
 
+def _fused_cases(group, layer, batch, c_in, c_out, size, kernel, padding, kind, device):
+    """A first layer's convolution, ReLU and pooling: the fused operator against torch's three.
+    The input (the images) takes no gradient, as in a model."""
+    x = torch.randn(batch, c_in, size, size, device=device)
+    w = torch.randn(c_out, c_in, kernel, kernel, device=device) / kernel
+    b = torch.randn(c_out, device=device)
+    pool = F.max_pool2d if kind == "max" else F.avg_pool2d
+
+    def ours(w, b):
+        return LF.conv2d_relu_pool2d(x, w, b, padding=padding, pool_size=2, max_pool=kind == "max")
+
+    def theirs(w, b):
+        return pool(F.relu(F.conv2d(x, w, b, padding=padding)), 2)
+
+    name = f"{layer}+ReLU+{kind} pool (fused) {c_in}->{c_out} {kernel}x{kernel} on {size}x{size}, batch {batch}"
+    wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+    upstream = torch.randn_like(theirs(w, b))
+    return [
+        Case(group, f"{name}, forward", lambda: ours(w, b), lambda: theirs(w, b)),
+        Case(group, f"{name}, forward+backward",
+             lambda: torch.autograd.grad(ours(wg, bg), (wg, bg), upstream),
+             lambda: torch.autograd.grad(theirs(wg, bg), (wg, bg), upstream)),
+    ]
+
+
 def layer_cases(device, batches=(1, 64, 256), vgg_batch=64):
     cases = []
     for batch in batches:
@@ -96,11 +121,13 @@ def layer_cases(device, batches=(1, 64, 256), vgg_batch=64):
         cases += _conv_cases("LeNet-5 layers", "conv2", batch, 6, 16, 14, 5, 0, device)
         cases += _pool_cases("LeNet-5 layers", "pool2", batch, 16, 10, "avg", device)
         cases += _conv_cases("LeNet-5 layers", "conv3", batch, 16, 120, 5, 5, 0, device)
+        cases += _fused_cases("LeNet-5 layers", "conv1", batch, 1, 6, 32, 5, 0, "avg", device)
     batch = batches[-1] if len(batches) == 1 else 64
     cases += _conv_cases("improved-LeNet layers", "conv1", batch, 1, 16, 28, 3, 1, device)
     cases += _pool_cases("improved-LeNet layers", "pool1", batch, 16, 28, "max", device)
     cases += _conv_cases("improved-LeNet layers", "conv2", batch, 16, 32, 14, 5, 2, device)
     cases += _pool_cases("improved-LeNet layers", "pool2", batch, 32, 14, "max", device)
+    cases += _fused_cases("improved-LeNet layers", "conv1", batch, 1, 16, 28, 3, 1, "max", device)
     for c_in, c_out, size in ((3, 64, 32), (64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4)):
         cases += _conv_cases("VGG-16 layers", "conv", vgg_batch, c_in, c_out, size, 3, 1, device)
     return cases

@@ -63,6 +63,14 @@ def _same_padding(input, kernel_size, stride, dilation):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution; see torch.nn.functional.conv2d."""
     input, unbatched = _batched(input, "lenetx.conv2d")
+    input, stride, padding, dilation = _conv_arguments(input, weight, stride, padding, dilation)
+    output = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return output.squeeze(0) if unbatched else output
+
+
+def _conv_arguments(input, weight, stride, padding, dilation):
+    """(input, stride, padding, dilation) as the operators take them; a padding string can pad
+    the input."""
     stride, dilation = _pair("stride", stride), _pair("dilation", dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -75,7 +83,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             )
     else:
         padding = _pair("padding", padding)
-    output = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return input, stride, padding, dilation
+
+
+def conv2d_relu_pool2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                       pool_size=2, max_pool=False):
+    """avg_pool2d(relu(conv2d(input, ...)), pool_size), or max_pool2d with max_pool=True: pooling
+    windows of pool_size at stride pool_size, without padding, in floor mode. On the CPU one
+    operator computes it a chunk of images at a time, without the convolution's output ever
+    reaching memory; elsewhere it is conv2d, then the pooling with relu_input."""
+    input, unbatched = _batched(input, "lenetx.conv2d_relu_pool2d")
+    pool_size = _pair("pool_size", pool_size)
+    if input.device.type != "cpu":
+        output = conv2d(input, weight, bias, stride, padding, dilation, groups)
+        pool = max_pool2d if max_pool else avg_pool2d
+        output = pool(output, pool_size, relu_input=True)
+    else:
+        input, stride, padding, dilation = _conv_arguments(input, weight, stride, padding, dilation)
+        output, _ = ops.conv2d_relu_pool2d(input, weight, bias, stride, padding, dilation, groups,
+                                           pool_size, max_pool)
     return output.squeeze(0) if unbatched else output
 
 

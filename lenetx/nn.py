@@ -49,6 +49,30 @@ def relu_pool(pool, input):
     return pool(torch.relu(input))
 
 
+def conv_relu_pool(conv, pool, input):
+    """pool(relu(conv(input))) for a convolution and a pooling layer: one fused operator
+    (lenetx.functional.conv2d_relu_pool2d) for lenetx's layers when the pooling's windows do not
+    overlap (stride = kernel_size, no padding, floor mode), conv then relu_pool otherwise."""
+    if isinstance(conv, Conv2d) and conv.padding_mode == "zeros" and _fusable_pool(pool):
+        return LF.conv2d_relu_pool2d(input, conv.weight, conv.bias, conv.stride, conv.padding,
+                                     conv.dilation, conv.groups, pool_size=pool.kernel_size,
+                                     max_pool=isinstance(pool, MaxPool2d))
+    return relu_pool(pool, conv(input))
+
+
+def _fusable_pool(pool):
+    if isinstance(pool, AvgPool2d):
+        plain = pool.divisor_override is None
+    elif isinstance(pool, MaxPool2d):
+        plain = LF._pair("dilation", pool.dilation) == [1, 1] and not pool.return_indices
+    else:
+        return False
+    kernel_size = LF._pair("kernel_size", pool.kernel_size)
+    stride = LF._pool_stride(pool.stride, kernel_size)
+    return (plain and stride == kernel_size and LF._pair("padding", pool.padding) == [0, 0]
+            and not pool.ceil_mode)
+
+
 # torch.nn class -> its lenetx replacement; convert() swaps exactly these types.
 REPLACEMENTS = {
     torch.nn.Conv2d: Conv2d,

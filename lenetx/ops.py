@@ -59,6 +59,28 @@ def _(grad_output):
     return _empty(grad_output, grad_output.shape[1])
 
 
+@torch.library.register_fake("lenetx::conv2d_relu_pool2d")
+def _(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool):
+    batch, channels, conv_h, conv_w = _conv2d_output_shape(input, weight, bias, stride, padding,
+                                                           dilation, groups)
+    torch._check(pool_size[0] >= 1 and pool_size[1] >= 1,
+                 lambda: f"lenetx.conv2d_relu_pool2d: pool_size must be positive, but got "
+                         f"pool_size={list(pool_size)}")
+    pooled_h, pooled_w = conv_h // pool_size[0], conv_w // pool_size[1]
+    torch._check(pooled_h >= 1 and pooled_w >= 1,
+                 lambda: f"lenetx.conv2d_relu_pool2d: pool_size={list(pool_size)} is larger than "
+                         f"the convolution's output ({conv_h} x {conv_w})")
+    return (_empty(input, batch, channels, pooled_h, pooled_w),
+            _empty(input, batch, channels, conv_h, conv_w, dtype=torch.uint8))
+
+
+@torch.library.register_fake("lenetx::conv2d_relu_pool2d_backward")
+def _(grad_output, mask, input, weight, stride, padding, dilation, groups, pool_size, max_pool,
+      input_grad):
+    grad_input = _empty(input, *input.shape) if input_grad else _empty(input, 0)
+    return grad_input, _empty(weight, *weight.shape), _empty(weight, weight.shape[0])
+
+
 def _pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode, op):
     torch._check(input.dim() == 4,
                  lambda: f"{op}: expected a 4-D input, but got input of size {tuple(input.shape)}")

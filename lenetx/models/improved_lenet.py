@@ -4,7 +4,7 @@ average pooling, then two fully connected layers with dropout."""
 import torch
 import torch.nn.functional as F
 
-from ..nn import relu_pool
+from ..nn import conv_relu_pool, relu_pool
 from ..shapes import conv_output_size
 
 
@@ -23,6 +23,6 @@ class ImprovedLeNet(torch.nn.Module):
         self.fc2 = torch.nn.Linear(256, num_classes)
 
     def forward(self, x):
-        x = relu_pool(self.pool1, self.conv1(x))
+        x = conv_relu_pool(self.conv1, self.pool1, x)
         x = relu_pool(self.pool2, self.conv2(x)).flatten(1)
         return self.fc2(self.dropout(F.relu(self.fc1(x))))

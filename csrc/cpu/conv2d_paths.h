@@ -1,0 +1,136 @@
+// Which path computes a CPU convolution's forward, grad_input and grad_weight, by shape
+// (benchmarks/NOTES.md has the measurements); conv2d_kernel.cpp's operators and the fused
+// conv2d_relu_pool2d run them on whole batches and on chunks of images alike:
+// - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
+//   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
+//   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
+// - conv2d_pixel_tiles.h: at least two vectors of output channels. A register tile multiplies
+//   a few output pixels, each reading its window from a channels-last copy of the input, by
+//   vectors of output channels, over the whole reduction.
+// - conv2d_row_tiles.h: one vector of output channels, stride 1 along rows. Each input value
+//   read feeds every pixel of a row tile that reads it, once per kernel column.
+// - conv2d_padded_rows.h: stride 1, and before the two above when its rows are nearly all
+//   outputs (padded_rows_dense). Positions are numbered along the rows of a zero-padded copy
+//   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
+//   multiplies a block of output channels by a run of positions; grad_weight with few output
+//   channels is dot products along the same rows.
+// - The grad_input of a stride-1 layer is a forward correlation on the padded grad_output with
+//   the flipped kernel, so it takes the forward's paths.
+// - conv2d_channels_last.h: grad_weight with enough input channels to fill a vector, one product
+//   per kernel tap over a channels-last copy of the input.
+// - conv2d_channel_vector.h: everything else (strides, few channels), vectorized across channels.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "conv2d_channel_vector.h"
+#include "conv2d_channels_last.h"
+#include "conv2d_padded_rows.h"
+#include "conv2d_pixel_tiles.h"
+#include "conv2d_row_tiles.h"
+#include "conv2d_unfolded.h"
+#include "parallel.h"
+#include "simd.h"
+
+namespace lenetx::cpu {
+
+// grad_bias[c] for channels [first, last): each image's plane summed in T, the images' sums added
+// in acc_type, in order. The loop runs across channels, so that a small plane (LeNet-5's conv3
+// outputs 1x1) is not a vector loop of a few values per (image, channel).
+template <typename T>
+LENETX_SIMD_CLONES void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t channels,
+                                           int64_t plane, int64_t first, int64_t last, T* __restrict grad_bias) {
+  using acc_t = at::acc_type<T, /*is_cuda=*/false>;
+  std::vector<acc_t> totals(last - first, acc_t(0));
+  for (int64_t n = 0; n < batch; ++n) {
+    const T* go = grad_output + (n * channels + first) * plane;
+    if (plane == 1) {
+#pragma omp simd
+      for (int64_t c = 0; c < last - first; ++c) totals[c] += go[c];
+      continue;
+    }
+    for (int64_t c = 0; c < last - first; ++c) {
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < plane; ++i) sum += go[c * plane + i];
+      totals[c] += sum;
+    }
+  }
+  for (int64_t c = first; c < last; ++c) grad_bias[c] = static_cast<T>(totals[c - first]);
+}
+
+// Where the products over the unfolded input are fastest (benchmarks/NOTES.md): with few output
+// pixels, where the padded rows would compute many dropped columns and the channels-last
+// grad_weight would run short products. grad_input's product writes every unfolded value and
+// folds it back, so it stops earlier and leaves the rest to the correlation.
+inline bool forward_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 64; }
+inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
+
+// Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
+template <typename T>
+bool forward_is_tiled(const Conv2dShape& s) {
+  return forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
+}
+
+// The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
+template <typename T>
+void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
+  if (is_fully_connected(s))
+    conv2d_fully_connected<T>(input, weight, bias, output, s);
+  else if (forward_as_product(s))
+    conv2d_unfolded<T>(input, weight, bias, output, s);
+  else if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles))
+    conv2d_padded_rows<T>(input, weight, bias, output, s);
+  else if (worth_pixel_tiles<T>(s))
+    conv2d_pixel_tiles<T>(input, weight, bias, output, s);
+  else if (worth_row_tiles<T>(s))
+    conv2d_row_tiles<T>(input, weight, bias, output, s);
+  else
+    switch (channel_block(s.out_channels_per_group())) {
+      case 8: conv2d_forward_impl<T, 8, 8>(input, weight, bias, output, s); break;
+      case 16: conv2d_forward_impl<T, 16, 4>(input, weight, bias, output, s); break;
+      default: conv2d_forward_impl<T, 32, 4>(input, weight, bias, output, s); break;
+    }
+}
+
+// The grad_input paths by shape.
+template <typename T>
+void conv2d_grad_input_paths(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
+  if (is_fully_connected(s)) {
+    conv2d_grad_input_fully_connected<T>(grad_output, weight, grad_input, s);
+  } else if (grad_input_as_product(s)) {
+    conv2d_grad_input_unfolded<T>(grad_output, weight, grad_input, s);
+  } else if (const Conv2dShape t = grad_input_as_correlation(s); grad_input_is_correlation(s) && forward_is_tiled<T>(t)) {
+    conv2d_forward<T>(grad_output, flipped_kernel(weight, s).data(), nullptr, grad_input, t);
+  } else {
+    switch (channel_block(s.in_channels_per_group())) {
+      case 8: conv2d_grad_input_impl<T, 8, 8>(grad_output, weight, grad_input, s); break;
+      case 16: conv2d_grad_input_impl<T, 16, 4>(grad_output, weight, grad_input, s); break;
+      default: conv2d_grad_input_impl<T, 32, 4>(grad_output, weight, grad_input, s); break;
+    }
+  }
+}
+
+// The grad_weight paths by shape.
+template <typename T>
+void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
+  if (is_fully_connected(s))
+    conv2d_grad_weight_fully_connected<T>(grad_output, input, grad_weight, s);
+  else if (forward_as_product(s))
+    conv2d_grad_weight_unfolded<T>(grad_output, input, grad_weight, s);
+  else if (s.in_channels_per_group() >= Vec<T>::kLanes)
+    conv2d_grad_weight_channels_last<T>(grad_output, input, grad_weight, s);
+  else if (s.out_channels_per_group() <= 8 && worth_padded_rows(s))
+    conv2d_grad_weight_by_rows<T>(grad_output, input, grad_weight, s);
+  else if (s.out_channels_per_group() <= Vec<T>::kLanes)
+    conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
+  else
+    conv2d_grad_weight_impl<T, 2>(grad_output, input, grad_weight, s);
+}
+
+}  // namespace lenetx::cpu

@@ -1,0 +1,231 @@
+"""The fused convolution + ReLU + pooling operator (lenetx.functional.conv2d_relu_pool2d and
+lenetx.nn.conv_relu_pool) against torch's conv2d, relu and pooling: outputs, every gradient,
+the mask it saves, determinism, opcheck and the errors it raises."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lenetx.functional as LF
+import lenetx.nn as lnn
+from lenetx import models
+
+from helpers import assert_matches_torch, make_input
+from test_conv2d import generated_cases
+
+ops = torch.ops.lenetx
+
+
+def torch_reference(x, w, b, pool_size, max_pool, **conv):
+    pool = F.max_pool2d if max_pool else F.avg_pool2d
+    return pool(F.relu(F.conv2d(x, w, b, **conv)), pool_size)
+
+
+def fused_cases():
+    """The convolution grid's cases whose output fits a pooling window, with 2x2, 3x3 and 2x1
+    windows, average and max, across batch sizes that fill several chunks of 8 images."""
+    cases = []
+    for i, case in enumerate(generated_cases()):
+        pool_size = [(2, 2), (3, 3), (2, 1)][i % 3]
+        conv = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
+        out = F.conv2d(torch.empty(1, case["in_channels"], *case["size"]),
+                       torch.empty(case["out_channels"], case["in_channels"] // case["groups"], *case["kernel"]),
+                       **conv).shape[2:]
+        if out[0] < pool_size[0] or out[1] < pool_size[1]:
+            continue
+        cases.append(dict(case, batch=[1, 3, 9, 17][i % 4], pool_size=pool_size, max_pool=i % 2 == 0))
+    return cases[:48]
+
+
+def run(case, generator):
+    dtype = case["dtype"]
+    input = make_input((case["batch"], case["in_channels"], *case["size"]), dtype, case["layout"], generator)
+    weight = torch.randn(case["out_channels"], case["in_channels"] // case["groups"], *case["kernel"],
+                         dtype=dtype, generator=generator)
+    bias = torch.randn(case["out_channels"], dtype=dtype, generator=generator) if case["bias"] else None
+    conv = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
+    pool = dict(pool_size=case["pool_size"], max_pool=case["max_pool"])
+    assert_matches_torch(lambda x, w, b: LF.conv2d_relu_pool2d(x, w, b, **conv, **pool),
+                         lambda x, w, b: torch_reference(x, w, b, **pool, **conv),
+                         [input, weight, bias], dtype, generator)
+
+
+@pytest.mark.parametrize("case", fused_cases(), ids=lambda c: (
+    f"n{c['batch']}c{c['in_channels']}o{c['out_channels']}s{c['size']}k{c['kernel']}st{c['stride']}"
+    f"p{c['padding']}d{c['dilation']}g{c['groups']}{'b' if c['bias'] else ''}-{c['layout']}-"
+    f"{str(c['dtype'])[6:]}-pool{c['pool_size']}{'max' if c['max_pool'] else 'avg'}").replace(" ", ""))
+def test_matches_torch_on_generated_grid(case, generator):
+    run(case, generator)
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+@pytest.mark.parametrize("shape", [
+    dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5), padding=0),  # LeNet-5's conv1
+    dict(input=(19, 1, 28, 28), weight=(16, 1, 3, 3), padding=1),  # the improved LeNet's conv1
+    dict(input=(11, 6, 14, 14), weight=(16, 6, 5, 5), padding=0),  # LeNet-5's conv2, odd output rows
+    dict(input=(3, 2, 13, 12), weight=(4, 2, 2, 3), padding=0),  # uncovered row and column
+], ids=["lenet5-conv1", "improved-conv1", "lenet5-conv2", "uncovered"])
+def test_matches_torch_at_lenet_shapes(shape, max_pool, generator):
+    case = dict(batch=shape["input"][0], in_channels=shape["input"][1], size=shape["input"][2:],
+                out_channels=shape["weight"][0], kernel=shape["weight"][2:], stride=1,
+                padding=shape["padding"], dilation=1, groups=1, bias=True, layout="contiguous",
+                dtype=torch.float32, pool_size=(2, 2), max_pool=max_pool)
+    run(case, generator)
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_ties_zeros_infinities_and_nan_as_torch(max_pool, generator):
+    # A 1x1 kernel of weight 1 passes the input through: windows of ties (max pooling's gradient
+    # goes to the first), of non-positive values only, -0.0, infinities and NaN (which relu keeps
+    # and whose gradient relu's backward lets through).
+    input = torch.tensor([[[[-1.0, -2.0, 0.0, -0.0, float("inf"), 1.0, 2.0, 2.0],
+                            [-3.0, -0.5, -0.0, 2.0, -float("inf"), float("nan"), 2.0, 2.0],
+                            [0.5, -1.0, 3.0, 3.0, -4.0, -4.0, 1.0, 0.0],
+                            [-1.0, 0.5, -2.0, 1.0, -5.0, -6.0, 0.0, 1.0]]]])
+    pool = dict(pool_size=2, max_pool=max_pool)
+    results = []
+    for function in (lambda x, w: LF.conv2d_relu_pool2d(x, w, **pool),
+                     lambda x, w: torch_reference(x, w, None, **pool)):
+        x, w = input.clone().requires_grad_(), torch.ones(1, 1, 1, 1, requires_grad=True)
+        out = function(x, w)
+        results.append((out, *torch.autograd.grad(out, (x, w), torch.arange(8.0).view(1, 1, 2, 4) + 1)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+def test_mask_marks_where_the_gradient_reaches_the_convolution(generator):
+    input = torch.randn(3, 2, 9, 9, generator=generator)
+    weight = torch.randn(4, 2, 3, 3, generator=generator)
+    conv = F.conv2d(input, weight)
+    for max_pool in (False, True):
+        _, mask = ops.conv2d_relu_pool2d(input, weight, None, [1, 1], [0, 0], [1, 1], 1, [2, 2], max_pool)
+        assert mask.dtype == torch.uint8 and mask.shape == conv.shape
+        leaf = conv.clone().requires_grad_()
+        pooled = (F.max_pool2d if max_pool else F.avg_pool2d)(F.relu(leaf), 2)
+        (grad,) = torch.autograd.grad(pooled, leaf, torch.ones_like(pooled))
+        assert torch.equal(mask.bool(), grad != 0)
+
+
+def test_results_are_bit_identical_and_independent_of_the_thread_count(generator):
+    input = torch.randn(21, 3, 16, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(8, 3, 5, 5, generator=generator, requires_grad=True)
+    bias = torch.randn(8, generator=generator, requires_grad=True)
+    upstream = torch.randn(21, 8, 6, 6, generator=generator)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2, 3, 2):
+            torch.set_num_threads(count)
+            out = LF.conv2d_relu_pool2d(input, weight, bias, max_pool=True)
+            runs.append((out, *torch.autograd.grad(out, (input, weight, bias), upstream)))
+    finally:
+        torch.set_num_threads(threads)
+    for run_ in runs[1:]:
+        for a, b in zip(runs[0], run_):
+            assert torch.equal(a, b)
+
+
+def test_grad_weight_and_bias_equal_the_unfused_operators_bit_for_bit(generator):
+    # The fused backward adds the same per-chunk and per-image partial sums in the same order.
+    input = torch.randn(21, 1, 32, 32, generator=generator)
+    weight = torch.randn(6, 1, 5, 5, generator=generator, requires_grad=True)
+    bias = torch.randn(6, generator=generator, requires_grad=True)
+    upstream = torch.randn(21, 6, 14, 14, generator=generator)
+    fused = torch.autograd.grad(LF.conv2d_relu_pool2d(input, weight, bias), (weight, bias), upstream)
+    unfused = torch.autograd.grad(LF.avg_pool2d(LF.conv2d(input, weight, bias), 2, relu_input=True),
+                                  (weight, bias), upstream)
+    for a, b in zip(fused, unfused):
+        assert torch.equal(a, b)
+
+
+def test_only_requested_gradients_are_computed(generator):
+    input = torch.randn(2, 3, 8, 8, generator=generator)
+    weight = torch.randn(4, 3, 3, 3, generator=generator, requires_grad=True)
+    bias = torch.randn(4, generator=generator)
+    LF.conv2d_relu_pool2d(input, weight, bias).sum().backward()
+    assert input.grad is None and bias.grad is None and weight.grad is not None
+    grads = ops.conv2d_relu_pool2d_backward(torch.ones(2, 4, 3, 3), torch.ones(2, 4, 6, 6, dtype=torch.uint8),
+                                            input, weight, [1, 1], [0, 0], [1, 1], 1, [2, 2], False, False)
+    assert grads[0].shape == (0,)
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_gradcheck(max_pool, generator):
+    # Values away from relu's kink and from ties, where the finite differences are exact enough.
+    input = torch.randn(3, 2, 7, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(3, 2, 2, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: LF.conv2d_relu_pool2d(x, w, b, padding=1, pool_size=2, max_pool=max_pool),
+        (input, weight, bias), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_opcheck(max_pool):
+    x = torch.randn(9, 3, 9, 8, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    args = ([1, 1], [1, 0], [1, 1], 1, [2, 3], max_pool)
+    torch.library.opcheck(ops.conv2d_relu_pool2d.default, (x, w, b, *args))
+    out, mask = ops.conv2d_relu_pool2d(x, w, b, *args)
+    for input_grad in (False, True):
+        torch.library.opcheck(ops.conv2d_relu_pool2d_backward.default,
+                              (torch.randn_like(out), mask, x.detach(), w.detach(), *args, input_grad))
+
+
+def test_unbatched_input_matches_torch(generator):
+    input = torch.randn(2, 10, 10, generator=generator)
+    weight = torch.randn(3, 2, 3, 3, generator=generator)
+    torch.testing.assert_close(LF.conv2d_relu_pool2d(input, weight, max_pool=True),
+                               F.max_pool2d(F.relu(F.conv2d(input, weight)), 2))
+
+
+@pytest.mark.parametrize("pool, fused", [
+    (lnn.AvgPool2d(2), True),
+    (lnn.MaxPool2d((2, 3)), True),
+    (lnn.AvgPool2d(2, stride=1), False),
+    (lnn.AvgPool2d(2, padding=1), False),
+    (lnn.AvgPool2d(2, divisor_override=3), False),
+    (lnn.MaxPool2d(3, ceil_mode=True), False),
+    (lnn.MaxPool2d(2, dilation=2), False),
+    (torch.nn.AvgPool2d(2), False),
+], ids=["avg", "max-2x3", "overlapping", "padded", "divisor", "ceil", "dilated", "torch-layer"])
+def test_conv_relu_pool_fuses_exactly_the_plain_poolings(pool, fused, monkeypatch, generator):
+    calls = []
+    real = LF.conv2d_relu_pool2d
+    monkeypatch.setattr(LF, "conv2d_relu_pool2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    conv = lnn.Conv2d(2, 3, 3)
+    input = torch.randn(2, 2, 11, 11, generator=generator)
+    torch.testing.assert_close(lnn.conv_relu_pool(conv, pool, input), pool(F.relu(conv(input))))
+    assert bool(calls) == fused
+
+
+def test_torch_compile_of_a_model_with_the_fused_operator():
+    torch.manual_seed(0)
+    model = models.create("improved_lenet", num_classes=10, in_channels=1, backend="lenetx", image_size=28)
+    model.eval()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, w: ops.conv2d_relu_pool2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, [0, 2], False),
+     r"lenetx.conv2d_relu_pool2d: pool_size must be positive, but got pool_size=\[0, 2\]"),
+    (lambda x, w: ops.conv2d_relu_pool2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, [7, 2], False),
+     r"lenetx.conv2d_relu_pool2d: pool_size=\[7, 2\] is larger than the convolution's output \(6 x 6\)"),
+    (lambda x, w: ops.conv2d_relu_pool2d(x, w[:, :2], None, [1, 1], [0, 0], [1, 1], 1, [2, 2], False),
+     r"lenetx.conv2d_relu_pool2d: expected input with 2 channels"),
+    (lambda x, w: ops.conv2d_relu_pool2d_backward(torch.ones(2, 4, 3, 3), torch.ones(2, 4, 6, 6), x, w,
+                                                  [1, 1], [0, 0], [1, 1], 1, [2, 2], False, True),
+     r"lenetx.conv2d_relu_pool2d_backward: expected a uint8 mask on cpu, but got mask of dtype Float"),
+    (lambda x, w: ops.conv2d_relu_pool2d_backward(torch.ones(2, 4, 3, 3), torch.ones(2, 4, 5, 6, dtype=torch.uint8),
+                                                  x, w, [1, 1], [0, 0], [1, 1], 1, [2, 2], False, True),
+     r"expected mask of size \[2, 4, 6, 6\] \(the convolution's output\), but got mask of size \[2, 4, 5, 6\]"),
+    (lambda x, w: ops.conv2d_relu_pool2d_backward(torch.ones(2, 4, 2, 3), torch.ones(2, 4, 6, 6, dtype=torch.uint8),
+                                                  x, w, [1, 1], [0, 0], [1, 1], 1, [2, 2], False, True),
+     r"expected grad_output of size \[2, 4, 3, 3\], but got grad_output of size \[2, 4, 2, 3\]"),
+], ids=["pool-size", "pool-too-large", "channels", "mask-dtype", "mask-shape", "grad-output-shape"])
+def test_bad_arguments_raise_naming_the_parameter_and_value(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(torch.ones(2, 3, 8, 8), torch.ones(4, 3, 3, 3))
