@@ -25,6 +25,16 @@ c10::TypedOperatorHandle<Signature> lenetx_op(const char* name) {
 
 using IntList = c10::IntArrayRef;
 
+// What a convolution's backward needs besides its tensors.
+void save_conv_arguments(AutogradContext* ctx, IntList stride, IntList padding, IntList dilation, int64_t groups,
+                         const std::optional<at::Tensor>& bias) {
+  ctx->saved_data["stride"] = stride;
+  ctx->saved_data["padding"] = padding;
+  ctx->saved_data["dilation"] = dilation;
+  ctx->saved_data["groups"] = groups;
+  ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+}
+
 class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
@@ -33,11 +43,7 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
     static const auto op = lenetx_op<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                                 IntList, IntList, IntList, int64_t)>("lenetx::conv2d");
     ctx->save_for_backward({input, weight});
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    save_conv_arguments(ctx, stride, padding, dilation, groups, bias);
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(input, weight, bias, stride, padding, dilation, groups);
   }
@@ -80,13 +86,9 @@ class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool
     }
     ctx->save_for_backward({input, weight, mask});
     ctx->mark_non_differentiable({mask});
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
+    save_conv_arguments(ctx, stride, padding, dilation, groups, bias);
     ctx->saved_data["pool_size"] = pool_size;
     ctx->saved_data["max_pool"] = max_pool;
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     return {output, mask};
   }
 

@@ -97,7 +97,8 @@ EDGE_CASES = [
 ]
 
 
-def run_case(case, generator, device="cpu"):
+def case_tensors(case, generator, device="cpu"):
+    """A case's input, weight and bias (or None), and its convolution's keyword arguments."""
     dtype = case.get("dtype", torch.float32)
     groups = case.get("groups", 1)
     input = make_input((case["batch"], case["in_channels"], *case["size"]), dtype,
@@ -108,16 +109,24 @@ def run_case(case, generator, device="cpu"):
             if case.get("bias", True) else None)
     kwargs = {k: case[k] for k in ("stride", "padding", "dilation") if k in case}
     kwargs["groups"] = groups
+    return input, weight, bias, kwargs
 
+
+def case_id(c):
+    return (f"n{c['batch']}c{c['in_channels']}o{c['out_channels']}s{c['size']}k{c['kernel']}st{c['stride']}"
+            f"p{c['padding']}d{c['dilation']}g{c['groups']}{'b' if c['bias'] else ''}-{c['layout']}-"
+            f"{str(c['dtype'])[6:]}").replace(" ", "")
+
+
+def run_case(case, generator, device="cpu"):
+    dtype = case.get("dtype", torch.float32)
+    input, weight, bias, kwargs = case_tensors(case, generator, device)
     assert_matches_torch(lambda x, w, b: LF.conv2d(x, w, b, **kwargs),
                          lambda x, w, b: F.conv2d(x, w, b, **kwargs),
                          [input, weight, bias], dtype, generator)
 
 
-@pytest.mark.parametrize("case", generated_cases(), ids=lambda c: (
-    f"n{c['batch']}c{c['in_channels']}o{c['out_channels']}s{c['size']}k{c['kernel']}st{c['stride']}"
-    f"p{c['padding']}d{c['dilation']}g{c['groups']}{'b' if c['bias'] else ''}-{c['layout']}-"
-    f"{str(c['dtype'])[6:]}").replace(" ", ""))
+@pytest.mark.parametrize("case", generated_cases(), ids=case_id)
 def test_matches_torch_on_generated_grid(case, generator):
     run_case(case, generator)
 
@@ -148,11 +157,12 @@ def test_unbatched_input_matches_torch(generator):
                          [input, weight, bias], torch.float32, generator)
 
 
-def test_only_requested_gradients_are_computed(generator):
+@pytest.mark.parametrize("function", [LF.conv2d, LF.conv2d_relu_pool2d], ids=["conv2d", "conv2d_relu_pool2d"])
+def test_only_requested_gradients_are_computed(function, generator):
     input = torch.randn(2, 3, 8, 8, generator=generator)
     weight = torch.randn(4, 3, 3, 3, generator=generator, requires_grad=True)
     bias = torch.randn(4, generator=generator)
-    LF.conv2d(input, weight, bias).sum().backward()
+    function(input, weight, bias).sum().backward()
     assert input.grad is None and bias.grad is None and weight.grad is not None
 
 
