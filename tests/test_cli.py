@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lenetx import cli, data, training
+from lenetx import cli, data, models, training
 from lenetx.predict import BUNDLED_CHECKPOINT, BUNDLED_SAMPLES, prepare_digit
 
 REAL_DATA = os.environ.get("LENETX_DATA")  # read before the fixtures below hide it
@@ -236,6 +236,18 @@ def test_bench_times_both_sides_and_writes_a_ratio_table():
     assert "| g | c | 2.000 | 3.000 | 1.50 |" in table and "- machine" in table
     names = [c.name for c in bench.layer_cases(torch.device("cpu"), batches=(1,), vgg_batch=1)]
     assert "conv1 1->6 5x5 on 32x32, batch 1, forward+backward" in names
+
+
+@pytest.mark.parametrize("name", ["lenet5", "improved_lenet"])
+def test_bench_converts_a_plain_torch_model_without_lenetx_helpers(name):
+    # The converted case must not reach lenetx.nn's fusing helpers through lenetx.models' forward.
+    from lenetx import bench
+
+    model = models.create(name, in_channels=1, backend="torch").eval()
+    plain = bench._plain_torch(name, model)
+    assert all(type(m).__module__.startswith("torch.") for m in plain.modules())
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(plain(x), model(x), rtol=0, atol=0)
 
 
 def test_limit_draws_a_seeded_random_subset_not_the_first_class():
