@@ -196,3 +196,18 @@ def test_pooling_of_relu_handles_zeros_infinities_and_nan_as_torch(ours, theirs,
                             [0.5, -1.0, 3.0, 3.0, -4.0, -4.0],
                             [-1.0, 0.5, -2.0, 1.0, -5.0, -6.0]]]])
     assert_matches_torch(ours, theirs, [input], torch.float32, generator)
+
+
+@pytest.mark.parametrize("size", [(10, 10), (9, 7)], ids=["tiled", "uncovered-row-and-column"])
+@pytest.mark.parametrize("options", [
+    dict(), dict(divisor_override=3), dict(ceil_mode=True), dict(relu_input=True),
+], ids=["plain", "divisor", "ceil-inside", "relu"])
+def test_avg_pool2d_2x2_tiles_match_torch(size, options, generator):
+    # 2x2 windows at stride 2 without padding write each input's gradient once.
+    options = dict(options)
+    relu = options.pop("relu_input", False)
+    input = torch.randn(3, 4, *size, generator=generator)
+    assert_matches_torch(lambda x: LF.avg_pool2d(x, 2, **options, relu_input=relu),
+                         lambda x: F.avg_pool2d(F.relu(x) if relu else x, 2, **options),
+                         [input], torch.float32, generator)
+

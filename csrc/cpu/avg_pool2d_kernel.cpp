@@ -109,6 +109,33 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
   }
 }
 
+// backward_plane for 2x2 windows at stride 2 that tile the input from its corner (no padding,
+// no window past the edge): every input takes at most one share, so each is written once
+// instead of zero-filled, then added to and then masked. 0 + share, as the general path
+// computes it, keeps its -0.0 -> +0.0.
+template <typename T, bool RELU>
+LENETX_SIMD_CLONES void backward_plane_2x2(const T* __restrict grad_output, T* __restrict grad_input,
+                                           const Pool2dShape& s, T divisor, const T* __restrict relu_of) {
+  for (int64_t r = 0; r < 2 * s.out_h; ++r) {
+    T* gi = grad_input + r * s.in_w;
+    const T* go = grad_output + r / 2 * s.out_w;
+    const T* x = RELU ? relu_of + r * s.in_w : nullptr;
+#pragma omp simd
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      const T share = T(0) + go[ow] / divisor;
+      gi[2 * ow] = RELU ? relu_backward(share, x[2 * ow]) : share;
+      gi[2 * ow + 1] = RELU ? relu_backward(share, x[2 * ow + 1]) : share;
+    }
+    std::fill(gi + 2 * s.out_w, gi + s.in_w, T(0));
+  }
+  std::fill(grad_input + 2 * s.out_h * s.in_w, grad_input + s.in_h * s.in_w, T(0));
+}
+
+bool tiles_in_2x2(const Pool2dShape& s) {
+  return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 && s.pad_h == 0 && s.pad_w == 0 &&
+         2 * s.out_h <= s.in_h && 2 * s.out_w <= s.in_w;
+}
+
 at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                       std::optional<int64_t> divisor_override, bool relu_input) {
@@ -146,12 +173,20 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
+    const scalar_t* relu_of = relu_input ? in.const_data_ptr<scalar_t>() : nullptr;
+    if (tiles_in_2x2(s)) {
+      const auto plane_kernel = relu_input ? backward_plane_2x2<scalar_t, true> : backward_plane_2x2<scalar_t, false>;
+      parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
+        plane_kernel(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w, s, plan.divisors[0],
+                     relu_input ? relu_of + plane * s.in_h * s.in_w : nullptr);
+      });
+      return;
+    }
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> spread(s.in_w);
       for (int64_t plane = first; plane < last; ++plane)
         backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w,
-                                 spread.data(), s, plan,
-                                 relu_input ? in.const_data_ptr<scalar_t>() + plane * s.in_h * s.in_w : nullptr);
+                                 spread.data(), s, plan, relu_input ? relu_of + plane * s.in_h * s.in_w : nullptr);
     });
   });
   return grad_input;
