@@ -5,15 +5,14 @@
 // the next. The forward saves one byte per convolution output, the mask: whether the gradient
 // reaches it (relu passes it and, for max pooling, it is its window's maximum).
 #include <ATen/ATen.h>
-#include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <limits>
 #include <memory>
+#include <tuple>
+#include <vector>
 
 #include "../pooling_windows.h"
 #include "../shape_checks.h"
