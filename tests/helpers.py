@@ -45,3 +45,15 @@ def assert_matches_torch(ours, theirs, tensors, dtype, generator, grad=True):
     for a, b in zip(ours_in, theirs_in):
         if a is not None:
             torch.testing.assert_close(a.grad, b.grad, **tol)
+
+
+def assert_compiled_matches_eager(model, x, **compile_options):
+    """torch.compile(model, fullgraph=True) gives the eager output and parameter gradients."""
+    compiled = torch.compile(model, fullgraph=True, **compile_options)
+    eager_out = model(x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(model.parameters()))
+    compiled_out = compiled(x)
+    compiled_grads = torch.autograd.grad(compiled_out.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

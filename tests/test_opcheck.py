@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import assert_compiled_matches_eager
 
 import lenetx.functional as LF
 import lenetx.nn as lnn
@@ -71,15 +72,8 @@ class TinyLeNet(torch.nn.Module):
 def test_torch_compile_fullgraph_matches_eager(dynamic):
     torch.manual_seed(0)
     model = TinyLeNet()
-    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic, backend="aot_eager" if dynamic else "inductor")
-    x = torch.randn(4, 1, 28, 28)
-    eager_out = model(x)
-    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(model.parameters()))
-    compiled_out = compiled(x)
-    compiled_grads = torch.autograd.grad(compiled_out.square().sum(), list(model.parameters()))
-    torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
-    for a, b in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_compiled_matches_eager(model, torch.randn(4, 1, 28, 28), dynamic=dynamic,
+                                  backend="aot_eager" if dynamic else "inductor")
 
 
 def test_torch_compile_of_functional_same_padding():
