@@ -109,6 +109,25 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
   }
 }
 
+// forward_plane for 2x2 windows at stride 2 that tile the input: one pass, adding in
+// forward_plane's order (each column's two rows, then the pair of columns).
+template <typename T, bool RELU>
+LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restrict output, const Pool2dShape& s,
+                                          T divisor) {
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    const T* top = input + 2 * oh * s.in_w;
+    const T* bottom = top + s.in_w;
+    T* out = output + oh * s.out_w;
+#pragma omp simd
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      const auto read = [](T value) { return RELU ? relu(value) : value; };
+      const T left = T(0) + read(top[2 * ow]) + read(bottom[2 * ow]);
+      const T right = T(0) + read(top[2 * ow + 1]) + read(bottom[2 * ow + 1]);
+      out[ow] = (left + right) / divisor;
+    }
+  }
+}
+
 // backward_plane for 2x2 windows at stride 2 that tile the input from its corner (no padding,
 // no window past the edge): every input takes at most one share, so each is written once
 // instead of zero-filled, then added to and then masked. 0 + share, as the general path
@@ -147,6 +166,13 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
+    if (tiles_in_2x2(s)) {
+      const auto plane_kernel = relu_input ? forward_plane_2x2<scalar_t, true> : forward_plane_2x2<scalar_t, false>;
+      parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
+        plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * s.out_h * s.out_w, s, plan.divisors[0]);
+      });
+      return;
+    }
     const auto plane_kernel = relu_input ? forward_plane<scalar_t, true> : forward_plane<scalar_t, false>;
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> row_sum(s.in_w);
