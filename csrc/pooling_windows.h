@@ -12,6 +12,14 @@ namespace lenetx {
 C10_HOST_DEVICE inline int64_t min_of(int64_t a, int64_t b) { return a < b ? a : b; }
 C10_HOST_DEVICE inline int64_t max_of(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// 2x2 windows at stride 2, without padding or dilation, none past the input's edge: the windows
+// tile the input from its corner and each input lies in at most one, which the CPU kernels' one-
+// pass paths rely on.
+inline bool windows_tile_2x2(const Pool2dShape& s) {
+  return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 && s.pad_h == 0 && s.pad_w == 0 &&
+         s.dilation_h == 1 && s.dilation_w == 1 && 2 * s.out_h <= s.in_h && 2 * s.out_w <= s.in_w;
+}
+
 // What a pooling with relu_input reads: relu as torch computes it, NaN staying NaN.
 template <typename T>
 C10_HOST_DEVICE inline T relu(T value) { return value < T(0) ? T(0) : value; }

@@ -150,11 +150,6 @@ LENETX_SIMD_CLONES void backward_plane_2x2(const T* __restrict grad_output, T* _
   std::fill(grad_input + 2 * s.out_h * s.in_w, grad_input + s.in_h * s.in_w, T(0));
 }
 
-bool tiles_in_2x2(const Pool2dShape& s) {
-  return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 && s.pad_h == 0 && s.pad_w == 0 &&
-         2 * s.out_h <= s.in_h && 2 * s.out_w <= s.in_w;
-}
-
 at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                       std::optional<int64_t> divisor_override, bool relu_input) {
@@ -166,7 +161,7 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
-    if (tiles_in_2x2(s)) {
+    if (windows_tile_2x2(s)) {
       const auto plane_kernel = relu_input ? forward_plane_2x2<scalar_t, true> : forward_plane_2x2<scalar_t, false>;
       parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
         plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * s.out_h * s.out_w, s, plan.divisors[0]);
@@ -200,7 +195,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
     const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
     const scalar_t* relu_of = relu_input ? in.const_data_ptr<scalar_t>() : nullptr;
-    if (tiles_in_2x2(s)) {
+    if (windows_tile_2x2(s)) {
       const auto plane_kernel = relu_input ? backward_plane_2x2<scalar_t, true> : backward_plane_2x2<scalar_t, false>;
       parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
         plane_kernel(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w, s, plan.divisors[0],

@@ -115,11 +115,11 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
   }
 }
 
-// body(i) for i in [0, count), in blocks of 8 with a constant trip count, which the compiler
-// turns into whole vectors without a scalar remainder: a row of LeNet's windows is 14 wide, which
-// a loop over the row runs as 8 lanes and 6 scalar iterations with branches. The last block ends
-// at count and may redo some of the previous block's i, so body must be idempotent; a count
-// under 8 runs as a plain loop.
+// body(i) for i in [0, count), in blocks of exactly 8 vector lanes (simdlen(8)), so that no
+// scalar remainder runs: a row of LeNet's windows is 14 wide, which a plain vector loop runs as
+// 8 lanes and 6 scalar iterations with branches (16 lanes under AVX-512 leave it all scalar).
+// The last block ends at count and may redo some of the previous block's i, so body must be
+// idempotent; a count under 8 runs as a plain loop.
 template <typename Body>
 inline __attribute__((always_inline)) void for_each_in_blocks_of_8(int64_t count, const Body& body) {
   constexpr int64_t kBlock = 8;

@@ -81,12 +81,6 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
   }
 }
 
-bool is_2x2_inside(const Pool2dShape& s) {
-  return s.kernel_h == 2 && s.kernel_w == 2 && s.stride_h == 2 && s.stride_w == 2 && s.pad_h == 0 &&
-         s.pad_w == 0 && s.dilation_h == 1 && s.dilation_w == 1 && 2 * s.out_h <= s.in_h &&
-         2 * s.out_w <= s.in_w;
-}
-
 // Returns false when an index points outside the plane: only a hand-made indices tensor can.
 // With `relu_of` (the plane's input, for relu_input) the finished plane, still in cache, drops
 // its gradient where that input <= 0.
@@ -121,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(
     const int64_t out_plane = s.out_h * s.out_w;
     using PlaneKernel = void (*)(const scalar_t*, scalar_t*, int64_t*, const Pool2dShape&);
     const PlaneKernel plane_kernel =
-        is_2x2_inside(s) ? (relu_input ? forward_plane_2x2<scalar_t, true> : forward_plane_2x2<scalar_t, false>)
+        windows_tile_2x2(s) ? (relu_input ? forward_plane_2x2<scalar_t, true> : forward_plane_2x2<scalar_t, false>)
                          : (relu_input ? forward_plane<scalar_t, true> : forward_plane<scalar_t, false>);
     parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
       plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * out_plane,
