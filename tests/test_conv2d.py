@@ -78,16 +78,19 @@ EDGE_CASES = [
     dict(batch=3, in_channels=6, out_channels=90, size=(11, 10), kernel=(3, 2), padding=(1, 2),
          stride=(2, 1), dilation=(1, 2), groups=2),
     dict(batch=2, in_channels=40, out_channels=8, size=(10, 9), kernel=(3, 3), padding=1),
-    # Pixel tiles over chunks of images, the last one part-filled.
-    dict(batch=5, in_channels=4, out_channels=64, size=(20, 23), kernel=(3, 3), padding=1,
+    # Pixel tiles over chunks of images, the last one part-filled (a 2-wide kernel: 3- and 5-wide
+    # ones take the row tiles).
+    dict(batch=5, in_channels=4, out_channels=64, size=(20, 23), kernel=(3, 2), padding=1,
          stride=(2, 1), groups=2),
-    # Row tiles (one vector of output channels): part-filled last tiles of a row, with stride,
-    # dilation and groups across rows; then a stride-1 grad_input through them.
+    # Row tiles: part-filled last tiles of a row, with stride, dilation and groups across rows;
+    # then a stride-1 grad_input through them; then several vectors of output channels per
+    # group, the last part-filled.
     dict(batch=2, in_channels=3, out_channels=13, size=(11, 23), kernel=(5, 5), padding=2,
          stride=(3, 1), dilation=(2, 1)),
     dict(batch=3, in_channels=4, out_channels=14, size=(13, 19), kernel=(3, 3), padding=(0, 1),
          stride=(2, 1), dilation=(2, 1), groups=2),
     dict(batch=2, in_channels=12, out_channels=20, size=(8, 9), kernel=(3, 3), padding=1),
+    dict(batch=3, in_channels=6, out_channels=40, size=(9, 11), kernel=(5, 5), padding=2, groups=2),
     # grad_weight as dot products along padded rows: a part-filled last chunk of images, tap
     # blocks of uneven size, channel blocks that run past a group's channels and, in the last
     # image, past the last channel.

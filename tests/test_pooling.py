@@ -81,13 +81,17 @@ def test_max_pool2d_propagates_nan_like_torch(generator):
         assert torch.equal(ours[1], theirs[1])
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 28, 28), (2, 3, 9, 7), (1, 2, 2, 2)])
+# Rows of 14 windows (blocks of 8 that overlap), of 7 and 15, of 3 (fewer than a block), of one.
+@pytest.mark.parametrize("shape", [(3, 5, 28, 28), (2, 4, 14, 30), (2, 3, 9, 7), (1, 2, 2, 2)])
 def test_max_pool2d_2x2_ties_match_torch(shape, generator):
     """The 2x2/stride-2 fast path: ties among few distinct values resolve to torch's index."""
     for dtype in DTYPES:
-        ties = torch.randint(0, 2, shape, generator=generator).to(dtype)
+        ties = torch.randint(-1, 2, shape, generator=generator).to(dtype)
         assert torch.equal(LF.max_pool2d(ties, 2, return_indices=True)[1],
                            F.max_pool2d(ties, 2, return_indices=True)[1])
+        ours = LF.max_pool2d(ties, 2, return_indices=True, relu_input=True)
+        theirs = F.max_pool2d(F.relu(ties), 2, return_indices=True)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
 
 ADAPTIVE_SIZES = [1, 2, 3, (5, 7), (4, None), (None, 2), (None, None), (0, 3), (13, 6), (1, 9)]

@@ -4,11 +4,12 @@
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
-// - conv2d_pixel_tiles.h: at least two vectors of output channels. A register tile multiplies
-//   a few output pixels, each reading its window from a channels-last copy of the input, by
-//   vectors of output channels, over the whole reduction.
-// - conv2d_row_tiles.h: one vector of output channels, stride 1 along rows. Each input value
-//   read feeds every pixel of a row tile that reads it, once per kernel column.
+// - conv2d_row_tiles.h: 3- or 5-wide kernels, stride 1 along rows, vectors of output channels
+//   more than half used. Each input value read feeds every pixel of a row tile that reads it,
+//   once per kernel column.
+// - conv2d_pixel_tiles.h: other kernels with at least two vectors of output channels. A
+//   register tile multiplies a few output pixels, each reading its window from a channels-last
+//   copy of the input, by vectors of output channels, over the whole reduction.
 // - conv2d_padded_rows.h: stride 1, and before the two above when its rows are nearly all
 //   outputs (padded_rows_dense). Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
@@ -86,10 +87,10 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
     conv2d_unfolded<T>(input, weight, bias, output, s);
   else if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles))
     conv2d_padded_rows<T>(input, weight, bias, output, s);
-  else if (worth_pixel_tiles<T>(s))
-    conv2d_pixel_tiles<T>(input, weight, bias, output, s);
   else if (worth_row_tiles<T>(s))
     conv2d_row_tiles<T>(input, weight, bias, output, s);
+  else if (worth_pixel_tiles<T>(s))
+    conv2d_pixel_tiles<T>(input, weight, bias, output, s);
   else
     switch (channel_block(s.out_channels_per_group())) {
       case 8: conv2d_forward_impl<T, 8, 8>(input, weight, bias, output, s); break;

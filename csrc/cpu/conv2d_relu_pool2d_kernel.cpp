@@ -115,27 +115,6 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
   }
 }
 
-// body(i) for i in [0, count), in blocks of exactly 8 vector lanes (simdlen(8)), so that no
-// scalar remainder runs: a row of LeNet's windows is 14 wide, which a plain vector loop runs as
-// 8 lanes and 6 scalar iterations with branches (16 lanes under AVX-512 leave it all scalar).
-// The last block ends at count and may redo some of the previous block's i, so body must be
-// idempotent; a count under 8 runs as a plain loop.
-template <typename Body>
-inline __attribute__((always_inline)) void for_each_in_blocks_of_8(int64_t count, const Body& body) {
-  constexpr int64_t kBlock = 8;
-  if (count < kBlock) {
-    for (int64_t i = 0; i < count; ++i) body(i);
-    return;
-  }
-  for (int64_t start = 0;; start += kBlock) {
-    start = std::min(start, count - kBlock);
-    const int64_t end = start + kBlock;
-#pragma omp simd simdlen(8)
-    for (int64_t i = start; i < end; ++i) body(i);
-    if (end >= count) break;
-  }
-}
-
 // pool_plane for the common 2x2 window, written so that the compiler vectorizes it, a piece of
 // at most kPiece windows of a row at a time. Max pooling scans each window's raw values in
 // torch's order and applies relu once, after the scan: relu is monotone, so relu's maximum is at

@@ -1,9 +1,10 @@
 #pragma once
-// Forward with one vector of output channels (LeNet's conv2: 16; the improved LeNet's conv2's
-// grad_input, a correlation), stride 1 along rows. A tile holds MB adjacent output pixels of one
-// row; each input value is broadcast once and feeds every (pixel, kernel column) pair that reads
-// it, so a broadcast serves kernel_w multiply-adds instead of one, and no lane is spent on
-// padding columns.
+// Forward with 3- or 5-wide kernels, stride 1 along rows (LeNet's conv2: 16 output channels; the
+// improved LeNet's conv2: 32, and its grad_input, a correlation; VGG's 8x8 grad_inputs), one
+// vector of output channels at a time. A tile holds MB adjacent output pixels of one row; each
+// input value is broadcast once and feeds every (pixel, kernel column) pair that reads it, so a
+// broadcast serves kernel_w multiply-adds instead of one, and no lane is spent on padding
+// columns.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -46,12 +47,12 @@ LENETX_SIMD_CLONES void row_tile(const T* __restrict in, int64_t plane, int64_t 
   for (int m = 0; m < MB; ++m) store_vec(tile + m * L, acc[m]);
 }
 
-// More than half a vector of output channels and at most one (fewer leave most lanes idle, more
-// go to the pixel tiles), a kernel row without gaps read along an output row without stride.
+// Every vector of output channels more than half used (the last one holds more than half a
+// vector), a kernel row without gaps read along an output row without stride.
 template <typename T>
 bool worth_row_tiles(const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group();
-  return 2 * ocg > Vec<T>::kLanes && ocg <= Vec<T>::kLanes && s.stride_w == 1 && s.dilation_w == 1 &&
+  return 2 * ocg > blocks_of(ocg, Vec<T>::kLanes) * Vec<T>::kLanes && s.stride_w == 1 && s.dilation_w == 1 &&
          (s.kernel_w == 3 || s.kernel_w == 5);
 }
 
@@ -59,22 +60,26 @@ template <typename T, int MB, int KW>
 void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
-  const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w;
+  const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, vectors = blocks_of(ocg, L);
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
   // A part-filled last tile of a row reads on into the next row, and the last row past the
   // last plane: MB + KW zeros of slack.
   const int64_t slack = MB + KW;
-  // Weights as [group][kh][ic][kw][L output channels], zero past ocg.
-  std::vector<T> packed(s.groups * icg * taps * L, T(0));
+  // Weights as [group][vector][kh][ic][kw][L output channels], zero past ocg.
+  std::vector<T> packed(s.groups * vectors * icg * taps * L, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
-    const int64_t g = oc / ocg, o = oc % ocg;
+    const int64_t g = oc / ocg, v = oc % ocg / L, o = oc % ocg % L;
     for (int64_t ic = 0; ic < icg; ++ic)
       for (int64_t kh = 0; kh < s.kernel_h; ++kh)
         for (int64_t kw = 0; kw < KW; ++kw)
-          packed[(((g * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] = weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
+          packed[((((g * vectors + v) * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] =
+              weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
   }
   const int64_t row_tiles = blocks_of(s.out_w, MB);
-  parallel_for_ranges(s.batch * s.groups * s.out_h * row_tiles, icg * taps * MB * L, [&](int64_t first, int64_t last) {
+  // An image's rows for one vector of output channels, then the next vector's: its weights stay
+  // in cache over a whole plane, the padded input over all the vectors.
+  parallel_for_ranges(s.batch * s.groups * vectors * s.out_h * row_tiles, icg * taps * MB * L,
+                      [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them, as the padded rows' are (NOTES, section 6).
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
@@ -82,8 +87,9 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
     int64_t padded = -1;
     alignas(64) T tile[MB * L];
     for (int64_t item = first; item < last; ++item) {
-      const int64_t t = item % row_tiles, oh = item / row_tiles % s.out_h;
-      const int64_t g = item / (row_tiles * s.out_h) % s.groups, n = item / (row_tiles * s.out_h * s.groups);
+      const int64_t t = item % row_tiles, oh = item / row_tiles % s.out_h, v = item / (row_tiles * s.out_h) % vectors;
+      const int64_t g = item / (row_tiles * s.out_h * vectors) % s.groups;
+      const int64_t n = item / (row_tiles * s.out_h * vectors * s.groups);
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
@@ -92,9 +98,9 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
       }
       const int64_t ow0 = t * MB, pixels = std::min<int64_t>(MB, s.out_w - ow0);
       row_tile<T, MB, KW>(x.get() + oh * s.stride_h * padded_w + ow0, plane, s.dilation_h * padded_w,
-                          packed.data() + g * icg * taps * L, s.kernel_h, icg, tile);
-      for (int64_t j = 0; j < ocg; ++j) {
-        const int64_t oc = g * ocg + j;
+                          packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, tile);
+      for (int64_t j = 0; j < std::min<int64_t>(L, ocg - v * L); ++j) {
+        const int64_t oc = g * ocg + v * L + j;
         const T shift = bias ? bias[oc] : T(0);
         T* out = output + (n * s.out_channels + oc) * out_plane + oh * s.out_w + ow0;
         for (int64_t m = 0; m < pixels; ++m) out[m] = tile[m * L + j] + shift;

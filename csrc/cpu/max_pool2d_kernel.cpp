@@ -45,19 +45,33 @@ void forward_plane(const T* input, T* output, int64_t* indices, const Pool2dShap
 
 // The common 2x2 window at stride 2 without padding or dilation, every window inside the input:
 // the four taps in the same scan order and with the same update rule as forward_plane, written
-// without branches so that the compiler vectorizes along the row. RELU: relu is monotone, so the
-// maximum of the relu'd taps is relu of the maximum, at the same tap, unless that maximum is
-// <= 0: then all four relu to zeros (or -0.0) and the first tap wins the tie. Applied once per
-// window, after the scan, the loop stays vectorized (relu on each tap's read did not).
+// without branches and run in blocks of 8 lanes (for_each_in_blocks_of_8), so that no scalar
+// remainder with data-dependent branches runs. A row of fewer than 8 windows (the improved
+// LeNet's pool2: 7) goes through a block of scratch, taps and results, since a block would reach
+// past the plane. RELU: relu is monotone, so the maximum of the relu'd taps is relu of the
+// maximum, at the same tap, unless that maximum is <= 0: then all four relu to zeros (or -0.0)
+// and the first tap wins the tie. Applied once per window, after the scan, the loop stays
+// vectorized (relu on each tap's read did not).
 template <typename T, bool RELU>
 LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restrict output,
                                           int64_t* __restrict indices, const Pool2dShape& s) {
+  constexpr int64_t kBlock = 8;
+  const bool short_rows = s.out_w < kBlock;
+  alignas(64) T scratch_taps[2][2 * kBlock] = {};
+  alignas(64) T scratch_output[kBlock];
+  alignas(64) int64_t scratch_indices[kBlock];
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     const int64_t row = 2 * oh * s.in_w;
     const T* top = input + row;
     const T* bottom = top + s.in_w;
-#pragma omp simd
-    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+    T* out = output + oh * s.out_w;
+    int64_t* index_of = indices + oh * s.out_w;
+    if (short_rows) {
+      std::copy_n(top, 2 * s.out_w, scratch_taps[0]);
+      std::copy_n(bottom, 2 * s.out_w, scratch_taps[1]);
+      top = scratch_taps[0], bottom = scratch_taps[1], out = scratch_output, index_of = scratch_indices;
+    }
+    for_each_in_blocks_of_8(std::max(s.out_w, kBlock), [&](int64_t ow) {
       const int64_t first = row + 2 * ow;
       // best starts at the first tap: what -inf with that tap's index becomes after one update.
       T best = top[2 * ow];
@@ -75,8 +89,12 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
         best = none_positive ? relu(top[2 * ow]) : best;
         best_index = none_positive ? first : best_index;
       }
-      output[oh * s.out_w + ow] = best;
-      indices[oh * s.out_w + ow] = best_index;
+      out[ow] = best;
+      index_of[ow] = best_index;
+    });
+    if (short_rows) {
+      std::copy_n(scratch_output, s.out_w, output + oh * s.out_w);
+      std::copy_n(scratch_indices, s.out_w, indices + oh * s.out_w);
     }
   }
 }
