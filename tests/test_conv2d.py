@@ -97,6 +97,10 @@ EDGE_CASES = [
     dict(batch=11, in_channels=4, out_channels=14, size=(12, 17), kernel=(3, 3), padding=(1, 2),
          dilation=(2, 1), groups=2),
     dict(batch=9, in_channels=1, out_channels=7, size=(20, 21), kernel=(5, 4), padding=1),
+    # grad_weight with output channels along the lanes and weight taps as rows: a stride, a
+    # dilation down the kernel, a part-filled chunk of images and a part-filled channel panel.
+    dict(batch=9, in_channels=6, out_channels=24, size=(21, 19), kernel=(3, 3), padding=1, stride=2,
+         dilation=(2, 1)),
 ]
 
 

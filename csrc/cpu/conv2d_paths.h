@@ -17,6 +17,9 @@
 //   channels is dot products along the same rows.
 // - The grad_input of a stride-1 layer is a forward correlation on the padded grad_output with
 //   the flipped kernel, so it takes the forward's paths.
+// - conv2d_tap_rows.h: grad_weight of 3- or 5-wide kernels with a vector of output channels or
+//   more, the output channels along the lanes and each weight tap a row of the product, read in
+//   place from a padded copy of the input.
 // - conv2d_channels_last.h: grad_weight with enough input channels to fill a vector, one product
 //   per kernel tap over a channels-last copy of the input.
 // - conv2d_channel_vector.h: everything else (strides, few channels), vectorized across channels.
@@ -33,6 +36,7 @@
 #include "conv2d_padded_rows.h"
 #include "conv2d_pixel_tiles.h"
 #include "conv2d_row_tiles.h"
+#include "conv2d_tap_rows.h"
 #include "conv2d_unfolded.h"
 #include "parallel.h"
 #include "simd.h"
@@ -124,6 +128,8 @@ void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weig
     conv2d_grad_weight_fully_connected<T>(grad_output, input, grad_weight, s);
   else if (forward_as_product(s))
     conv2d_grad_weight_unfolded<T>(grad_output, input, grad_weight, s);
+  else if (worth_tap_rows<T>(s))
+    conv2d_grad_weight_tap_rows<T>(grad_output, input, grad_weight, s);
   else if (s.in_channels_per_group() >= Vec<T>::kLanes)
     conv2d_grad_weight_channels_last<T>(grad_output, input, grad_weight, s);
   else if (s.out_channels_per_group() <= 8 && worth_padded_rows(s))
