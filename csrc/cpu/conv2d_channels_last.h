@@ -44,14 +44,8 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         for (int64_t gb = 0; gb < s.groups * blocks; ++gb) {
           const int64_t oc0 = gb / blocks * ocg + gb % blocks * MB;
           const int64_t channels = std::min<int64_t>(MB, ocg - gb % blocks * MB);
-          const T* src = grad_output + ((n0 + i) * s.out_channels + oc0) * out_plane;
-          T* dst = go + gb * go_block + i * out_plane * MB;
-          // A square of 16 pixels by MB channels at a time, so that the reads run along each
-          // channel's plane and the strided writes stay within 1 KB.
-          for (int64_t p0 = 0; p0 < out_plane; p0 += 16)
-            for (int m = 0; m < MB; ++m)
-              for (int64_t p = p0; p < std::min<int64_t>(p0 + 16, out_plane); ++p)
-                dst[p * MB + m] = m < channels ? src[m * out_plane + p] : T(0);
+          transpose_planes(grad_output + ((n0 + i) * s.out_channels + oc0) * out_plane, out_plane, channels, MB,
+                           go + gb * go_block + i * out_plane * MB);
         }
     };
     // Where each pixel of a chunk reads through tap (0, 0); tap (kh, kw) adds a constant.

@@ -135,6 +135,18 @@ inline std::vector<int64_t> evenly_spaced(int64_t count, int64_t stride) {
   return offsets;
 }
 
+// dst[p * width + m] = src[m * plane + p] for the first `channels` of m < width, zero for the rest:
+// `channels` planes of `plane` values each, turned into one row of `width` per position (a tile's
+// channels, channels-last). 16 positions at a time, so that the reads run along each plane and
+// the strided writes stay within a few KB.
+template <typename T>
+void transpose_planes(const T* src, int64_t plane, int64_t channels, int64_t width, T* dst) {
+  for (int64_t p0 = 0; p0 < plane; p0 += 16)
+    for (int64_t m = 0; m < width; ++m)
+      for (int64_t p = p0; p < std::min<int64_t>(p0 + 16, plane); ++p)
+        dst[p * width + m] = m < channels ? src[m * plane + p] : T(0);
+}
+
 // grad_weight[i] = sum over chunks, in order, of partial[chunk * count + i], for the grad_weight
 // paths that keep one partial result per chunk of images in the weight's own layout.
 template <typename T>

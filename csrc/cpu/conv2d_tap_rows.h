@@ -89,15 +89,9 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
       }
       const int64_t channels = std::min<int64_t>(N, ocg - panel * N), oc0 = g * ocg + panel * N;
       if ((chunk * s.groups + g) * panels + panel != packed) {
-        for (int64_t i = 0; i < images; ++i) {
-          // 16 pixels at a time, so that the reads run along each channel's plane and the
-          // strided writes stay within a few KB.
-          for (int64_t p0 = 0; p0 < out_plane; p0 += 16)
-            for (int64_t n = 0; n < N; ++n)
-              for (int64_t p = p0; p < std::min<int64_t>(p0 + 16, out_plane); ++p)
-                go[(i * out_plane + p) * N + n] =
-                    n < channels ? grad_output[((n0 + i) * s.out_channels + oc0 + n) * out_plane + p] : T(0);
-        }
+        for (int64_t i = 0; i < images; ++i)
+          transpose_planes(grad_output + ((n0 + i) * s.out_channels + oc0) * out_plane, out_plane, channels, N,
+                           go.get() + i * out_plane * N);
         packed = (chunk * s.groups + g) * panels + panel;
       }
       // Rows past the last kernel row repeat it and are dropped.
