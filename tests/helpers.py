@@ -18,8 +18,15 @@ def make_input(shape, dtype, layout, generator, device="cpu"):
     return tensor
 
 
-def tolerances(dtype):
-    return {torch.float32: dict(rtol=2e-4, atol=2e-4), torch.float64: dict(rtol=1e-9, atol=1e-9)}[dtype]
+def tolerances(dtype, expected):
+    """rtol and atol for comparing with `expected`. A float32 sum of many terms rounds at the
+    scale of its largest values, not of the result (Winograd's transforms mix a whole tile), so
+    atol also grows with the largest finite magnitude in `expected`."""
+    if dtype == torch.float64:
+        return dict(rtol=1e-9, atol=1e-9)
+    finite = expected[expected.isfinite()]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    return dict(rtol=2e-4, atol=2e-4 + 2e-5 * scale)
 
 
 def assert_matches_torch(ours, theirs, tensors, dtype, generator, grad=True):
@@ -33,10 +40,9 @@ def assert_matches_torch(ours, theirs, tensors, dtype, generator, grad=True):
     ours_out, theirs_out = ours(*ours_in), theirs(*theirs_in)
     if not isinstance(ours_out, tuple):
         ours_out, theirs_out = (ours_out,), (theirs_out,)
-    tol = tolerances(dtype)
     for a, b in zip(ours_out, theirs_out):
         assert a.shape == b.shape and a.dtype == b.dtype
-        torch.testing.assert_close(a, b, **tol, equal_nan=True)
+        torch.testing.assert_close(a, b, **tolerances(dtype, b.detach()), equal_nan=True)
     if not grad or ours_out[0].numel() == 0:
         return
     upstream = torch.randn(ours_out[0].shape, dtype=dtype, generator=generator).to(ours_out[0].device)
@@ -44,7 +50,7 @@ def assert_matches_torch(ours, theirs, tensors, dtype, generator, grad=True):
     theirs_out[0].backward(upstream)
     for a, b in zip(ours_in, theirs_in):
         if a is not None:
-            torch.testing.assert_close(a.grad, b.grad, **tol)
+            torch.testing.assert_close(a.grad, b.grad, **tolerances(dtype, b.grad))
 
 
 def assert_compiled_matches_eager(model, x, **compile_options):

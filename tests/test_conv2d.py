@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import LAYOUTS, assert_matches_torch, make_input
+from helpers import LAYOUTS, assert_matches_torch, make_input, tolerances
 
 import lenetx
 import lenetx.functional as LF
@@ -101,6 +101,11 @@ EDGE_CASES = [
     # dilation down the kernel, a part-filled chunk of images and a part-filled channel panel.
     dict(batch=9, in_channels=6, out_channels=24, size=(21, 19), kernel=(3, 3), padding=1, stride=2,
          dilation=(2, 1)),
+    # Winograd's F(4x4, 3x3): an image in several bands of tile rows, part-filled tiles at the
+    # bottom and right, two panels of output channels, the last part-filled; then F(2x2, 5x5)
+    # with input channels that do not fill a vector and three vectors of output channels.
+    dict(batch=3, in_channels=64, out_channels=100, size=(30, 27), kernel=(3, 3), padding=1),
+    dict(batch=2, in_channels=9, out_channels=37, size=(15, 12), kernel=(5, 5), padding=2),
 ]
 
 
@@ -200,6 +205,22 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
     theirs = torch.ops.aten.convolution_backward(
         upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
     torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_winograd_shape_with_non_finite_value_matches_torch(value, where, generator):
+    """Winograd's transforms mix a whole tile: a non-finite value must still give torch's answer,
+    NaN or infinity only where the direct sums have them."""
+    input = torch.randn(2, 16, 12, 12, generator=generator)
+    weight = torch.randn(32, 16, 3, 3, generator=generator)
+    if where == "input":
+        input[1, 3, 4, 5] = value
+    else:
+        weight[1, 3, 2, 1] = value
+    expected = F.conv2d(input, weight)
+    torch.testing.assert_close(LF.conv2d(input, weight), expected, equal_nan=True,
+                               **tolerances(torch.float32, expected))
 
 
 @pytest.mark.parametrize("shape", [

@@ -1,6 +1,9 @@
 // Which path computes a CPU convolution's forward, grad_input and grad_weight, by shape
 // (benchmarks/NOTES.md has the measurements); conv2d_kernel.cpp's operators and the fused
 // conv2d_relu_pool2d run them on whole batches and on chunks of images alike:
+// - conv2d_winograd.h: 3x3 and 5x5 stride-1 correlations with enough channels and outputs of 8x8
+//   or more (the improved LeNet's conv2, VGG's 32x32 to 8x8 layers), by Winograd's F(4x4, 3x3)
+//   and F(2x2, 5x5), unless a value of the input or weight is not finite.
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
@@ -38,6 +41,7 @@
 #include "conv2d_row_tiles.h"
 #include "conv2d_tap_rows.h"
 #include "conv2d_unfolded.h"
+#include "conv2d_winograd.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -78,7 +82,7 @@ inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out
 // Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
 template <typename T>
 bool forward_is_tiled(const Conv2dShape& s) {
-  return forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
+  return worth_winograd<T>(s) || forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
 }
 
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
@@ -87,6 +91,8 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
   const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
   if (is_fully_connected(s))
     conv2d_fully_connected<T>(input, weight, bias, output, s);
+  else if (worth_winograd<T>(s) && conv2d_winograd<T>(input, weight, bias, output, s))
+    return;
   else if (forward_as_product(s))
     conv2d_unfolded<T>(input, weight, bias, output, s);
   else if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles))
