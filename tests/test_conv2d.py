@@ -106,6 +106,9 @@ EDGE_CASES = [
     # with input channels that do not fill a vector and three vectors of output channels.
     dict(batch=3, in_channels=64, out_channels=100, size=(30, 27), kernel=(3, 3), padding=1),
     dict(batch=2, in_channels=9, out_channels=37, size=(15, 12), kernel=(5, 5), padding=2),
+    # Winograd's grad_weight over several chunks of images, the last part-filled, each image 4
+    # tiles, so that a product runs over several images.
+    dict(batch=11, in_channels=12, out_channels=20, size=(8, 8), kernel=(3, 3), padding=1),
 ]
 
 
@@ -210,8 +213,8 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_winograd_shape_with_non_finite_value_matches_torch(value, where, generator):
-    """Winograd's transforms mix a whole tile: a non-finite value must still give torch's answer,
-    NaN or infinity only where the direct sums have them."""
+    """Winograd's transforms mix a whole tile: a non-finite value must still give torch's answer
+    (forward and grad_weight), NaN or infinity only where the direct sums have them."""
     input = torch.randn(2, 16, 12, 12, generator=generator)
     weight = torch.randn(32, 16, 3, 3, generator=generator)
     if where == "input":
@@ -221,6 +224,11 @@ def test_winograd_shape_with_non_finite_value_matches_torch(value, where, genera
     expected = F.conv2d(input, weight)
     torch.testing.assert_close(LF.conv2d(input, weight), expected, equal_nan=True,
                                **tolerances(torch.float32, expected))
+    upstream = torch.randn(expected.shape, generator=generator)
+    ours = torch.ops.lenetx.conv2d_grad_weight(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+    torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
 
 
 @pytest.mark.parametrize("shape", [

@@ -3,7 +3,8 @@
 // conv2d_relu_pool2d run them on whole batches and on chunks of images alike:
 // - conv2d_winograd.h: 3x3 and 5x5 stride-1 correlations with enough channels and outputs of 8x8
 //   or more (the improved LeNet's conv2, VGG's 32x32 to 8x8 layers), by Winograd's F(4x4, 3x3)
-//   and F(2x2, 5x5), unless a value of the input or weight is not finite.
+//   and F(2x2, 5x5), and their grad_weight by F(3x3, 4x4) and F(5x5, 2x2) on the same tiles,
+//   unless a value they read is not finite.
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
@@ -132,6 +133,8 @@ template <typename T>
 void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
   if (is_fully_connected(s))
     conv2d_grad_weight_fully_connected<T>(grad_output, input, grad_weight, s);
+  else if (worth_winograd<T>(s) && conv2d_grad_weight_winograd<T>(grad_output, input, grad_weight, s))
+    return;
   else if (forward_as_product(s))
     conv2d_grad_weight_unfolded<T>(grad_output, input, grad_weight, s);
   else if (worth_tap_rows<T>(s))

@@ -16,12 +16,14 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
 #include "conv2d_common.h"
+#include "gemm.h"
 #include "micro_gemm.h"
 #include "parallel.h"
 #include "simd.h"
@@ -31,47 +33,65 @@ namespace lenetx::cpu {
 constexpr int kWinogradTile = 6;
 constexpr int kWinogradTaps = kWinogradTile * kWinogradTile;
 
-// B^T of both algorithms (it depends only on the points).
-constexpr double kWinogradInput[6][6] = {
+// The finite interpolation points; the sixth is infinity.
+constexpr double kWinogradPoints[kWinogradTile - 1] = {0, 1, -1, 0.5, -2};
+
+template <int Rows, int Columns>
+using ConstantMatrix = std::array<std::array<double, Columns>, Rows>;
+
+// B^T of every algorithm on these points (it depends only on them).
+constexpr ConstantMatrix<6, 6> kWinogradInput = {{
     {1, -1.5, -2, 1.5, 1, 0}, {0, -1, 0.5, 2.5, 1, 0}, {0, 1, -2.5, 0.5, 1, 0},
     {0, -2, -1, 2, 1, 0},     {0, 0.5, -1, -0.5, 1, 0}, {0, 1, -1.5, -2, 1.5, 1},
-};
+}};
 
-// G (6 x R) and A^T (M x 6) of F(M x M, R x R), M + R - 1 = 6.
+// A^T of an algorithm with `Outputs` outputs per tile row: p^i at the finite points, and
+// infinity's term only in the last output.
+template <int Outputs>
+constexpr ConstantMatrix<Outputs, kWinogradTile> winograd_output_matrix() {
+  ConstantMatrix<Outputs, kWinogradTile> m{};
+  for (int i = 0; i < Outputs; ++i) {
+    for (int j = 0; j < kWinogradTile - 1; ++j) {
+      m[i][j] = 1;
+      for (int e = 0; e < i; ++e) m[i][j] *= kWinogradPoints[j];
+    }
+    m[i][kWinogradTile - 1] = i == Outputs - 1 ? 1 : 0;
+  }
+  return m;
+}
+
+// G of a filter of `Taps` taps: p^k over the product of p - q for the other finite points q, and
+// for infinity the last tap alone.
+template <int Taps>
+constexpr ConstantMatrix<kWinogradTile, Taps> winograd_filter_matrix() {
+  ConstantMatrix<kWinogradTile, Taps> m{};
+  for (int j = 0; j < kWinogradTile - 1; ++j) {
+    double scale = 1;
+    for (int q = 0; q < kWinogradTile - 1; ++q)
+      if (q != j) scale *= kWinogradPoints[j] - kWinogradPoints[q];
+    for (int k = 0; k < Taps; ++k) {
+      m[j][k] = 1 / scale;
+      for (int e = 0; e < k; ++e) m[j][k] *= kWinogradPoints[j];
+    }
+  }
+  m[kWinogradTile - 1][Taps - 1] = 1;
+  return m;
+}
+
+template <int Outputs>
+constexpr auto kWinogradOutput = winograd_output_matrix<Outputs>();
+template <int Taps>
+constexpr auto kWinogradFilter = winograd_filter_matrix<Taps>();
+
+// Outputs per tile row of the correlation with an R-wide kernel: F(4, 3) and F(2, 5).
 template <int R>
-struct WinogradMatrices;
-
-template <>
-struct WinogradMatrices<3> {
-  static constexpr int kOut = 4;
-  static constexpr double kKernel[6][3] = {
-      {1, 0, 0}, {1. / 3, 1. / 3, 1. / 3}, {-1. / 3, 1. / 3, -1. / 3},
-      {-16. / 15, -8. / 15, -4. / 15}, {1. / 15, -2. / 15, 4. / 15}, {0, 0, 1},
-  };
-  static constexpr double kOutput[4][6] = {
-      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 0.5, -2, 0}, {0, 1, 1, 0.25, 4, 0}, {0, 1, -1, 0.125, -8, 1},
-  };
-};
-
-template <>
-struct WinogradMatrices<5> {
-  static constexpr int kOut = 2;
-  static constexpr double kKernel[6][5] = {
-      {1, 0, 0, 0, 0},
-      {1. / 3, 1. / 3, 1. / 3, 1. / 3, 1. / 3},
-      {-1. / 3, 1. / 3, -1. / 3, 1. / 3, -1. / 3},
-      {-16. / 15, -8. / 15, -4. / 15, -2. / 15, -1. / 15},
-      {1. / 15, -2. / 15, 4. / 15, -8. / 15, 16. / 15},
-      {0, 0, 0, 0, 1},
-  };
-  static constexpr double kOutput[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 0.5, -2, 1}};
-};
+constexpr int kWinogradOutputs = kWinogradTile + 1 - R;
 
 // out(i, j) = sum over k of matrix[i][k] * in(k, j) for i < Rows, j < Columns (K terms). The
 // loops unroll completely, so the zero coefficients (half of B^T's) cost nothing and the
 // others are constants.
 template <int Rows, int K, int Columns, typename V, typename In, typename Out>
-__attribute__((always_inline)) inline void multiply_constant(const double (&matrix)[Rows][K], const In& in,
+__attribute__((always_inline)) inline void multiply_constant(const ConstantMatrix<Rows, K>& matrix, const In& in,
                                                              const Out& out) {
 #pragma GCC unroll 8
   for (int i = 0; i < Rows; ++i)
@@ -130,39 +150,89 @@ LENETX_SIMD_CLONES void winograd_kernel_transform(const T* weight, int64_t ic, c
         for (int l = 0; l < L; ++l)
           g[kh][kw][l] = oc0 + l < oc_n ? weight[(((oc0 + l) * ic_n + ic) * R + kh) * R + kw] : T(0);
     multiply_constant<kWinogradTile, R, R, V>(
-        WinogradMatrices<R>::kKernel, [&](int k, int j) { return g[k][j]; },
+        kWinogradFilter<R>, [&](int k, int j) { return g[k][j]; },
         [&](int i, int j, const V& x) { gg[i][j] = x; });
     multiply_constant<kWinogradTile, R, kWinogradTile, V>(
-        WinogradMatrices<R>::kKernel, [&](int k, int j) { return gg[j][k]; },
+        kWinogradFilter<R>, [&](int k, int j) { return gg[j][k]; },
         [&](int i, int j, const V& x) { store_vec(u + ((j * kWinogradTile + i) * ic_n + ic) * oc_stride + oc0, x); });
   }
 }
 
-// transformed[tap][t][c] = (B^T d B)[tap] for the 6x6 input tile d of tile t < tiles, whose top
-// left corner is at row t / tiles_w * step, column t % tiles_w * step of `band`, channels-last
-// rows of `row_width` pixels of `channels` values; `tile_stride` tiles per tap.
-template <typename T>
-LENETX_SIMD_CLONES void winograd_input_transform(const T* band, int64_t row_width, int64_t channels,
-                                                 int64_t step, int64_t tiles, int64_t tiles_w,
-                                                 int64_t tile_stride, T* transformed) {
+// The transform of a Size x Size tile: B^T for 6x6 input tiles, G for the smaller tiles of
+// grad_output (the filter of grad_weight's algorithm).
+template <int Size>
+constexpr const ConstantMatrix<kWinogradTile, Size>& winograd_tile_matrix() {
+  if constexpr (Size == kWinogradTile)
+    return kWinogradInput;
+  else
+    return kWinogradFilter<Size>;
+}
+
+// transformed[tap][t][c] = (X d X^T)[tap], X = winograd_tile_matrix<Size>(), for the Size x Size
+// tile d of tile t < tiles, whose top left corner is at row t / tiles_w * step, column
+// t % tiles_w * step of `band`, channels-last rows of `row_width` pixels of `channels` values;
+// `tile_stride` tiles per tap. The matrix is a constant here, so that its zeros cost nothing.
+template <typename T, int Size>
+LENETX_SIMD_CLONES void winograd_tile_transform(const T* band, int64_t row_width, int64_t channels, int64_t step,
+                                                int64_t tiles, int64_t tiles_w, int64_t tile_stride, T* transformed) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
+  constexpr const auto& x = winograd_tile_matrix<Size>();
   for (int64_t t = 0; t < tiles; ++t) {
     const T* corner = band + ((t / tiles_w) * step * row_width + (t % tiles_w) * step) * channels;
     for (int64_t c = 0; c < channels; c += L) {
-      V d[kWinogradTile][kWinogradTile], bd[kWinogradTile][kWinogradTile];
+      V d[Size][Size], xd[kWinogradTile][Size];
 #pragma GCC unroll 6
-      for (int i = 0; i < kWinogradTile; ++i)
+      for (int i = 0; i < Size; ++i)
 #pragma GCC unroll 6
-        for (int j = 0; j < kWinogradTile; ++j) load_vec(d[i][j], corner + (i * row_width + j) * channels + c);
-      multiply_constant<kWinogradTile, kWinogradTile, kWinogradTile, V>(
-          kWinogradInput, [&](int k, int j) { return d[k][j]; }, [&](int i, int j, const V& x) { bd[i][j] = x; });
-      multiply_constant<kWinogradTile, kWinogradTile, kWinogradTile, V>(
-          kWinogradInput, [&](int k, int j) { return bd[j][k]; },
-          [&](int i, int j, const V& x) { store_vec(transformed + ((j * kWinogradTile + i) * tile_stride + t) * channels + c, x); });
+        for (int j = 0; j < Size; ++j) load_vec(d[i][j], corner + (i * row_width + j) * channels + c);
+      multiply_constant<kWinogradTile, Size, Size, V>(
+          x, [&](int k, int j) { return d[k][j]; }, [&](int i, int j, const V& v) { xd[i][j] = v; });
+      multiply_constant<kWinogradTile, Size, kWinogradTile, V>(
+          x, [&](int k, int j) { return xd[j][k]; },
+          [&](int i, int j, const V& v) { store_vec(transformed + ((j * kWinogradTile + i) * tile_stride + t) * channels + c, v); });
     }
   }
 }
+
+// dst[r][left + x][c] = image[c][first_row + r][x] for the image's rows among `rows` rows from
+// first_row (which may be negative: padding) and c < channels; zero elsewhere, up to rows x
+// row_width pixels of channel_stride values.
+template <typename T>
+void channels_last_band(const T* image, int64_t channels, int64_t h, int64_t w, int64_t first_row, int64_t rows,
+                        int64_t left, int64_t row_width, int64_t channel_stride, T* dst) {
+  std::fill_n(dst, rows * row_width * channel_stride, T(0));
+  for (int64_t r = std::max<int64_t>(0, -first_row); r < std::min(rows, h - first_row); ++r) {
+    T* row = dst + (r * row_width + left) * channel_stride;
+    for (int64_t c = 0; c < channels; ++c) {
+      const T* src = image + (c * h + first_row + r) * w;
+      for (int64_t x = 0; x < w; ++x) row[x * channel_stride + c] = src[x];
+    }
+  }
+}
+
+// How a layer's output is cut into tiles, and its images into work items of a band of tile rows
+// each: as many rows as keep a band's transformed tiles (36 values per tile and channel, input
+// and output side) within about half of L2.
+struct WinogradTiling {
+  int64_t outputs, tiles_h, tiles_w, band_rows, bands, band_tiles, input_rows, input_w;
+
+  template <typename T, int R>
+  static WinogradTiling of(const Conv2dShape& s, int64_t ic_stride, int64_t oc_stride) {
+    constexpr int M = kWinogradOutputs<R>;
+    WinogradTiling t;
+    t.outputs = M;
+    t.tiles_h = blocks_of(s.out_h, M), t.tiles_w = blocks_of(s.out_w, M);
+    const int64_t bytes_per_tile = kWinogradTaps * (ic_stride + oc_stride) * sizeof(T);
+    t.band_rows = std::clamp<int64_t>((1 << 19) / (bytes_per_tile * t.tiles_w), 1, t.tiles_h);
+    t.bands = blocks_of(t.tiles_h, t.band_rows), t.band_tiles = t.band_rows * t.tiles_w;
+    t.input_rows = t.band_rows * M + R - 1, t.input_w = t.tiles_w * M + R - 1;
+    return t;
+  }
+  // Tiles in band b, and the output row it starts at.
+  int64_t tiles_in(int64_t b) const { return std::min(band_rows, tiles_h - b * band_rows) * tiles_w; }
+  int64_t first_row(int64_t b) const { return b * band_rows * outputs; }
+};
 
 // The output tiles of `tiles` tiles from their products: tile_products(t, oc0) points at the
 // products of tile t for output channels [oc0, oc0 + L), tap after tap `tap_stride` apart.
@@ -173,7 +243,7 @@ LENETX_SIMD_CLONES void winograd_output_transform(const TileProducts& tile_produ
                                                   int64_t tiles, int64_t tiles_w, int64_t first_row,
                                                   const T* biases, const Conv2dShape& s, T* out) {
   using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::kLanes, M = WinogradMatrices<R>::kOut;
+  constexpr int L = Vec<T>::kLanes, M = kWinogradOutputs<R>;
   const int64_t out_plane = s.out_h * s.out_w, out_w = s.out_w;
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t oy = first_row + t / tiles_w * M, ox = t % tiles_w * M;
@@ -190,10 +260,10 @@ LENETX_SIMD_CLONES void winograd_output_transform(const TileProducts& tile_produ
       // y[i][j][lane], written plane by plane below: a lane is an output channel.
       alignas(64) T y[M][M][L];
       multiply_constant<M, kWinogradTile, kWinogradTile, V>(
-          WinogradMatrices<R>::kOutput, [&](int k, int j) { return p[k][j]; },
+          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) { return p[k][j]; },
           [&](int i, int j, const V& x) { ap[i][j] = x; });
       multiply_constant<M, kWinogradTile, M, V>(
-          WinogradMatrices<R>::kOutput, [&](int k, int j) { return ap[j][k]; },
+          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) { return ap[j][k]; },
           [&](int i, int j, const V& x) { store_vec(y[j][i], x + bias); });
       const int64_t lanes = std::min<int64_t>(L, s.out_channels - oc0);
       T* planes = corner + oc0 * out_plane;
@@ -214,50 +284,33 @@ LENETX_SIMD_CLONES void winograd_output_transform(const TileProducts& tile_produ
 
 template <typename T, int R, int MB, int NV>
 void winograd_correlate(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  constexpr int L = Vec<T>::kLanes, N = NV * L, M = WinogradMatrices<R>::kOut;
+  constexpr int L = Vec<T>::kLanes, N = NV * L, M = kWinogradOutputs<R>;
   const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
   const int64_t ic_stride = blocks_of(ic_n, L) * L, panels = blocks_of(oc_n, N), oc_stride = panels * N;
-  const int64_t tiles_h = blocks_of(s.out_h, M), tiles_w = blocks_of(s.out_w, M);
-  const int64_t padded_w = tiles_w * M + R - 1;
+  const WinogradTiling tiling = WinogradTiling::of<T, R>(s, ic_stride, oc_stride);
+  const int64_t tile_blocks = blocks_of(tiling.band_tiles, MB), tile_stride = tile_blocks * MB;
 
   std::vector<T> u(kWinogradTaps * ic_n * oc_stride);
   parallel_for(ic_n, oc_stride * kWinogradTaps * R, [&](int64_t ic) {
     winograd_kernel_transform<T, R>(weight, ic, s, oc_stride, u.data());
   });
-
-  // Work items are bands of tile rows of one image, as many as keep a band's transformed input
-  // and its products (36 values per tile and channel) within about half of L2.
-  const int64_t bytes_per_tile = kWinogradTaps * (ic_stride + oc_stride) * sizeof(T);
-  const int64_t band_rows = std::clamp<int64_t>((1 << 19) / (bytes_per_tile * tiles_w), 1, tiles_h);
-  const int64_t bands = blocks_of(tiles_h, band_rows), band_tiles = band_rows * tiles_w;
-  const int64_t tile_blocks = blocks_of(band_tiles, MB), tile_stride = tile_blocks * MB;
-  const int64_t band_input_rows = band_rows * M + R - 1;
   const std::vector<int64_t> u_rows = evenly_spaced(ic_n, oc_stride);
-  const int64_t plane = s.in_h * s.in_w;
   std::vector<T> biases(oc_stride, T(0));
   if (bias) std::copy_n(bias, oc_n, biases.begin());
 
-  parallel_for_ranges(s.batch * bands, band_tiles * kWinogradTaps * ic_n * oc_n, [&](int64_t first, int64_t last) {
-    // The band's input rows channels-last inside the zero padding (lanes past the channels stay
-    // zero), per tap the transformed tiles (the rows of its product), and the products.
-    std::vector<T> band(band_input_rows * padded_w * ic_stride);
+  parallel_for_ranges(s.batch * tiling.bands, tiling.band_tiles * kWinogradTaps * ic_n * oc_n,
+                      [&](int64_t first, int64_t last) {
+    // The band's input rows channels-last inside the zero padding, per tap the transformed tiles
+    // (the rows of its product, zero past the band's tiles), and the products.
+    std::vector<T> band(tiling.input_rows * tiling.input_w * ic_stride);
     std::vector<T> transformed(kWinogradTaps * tile_stride * ic_stride, T(0));
     std::vector<T> products(kWinogradTaps * tile_stride * oc_stride);
     for (int64_t item = first; item < last; ++item) {
-      const int64_t n = item / bands, first_tile_row = item % bands * band_rows;
-      const int64_t tiles = std::min(band_rows, tiles_h - first_tile_row) * tiles_w;
-      const int64_t first_row = first_tile_row * M - s.pad_h;  // the input row of the band's first
-
-      std::fill(band.begin(), band.end(), T(0));
-      for (int64_t r = std::max<int64_t>(0, -first_row); r < std::min(band_input_rows, s.in_h - first_row); ++r) {
-        T* row = band.data() + (r * padded_w + s.pad_w) * ic_stride;
-        for (int64_t ic = 0; ic < ic_n; ++ic) {
-          const T* src = input + (n * ic_n + ic) * plane + (first_row + r) * s.in_w;
-          for (int64_t x = 0; x < s.in_w; ++x) row[x * ic_stride + ic] = src[x];
-        }
-      }
-      winograd_input_transform(band.data(), padded_w, ic_stride, M, tiles, tiles_w, tile_stride, transformed.data());
-
+      const int64_t n = item / tiling.bands, b = item % tiling.bands, tiles = tiling.tiles_in(b);
+      channels_last_band(input + n * ic_n * s.in_h * s.in_w, ic_n, s.in_h, s.in_w, tiling.first_row(b) - s.pad_h,
+                         tiling.input_rows, s.pad_w, tiling.input_w, ic_stride, band.data());
+      winograd_tile_transform<T, kWinogradTile>(band.data(), tiling.input_w, ic_stride, M, tiles,
+                                                tiling.tiles_w, tile_stride, transformed.data());
       for (int64_t tap = 0; tap < kWinogradTaps; ++tap)
         for (int64_t block = 0; block < blocks_of(tiles, MB); ++block) {
           RowPointers<T, MB> rows;
@@ -266,14 +319,136 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
             gemm_tile<T, MB, NV>(rows, u.data() + tap * ic_n * oc_stride + panel * N, u_rows.data(), ic_n,
                                  products.data() + ((tap * tile_blocks + block) * panels + panel) * MB * N);
         }
-
       const auto tile_products = [&](int64_t t, int64_t oc0) {
         return products.data() + ((t / MB * panels + oc0 / N) * MB + t % MB) * N + oc0 % N;
       };
-      winograd_output_transform<T, R>(tile_products, tile_blocks * panels * MB * N, tiles, tiles_w,
-                                      first_tile_row * M, biases.data(), s, output + n * oc_n * s.out_h * s.out_w);
+      winograd_output_transform<T, R>(tile_products, tile_blocks * panels * MB * N, tiles, tiling.tiles_w,
+                                      tiling.first_row(b), biases.data(), s, output + n * oc_n * s.out_h * s.out_w);
     }
   });
+}
+
+// A's rows a column apart in a row-major matrix of `stride` columns: a(m, k) = a[k * stride + m].
+// One pointer that moves a row per step, the rows at constant offsets from it.
+template <typename T>
+struct ColumnsOf {
+  const T* a;
+  int64_t stride;
+  T operator()(int m, int64_t k) const { return a[k * stride + m]; }
+};
+
+// grad_weight[oc][ic] = A_R^T W A_R for the 6x6 sums W = sums[tap][ic][oc], vectorized across
+// output channels.
+template <typename T, int R>
+LENETX_SIMD_CLONES void winograd_weight_transform(const T* sums, int64_t ic, const Conv2dShape& s, int64_t oc_stride,
+                                                  T* grad_weight) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  const int64_t ic_n = s.in_channels;
+  for (int64_t oc0 = 0; oc0 < s.out_channels; oc0 += L) {
+    V w[kWinogradTile][kWinogradTile], aw[R][kWinogradTile];
+    alignas(64) T y[R][R][L];
+#pragma GCC unroll 6
+    for (int i = 0; i < kWinogradTile; ++i)
+#pragma GCC unroll 6
+      for (int j = 0; j < kWinogradTile; ++j) load_vec(w[i][j], sums + ((i * kWinogradTile + j) * ic_n + ic) * oc_stride + oc0);
+    multiply_constant<R, kWinogradTile, kWinogradTile, V>(
+        kWinogradOutput<R>, [&](int k, int j) { return w[k][j]; }, [&](int i, int j, const V& x) { aw[i][j] = x; });
+    multiply_constant<R, kWinogradTile, R, V>(
+        kWinogradOutput<R>, [&](int k, int j) { return aw[j][k]; }, [&](int i, int j, const V& x) { store_vec(y[j][i], x); });
+    for (int64_t l = 0; l < std::min<int64_t>(L, s.out_channels - oc0); ++l)
+      for (int kh = 0; kh < R; ++kh)
+        for (int kw = 0; kw < R; ++kw) grad_weight[(((oc0 + l) * ic_n + ic) * R + kh) * R + kw] = y[kh][kw][l];
+  }
+}
+
+// grad_weight by the algorithm F(R x R, M x M) on the same tiles: per tile, the correlation of
+// its 6x6 input tile with its M x M block of grad_output (the filter) gives an R x R kernel's
+// worth of sums, so per tap the reduction over tiles is one matrix product (input channels x
+// tiles) times (tiles x output channels). The products run over groups of whole images of at
+// least kWinogradDepth tiles, added into the sums of their chunk of kImagesPerPartial images;
+// each chunk's sums are transformed into a partial grad_weight, and the partials added in order.
+// A group's transformed tiles stay in L2 where an image's do (the improved LeNet's conv2: 49
+// tiles); VGG's 8x8 layers group 8 images of 4 tiles, since adding short products into sums of
+// 36 x 256 x 256 values cost more than the products.
+constexpr int64_t kWinogradDepth = 32;
+
+template <typename T, int R, int MB, int NV>
+void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
+  constexpr int L = Vec<T>::kLanes, N = NV * L, M = kWinogradOutputs<R>;
+  const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
+  const int64_t ic_stride = blocks_of(ic_n, L) * L, panels = blocks_of(oc_n, N), oc_stride = panels * N;
+  const WinogradTiling tiling = WinogradTiling::of<T, R>(s, ic_stride, oc_stride);
+  const int64_t image_tiles = tiling.tiles_h * tiling.tiles_w;
+  const int64_t group_images = std::min(kImagesPerPartial, blocks_of(kWinogradDepth, image_tiles));
+  const int64_t tile_stride = group_images * image_tiles;
+  const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), weights = oc_n * ic_n * R * R;
+  const std::vector<int64_t> go_rows = evenly_spaced(tile_stride, oc_stride);
+
+  std::vector<T> partial(chunks * weights);
+  parallel_for_ranges(chunks, kImagesPerPartial * image_tiles * kWinogradTaps * ic_n * oc_n,
+                      [&](int64_t first, int64_t last) {
+    std::vector<T> band(tiling.input_rows * tiling.input_w * ic_stride);
+    std::vector<T> go_band(tiling.band_rows * M * tiling.tiles_w * M * oc_stride);
+    // A tile's rows run past the last input channel by up to MB - 1 values: slack, read and dropped.
+    std::vector<T> transformed(kWinogradTaps * tile_stride * ic_stride + MB);
+    std::vector<T> go_transformed(kWinogradTaps * tile_stride * oc_stride);
+    std::vector<T> sums(kWinogradTaps * ic_n * oc_stride);
+    alignas(64) T tile[MB * N];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      const int64_t chunk_end = std::min(s.batch, (chunk + 1) * kImagesPerPartial);
+      for (int64_t group = chunk * kImagesPerPartial; group < chunk_end; group += group_images) {
+        const int64_t images = std::min(group_images, chunk_end - group), tiles = images * image_tiles;
+        for (int64_t i = 0; i < images; ++i)
+          for (int64_t b = 0; b < tiling.bands; ++b) {
+            const int64_t n = group + i, t0 = i * image_tiles + b * tiling.band_tiles;
+            channels_last_band(input + n * ic_n * s.in_h * s.in_w, ic_n, s.in_h, s.in_w, tiling.first_row(b) - s.pad_h,
+                               tiling.input_rows, s.pad_w, tiling.input_w, ic_stride, band.data());
+            winograd_tile_transform<T, kWinogradTile>(band.data(), tiling.input_w, ic_stride, M,
+                                                      tiling.tiles_in(b), tiling.tiles_w, tile_stride,
+                                                      transformed.data() + t0 * ic_stride);
+            channels_last_band(grad_output + n * oc_n * s.out_h * s.out_w, oc_n, s.out_h, s.out_w, tiling.first_row(b),
+                               tiling.band_rows * M, 0, tiling.tiles_w * M, oc_stride, go_band.data());
+            winograd_tile_transform<T, M>(go_band.data(), tiling.tiles_w * M, oc_stride, M,
+                                          tiling.tiles_in(b), tiling.tiles_w, tile_stride,
+                                          go_transformed.data() + t0 * oc_stride);
+          }
+        for (int64_t tap = 0; tap < kWinogradTaps; ++tap)
+          for (int64_t ic0 = 0; ic0 < ic_n; ic0 += MB)
+            for (int64_t panel = 0; panel < panels; ++panel) {
+              gemm_tile<T, MB, NV>(ColumnsOf<T>{transformed.data() + tap * tile_stride * ic_stride + ic0, ic_stride},
+                                   go_transformed.data() + tap * tile_stride * oc_stride + panel * N, go_rows.data(),
+                                   tiles, tile);
+              store_tile(tile, N, std::min<int64_t>(MB, ic_n - ic0), N, group > chunk * kImagesPerPartial,
+                         sums.data() + (tap * ic_n + ic0) * oc_stride + panel * N, oc_stride);
+            }
+      }
+      for (int64_t ic = 0; ic < ic_n; ++ic)
+        winograd_weight_transform<T, R>(sums.data(), ic, s, oc_stride, partial.data() + chunk * weights);
+    }
+  });
+  sum_chunk_partials(partial, chunks, weights, grad_weight);
+}
+
+// The register tile of the products: rows of MB tiles (forward) or input channels
+// (grad_weight) against NV vectors of output channels.
+template <typename T, typename Fn>
+void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
+  const int64_t vectors = blocks_of(s.out_channels, Vec<T>::kLanes);
+  const auto by_kernel = [&]<int MB, int NV>() {
+    if (s.kernel_h == 3)
+      fn.template operator()<3, MB, NV>();
+    else
+      fn.template operator()<5, MB, NV>();
+  };
+  if (vectors == 1)
+    by_kernel.template operator()<8, 1>();
+  else if (vectors == 2)
+    by_kernel.template operator()<6, 2>();
+  else if (vectors == 3)
+    by_kernel.template operator()<8, 3>();
+  else
+    by_kernel.template operator()<6, 4>();
 }
 
 // conv2d_forward's Winograd path; false (nothing written) where a value of the input or the
@@ -283,21 +458,20 @@ bool conv2d_winograd(const T* input, const T* weight, const T* bias, T* output, 
   if (!all_finite(weight, s.out_channels * s.in_channels * s.kernel_h * s.kernel_w) ||
       !all_finite(input, s.batch * s.in_channels * s.in_h * s.in_w))
     return false;
-  const int64_t vectors = blocks_of(s.out_channels, Vec<T>::kLanes);
-  const auto run = [&]<int R>() {
-    if (vectors == 1)
-      winograd_correlate<T, R, 8, 1>(input, weight, bias, output, s);
-    else if (vectors == 2)
-      winograd_correlate<T, R, 6, 2>(input, weight, bias, output, s);
-    else if (vectors == 3)
-      winograd_correlate<T, R, 8, 3>(input, weight, bias, output, s);
-    else
-      winograd_correlate<T, R, 6, 4>(input, weight, bias, output, s);
-  };
-  if (s.kernel_h == 3)
-    run.template operator()<3>();
-  else
-    run.template operator()<5>();
+  with_winograd_tile<T>(s, [&]<int R, int MB, int NV>() { winograd_correlate<T, R, MB, NV>(input, weight, bias, output, s); });
+  return true;
+}
+
+// The grad_weight paths' Winograd path; false (nothing written) where a value of grad_output or
+// the input is not finite.
+template <typename T>
+bool conv2d_grad_weight_winograd(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
+  if (!all_finite(grad_output, s.batch * s.out_channels * s.out_h * s.out_w) ||
+      !all_finite(input, s.batch * s.in_channels * s.in_h * s.in_w))
+    return false;
+  with_winograd_tile<T>(s, [&]<int R, int MB, int NV>() {
+    winograd_grad_weight<T, R, MB, NV>(grad_output, input, grad_weight, s);
+  });
   return true;
 }
 
