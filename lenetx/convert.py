@@ -5,7 +5,7 @@ import warnings
 
 import torch
 
-from .nn import REPLACEMENTS
+from .nn import REPLACEMENTS, Sequential
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -25,7 +25,8 @@ def _reason_to_skip(module):
 
 def convert(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """Returns `model` with every torch.nn Conv2d, AvgPool2d, MaxPool2d and AdaptiveAvgPool2d
-    running on lenetx kernels.
+    running on lenetx kernels, and every torch.nn.Sequential running a convolution, ReLU and
+    pooling in a row as one fused operator (lenetx.nn.Sequential).
 
     Each layer keeps its identity (the module object changes class, nothing else), so parameters,
     buffers, names, train/eval mode, hooks and optimizer references all stay valid. Layers that
@@ -35,6 +36,9 @@ def convert(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
         model = copy.deepcopy(model)
     skipped = []
     for name, module in model.named_modules():
+        if type(module) is torch.nn.Sequential:  # not a subclass, which may have its own forward
+            module.__class__ = Sequential
+            continue
         if not isinstance(module, tuple(REPLACEMENTS)) or type(module) in REPLACEMENTS.values():
             continue
         reason = _reason_to_skip(module)

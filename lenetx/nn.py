@@ -49,11 +49,20 @@ def relu_pool(pool, input):
     return pool(torch.relu(input))
 
 
+# The fused operator pays where the convolution is cheap beside the memory its output would
+# take: the LeNets' first layers, 25 and 9 multiply-adds per output. Their second layers (150 and
+# 400) ran slower fused than on the convolution's own paths followed by relu_pool
+# (benchmarks/NOTES.md, sections 9 and 11).
+_MAX_FUSED_TAPS = 32
+
+
 def conv_relu_pool(conv, pool, input):
     """pool(relu(conv(input))) for a convolution and a pooling layer: one fused operator
-    (lenetx.functional.conv2d_relu_pool2d) for lenetx's layers when the pooling's windows do not
-    overlap (stride = kernel_size, no padding, floor mode), conv then relu_pool otherwise."""
-    if isinstance(conv, Conv2d) and conv.padding_mode == "zeros" and _fusable_pool(pool):
+    (lenetx.functional.conv2d_relu_pool2d) for lenetx's layers when the convolution takes at most
+    _MAX_FUSED_TAPS multiply-adds per output and the pooling's windows do not overlap (stride =
+    kernel_size, no padding, floor mode), conv then relu_pool otherwise."""
+    if (isinstance(conv, Conv2d) and conv.padding_mode == "zeros" and _fusable_pool(pool)
+            and conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] <= _MAX_FUSED_TAPS):
         return LF.conv2d_relu_pool2d(input, conv.weight, conv.bias, conv.stride, conv.padding,
                                      conv.dilation, conv.groups, pool_size=pool.kernel_size,
                                      max_pool=isinstance(pool, MaxPool2d))
@@ -71,6 +80,42 @@ def _fusable_pool(pool):
     stride = LF._pool_stride(pool.stride, kernel_size)
     return (plain and stride == kernel_size and LF._pair("padding", pool.padding) == [0, 0]
             and not pool.ceil_mode)
+
+
+def _without_hooks(*modules):
+    """No forward or backward hook on any of `modules` nor a global one: running them as one
+    fused operator skips no hook."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks \
+            or hooks._global_backward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in modules)
+
+
+class Sequential(torch.nn.Sequential):
+    """torch.nn.Sequential that runs a lenetx Conv2d, a torch.nn.ReLU and a lenetx pooling layer
+    in a row through conv_relu_pool (one fused operator where the pooling allows it), and a ReLU
+    followed by a lenetx pooling layer through relu_pool: what convert() makes of a
+    torch.nn.Sequential. The modules are not changed; a run with hooks runs module by module."""
+
+    def forward(self, input):
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            run = modules[i:i + 3]
+            if (len(run) == 3 and isinstance(run[0], Conv2d) and type(run[1]) is torch.nn.ReLU
+                    and isinstance(run[2], (AvgPool2d, MaxPool2d)) and _without_hooks(*run)):
+                input = conv_relu_pool(run[0], run[2], input)
+                i += 3
+            elif (len(run) >= 2 and type(run[0]) is torch.nn.ReLU and isinstance(run[1], (AvgPool2d, MaxPool2d))
+                  and _without_hooks(*run[:2])):
+                input = relu_pool(run[1], input)
+                i += 2
+            else:
+                input = modules[i](input)
+                i += 1
+        return input
 
 
 # torch.nn class -> its lenetx replacement; convert() swaps exactly these types.

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import lenetx
 from lenetx import cli, data, models, training
 from lenetx.predict import BUNDLED_CHECKPOINT, BUNDLED_SAMPLES, prepare_digit
 
@@ -248,6 +249,10 @@ def test_bench_converts_a_plain_torch_model_without_lenetx_helpers(name):
     assert all(type(m).__module__.startswith("torch.") for m in plain.modules())
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(plain(x), model(x), rtol=0, atol=0)
+    # The layer-by-layer case: layers swapped, no Sequential left to fuse them.
+    layer_by_layer = lenetx.convert(bench.LayerByLayer(plain))
+    assert not any(isinstance(m, torch.nn.Sequential) for m in layer_by_layer.modules())
+    torch.testing.assert_close(layer_by_layer(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_limit_draws_a_seeded_random_subset_not_the_first_class():

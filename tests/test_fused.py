@@ -190,6 +190,19 @@ def test_conv_relu_pool_fuses_exactly_the_plain_poolings(pool, fused, monkeypatc
     assert bool(calls) == fused
 
 
+@pytest.mark.parametrize("conv, fused", [(lnn.Conv2d(1, 16, 5), True), (lnn.Conv2d(2, 8, 4, groups=2), True),
+                                         (lnn.Conv2d(6, 16, 5), False), (lnn.Conv2d(4, 3, 3), False)])
+def test_conv_relu_pool_fuses_only_convolutions_cheap_beside_their_output(conv, fused, monkeypatch, generator):
+    # At most 32 multiply-adds per output: the LeNets' first layers, not their second.
+    calls = []
+    real = LF.conv2d_relu_pool2d
+    monkeypatch.setattr(LF, "conv2d_relu_pool2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pool = lnn.MaxPool2d(2)
+    input = torch.randn(2, conv.in_channels, 12, 12, generator=generator)
+    torch.testing.assert_close(lnn.conv_relu_pool(conv, pool, input), pool(F.relu(conv(input))))
+    assert bool(calls) == fused
+
+
 def test_torch_compile_of_a_model_with_the_fused_operator_matches_eager():
     # LeNet-5 in training mode: the fused operator's fake kernels and its backward in the graph.
     torch.manual_seed(0)

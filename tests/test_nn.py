@@ -63,6 +63,60 @@ def test_convert_keeps_module_identity_parameters_hooks_and_mode():
     assert calls == [lnn.Conv2d]
 
 
+def _conv_relu_pool_model():
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32, 4), nn.ReLU())
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_converted_sequential_fuses_conv_relu_pool_and_relu_pool_runs(monkeypatch):
+    torch.manual_seed(0)
+    model = _conv_relu_pool_model()
+    converted = lenetx.convert(model)
+    assert type(converted) is lnn.Sequential and list(converted.state_dict()) == list(model.state_dict())
+    fused = _count_calls(monkeypatch, lnn.LF, "conv2d_relu_pool2d")
+    relu_pooled = _count_calls(monkeypatch, lnn, "relu_pool")
+    x = torch.randn(2, 3, 12, 12, requires_grad=True)
+    out, expected = converted(x), model(x)
+    assert fused == ["conv2d_relu_pool2d"] and relu_pooled == ["relu_pool"]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.sum(), [x, *converted.parameters()])
+    for a, b in zip(grads, torch.autograd.grad(expected.sum(), [x, *model.parameters()])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_converted_sequential_runs_modules_with_hooks_one_by_one(monkeypatch):
+    converted = lenetx.convert(_conv_relu_pool_model())
+    calls = []
+    converted[1].register_forward_hook(lambda module, inputs, output: calls.append("relu"))
+    converted[5].register_forward_pre_hook(lambda module, inputs: calls.append("relu"))
+    fused = _count_calls(monkeypatch, lnn.LF, "conv2d_relu_pool2d")
+    converted(torch.randn(1, 3, 12, 12))
+    assert calls == ["relu", "relu"] and fused == []
+
+
+def test_convert_leaves_sequential_subclasses_alone():
+    class Block(torch.nn.Sequential):
+        pass
+
+    converted = lenetx.convert(torch.nn.Sequential(Block(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())))
+    assert type(converted) is lnn.Sequential and type(converted[0]) is Block
+    assert type(converted[0][0]) is lnn.Conv2d
+
+
 def test_convert_copies_unless_inplace():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     converted = lenetx.convert(model)

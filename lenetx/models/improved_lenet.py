@@ -4,7 +4,7 @@ average pooling, then two fully connected layers with dropout."""
 import torch
 import torch.nn.functional as F
 
-from ..nn import conv_relu_pool, relu_pool
+from ..nn import conv_relu_pool
 from ..shapes import conv_output_size
 
 
@@ -24,5 +24,5 @@ class ImprovedLeNet(torch.nn.Module):
 
     def forward(self, x):
         x = conv_relu_pool(self.conv1, self.pool1, x)
-        x = relu_pool(self.pool2, self.conv2(x)).flatten(1)
+        x = conv_relu_pool(self.conv2, self.pool2, x).flatten(1)
         return self.fc2(self.dropout(F.relu(self.fc1(x))))

@@ -4,7 +4,7 @@ average pool, conv 120@5x5, fully connected 84, fully connected 10, with ReLU ac
 import torch
 import torch.nn.functional as F
 
-from ..nn import conv_relu_pool, relu_pool
+from ..nn import conv_relu_pool
 from ..shapes import conv_output_size
 from ._padding import PadTo32
 
@@ -28,6 +28,6 @@ class LeNet5(PadTo32, torch.nn.Module):
     def forward(self, x):
         x = self.pad_input(x)
         x = conv_relu_pool(self.conv1, self.pool1, x)
-        x = relu_pool(self.pool2, self.conv2(x))
+        x = conv_relu_pool(self.conv2, self.pool2, x)
         x = F.relu(self.conv3(x)).flatten(1)
         return self.fc2(F.relu(self.fc1(x)))
