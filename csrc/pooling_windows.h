@@ -4,8 +4,6 @@
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
 
 #include "shape_checks.h"
 
@@ -22,32 +20,14 @@ inline bool windows_tile_2x2(const Pool2dShape& s) {
          s.dilation_h == 1 && s.dilation_w == 1 && 2 * s.out_h <= s.in_h && 2 * s.out_w <= s.in_w;
 }
 
-// condition ? 0 : value. On the CPU without a branch, by masking the bits: GCC compiled the
-// ternary to a compare and jump, which relu's inputs (random signs) mispredict half the time,
-// and it kept the 2x2 average pooling loops from vectorizing: relu_input ran them 10x slower
-// (benchmarks/NOTES.md, section 11).
-template <typename T>
-C10_HOST_DEVICE inline T zero_if(bool condition, T value) {
-#ifdef __CUDA_ARCH__
-  return condition ? T(0) : value;
-#else
-  using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
-  Bits bits;
-  std::memcpy(&bits, &value, sizeof(T));
-  bits &= static_cast<Bits>(static_cast<Bits>(condition) - 1);  // all ones unless condition
-  std::memcpy(&value, &bits, sizeof(T));
-  return value;
-#endif
-}
-
 // What a pooling with relu_input reads: relu as torch computes it, NaN staying NaN.
 template <typename T>
-C10_HOST_DEVICE inline T relu(T value) { return zero_if(value < T(0), value); }
+C10_HOST_DEVICE inline T relu(T value) { return value < T(0) ? T(0) : value; }
 
 // relu's backward, as torch's threshold_backward: the gradient is dropped where input <= 0 (a NaN
 // input keeps it).
 template <typename T>
-C10_HOST_DEVICE inline T relu_backward(T grad, T input) { return zero_if(input <= T(0), grad); }
+C10_HOST_DEVICE inline T relu_backward(T grad, T input) { return input <= T(0) ? T(0) : grad; }
 
 // Average pooling along one dimension: output o reads input [begin, end); `extent` is the
 // window's length counting padding (what count_include_pad divides by), never the part of a

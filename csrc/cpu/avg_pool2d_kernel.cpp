@@ -4,6 +4,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../pooling_windows.h"
@@ -109,6 +111,18 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
   }
 }
 
+// condition ? 0 : value by masking the bits. The 2x2 loops below run a row's windows as one
+// vector loop with loads and stores two apart, which GCC left scalar around relu's and
+// relu_backward's ternaries, with a compare and jump that random signs mispredict half the time:
+// relu_input ran 6-10x slower (benchmarks/NOTES.md, section 11). Elsewhere (the blocks of 8
+// lanes in the max pooling and the fused operator) the ternaries vectorize and this does not.
+template <typename T>
+inline T zero_if(bool condition, T value) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  const Bits keep = static_cast<Bits>(static_cast<Bits>(condition) - 1);  // all ones unless condition
+  return __builtin_bit_cast(T, static_cast<Bits>(__builtin_bit_cast(Bits, value) & keep));
+}
+
 // forward_plane for 2x2 windows at stride 2 that tile the input: one pass, adding in
 // forward_plane's order (each column's two rows, then the pair of columns).
 template <typename T, bool RELU>
@@ -120,7 +134,7 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
     T* out = output + oh * s.out_w;
 #pragma omp simd
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const auto read = [](T value) { return RELU ? relu(value) : value; };
+      const auto read = [](T value) { return RELU ? zero_if(value < T(0), value) : value; };  // relu
       const T left = T(0) + read(top[2 * ow]) + read(bottom[2 * ow]);
       const T right = T(0) + read(top[2 * ow + 1]) + read(bottom[2 * ow + 1]);
       out[ow] = (left + right) / divisor;
@@ -142,8 +156,9 @@ LENETX_SIMD_CLONES void backward_plane_2x2(const T* __restrict grad_output, T* _
 #pragma omp simd
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
       const T share = T(0) + go[ow] / divisor;
-      gi[2 * ow] = RELU ? relu_backward(share, x[2 * ow]) : share;
-      gi[2 * ow + 1] = RELU ? relu_backward(share, x[2 * ow + 1]) : share;
+      // relu_backward
+      gi[2 * ow] = RELU ? zero_if(x[2 * ow] <= T(0), share) : share;
+      gi[2 * ow + 1] = RELU ? zero_if(x[2 * ow + 1] <= T(0), share) : share;
     }
     std::fill(gi + 2 * s.out_w, gi + s.in_w, T(0));
   }
