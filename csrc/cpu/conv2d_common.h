@@ -12,6 +12,7 @@
 #include "../shape_checks.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace lenetx::cpu {
 
@@ -44,6 +45,26 @@ void pad_plane(const T* x, int64_t h, int64_t w, int64_t pad_h, int64_t pad_w, T
   std::fill_n(dst + (h + pad_h) * padded_w, pad_h * padded_w, T(0));
 }
 
+// Every value of x[0, count) finite.
+template <typename T>
+LENETX_SIMD_CLONES bool values_finite(const T* x, int64_t count) {
+  T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
+#pragma omp simd reduction(+ : zero_if_finite)
+  for (int64_t i = 0; i < count; ++i) zero_if_finite += x[i] * T(0);
+  return zero_if_finite == T(0);
+}
+
+// values_finite over a large array, in blocks across the threads.
+template <typename T>
+bool all_finite(const T* x, int64_t count) {
+  std::atomic<bool> finite{true};
+  constexpr int64_t kBlock = 1 << 14;
+  parallel_for(blocks_of(count, kBlock), kBlock, [&](int64_t block) {
+    if (!values_finite(x + block * kBlock, std::min(kBlock, count - block * kBlock))) finite = false;
+  });
+  return finite;
+}
+
 // all_finite, when given, is set to whether every value of x is finite.
 template <typename T>
 PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t pad_h,
@@ -57,12 +78,7 @@ PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int
   parallel_for(planes, h * w, [&](int64_t p) {
     const T* src = x + p * h * w;
     pad_plane(src, h, w, pad_h, pad_w, out + p * plane);
-    if (all_finite) {
-      T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
-#pragma omp simd reduction(+ : zero_if_finite)
-      for (int64_t i = 0; i < h * w; ++i) zero_if_finite += src[i] * T(0);
-      if (zero_if_finite != T(0)) finite = false;
-    }
+    if (all_finite && !values_finite(src, h * w)) finite = false;
   });
   std::fill_n(out + planes * plane, slack, T(0));
   if (all_finite) *all_finite = finite;

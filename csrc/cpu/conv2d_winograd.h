@@ -17,8 +17,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
-#include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -110,21 +108,6 @@ __attribute__((always_inline)) inline void multiply_constant(const ConstantMatri
     }
 }
 
-// Every value of x[0, count) finite.
-template <typename T>
-LENETX_SIMD_CLONES bool all_finite(const T* x, int64_t count) {
-  std::atomic<bool> finite{true};
-  constexpr int64_t kBlock = 1 << 14;
-  parallel_for(blocks_of(count, kBlock), kBlock, [&](int64_t block) {
-    const T* values = x + block * kBlock;
-    T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
-#pragma omp simd reduction(+ : zero_if_finite)
-    for (int64_t i = 0; i < std::min(kBlock, count - block * kBlock); ++i) zero_if_finite += values[i] * T(0);
-    if (zero_if_finite != T(0)) finite = false;
-  });
-  return finite;
-}
-
 // The 3x3 and 5x5 stride-1 correlations that Winograd's algorithm computes faster than the
 // direct paths (benchmarks/NOTES.md, section 11): enough channels to fill the products, and
 // outputs larger than one tile.
@@ -133,29 +116,6 @@ bool worth_winograd(const Conv2dShape& s) {
   const bool kernel = (s.kernel_h == 3 && s.kernel_w == 3) || (s.kernel_h == 5 && s.kernel_w == 5);
   return kernel && s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
          s.groups == 1 && s.in_channels >= 8 && s.out_channels >= Vec<T>::kLanes && s.out_h >= 8 && s.out_w >= 8;
-}
-
-// U[tap][ic][oc] = (G g G^T)[tap] for the kernel g = weight[oc][ic] of input channel ic,
-// vectorized across output channels; zero for oc past out_channels, up to `oc_stride`.
-template <typename T, int R>
-LENETX_SIMD_CLONES void winograd_kernel_transform(const T* weight, int64_t ic, const Conv2dShape& s,
-                                                  int64_t oc_stride, T* u) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::kLanes;
-  const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
-  for (int64_t oc0 = 0; oc0 < oc_stride; oc0 += L) {
-    V g[R][R], gg[kWinogradTile][R];
-    for (int kh = 0; kh < R; ++kh)
-      for (int kw = 0; kw < R; ++kw)
-        for (int l = 0; l < L; ++l)
-          g[kh][kw][l] = oc0 + l < oc_n ? weight[(((oc0 + l) * ic_n + ic) * R + kh) * R + kw] : T(0);
-    multiply_constant<kWinogradTile, R, R, V>(
-        kWinogradFilter<R>, [&](int k, int j) { return g[k][j]; },
-        [&](int i, int j, const V& x) { gg[i][j] = x; });
-    multiply_constant<kWinogradTile, R, kWinogradTile, V>(
-        kWinogradFilter<R>, [&](int k, int j) { return gg[j][k]; },
-        [&](int i, int j, const V& x) { store_vec(u + ((j * kWinogradTile + i) * ic_n + ic) * oc_stride + oc0, x); });
-  }
 }
 
 // The transform of a Size x Size tile: B^T for 6x6 input tiles, G for the smaller tiles of
@@ -193,6 +153,18 @@ LENETX_SIMD_CLONES void winograd_tile_transform(const T* band, int64_t row_width
           [&](int i, int j, const V& v) { store_vec(transformed + ((j * kWinogradTile + i) * tile_stride + t) * channels + c, v); });
     }
   }
+}
+
+// U[tap][ic][oc] = (G g G^T)[tap] for the kernel g = weight[oc][ic] of input channel ic: the
+// kernels of ic as one R x R tile channels-last over the output channels (zero past
+// out_channels, up to `oc_stride`), transformed like a tile of grad_output.
+template <typename T, int R>
+void winograd_kernel_transform(const T* weight, int64_t ic, const Conv2dShape& s, int64_t oc_stride, T* u) {
+  constexpr int taps = R * R;
+  std::vector<T> kernels(taps * oc_stride, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc)
+    for (int tap = 0; tap < taps; ++tap) kernels[tap * oc_stride + oc] = weight[(oc * s.in_channels + ic) * taps + tap];
+  winograd_tile_transform<T, R>(kernels.data(), R, oc_stride, R, 1, 1, s.in_channels, u + ic * oc_stride);
 }
 
 // dst[r][left + x][c] = image[c][first_row + r][x] for the image's rows among `rows` rows from
@@ -233,6 +205,18 @@ struct WinogradTiling {
   int64_t tiles_in(int64_t b) const { return std::min(band_rows, tiles_h - b * band_rows) * tiles_w; }
   int64_t first_row(int64_t b) const { return b * band_rows * outputs; }
 };
+
+// Band b of image n's input tiles: its rows channels-last inside the zero padding in `band`
+// (input_rows x input_w pixels of ic_stride values), transformed into `transformed`, tile_stride
+// tiles per tap.
+template <typename T>
+void winograd_input_band(const T* input, int64_t n, int64_t b, const Conv2dShape& s, const WinogradTiling& tiling,
+                         int64_t ic_stride, int64_t tile_stride, T* band, T* transformed) {
+  channels_last_band(input + n * s.in_channels * s.in_h * s.in_w, s.in_channels, s.in_h, s.in_w,
+                     tiling.first_row(b) - s.pad_h, tiling.input_rows, s.pad_w, tiling.input_w, ic_stride, band);
+  winograd_tile_transform<T, kWinogradTile>(band, tiling.input_w, ic_stride, tiling.outputs, tiling.tiles_in(b),
+                                            tiling.tiles_w, tile_stride, transformed);
+}
 
 // The output tiles of `tiles` tiles from their products: tile_products(t, oc0) points at the
 // products of tile t for output channels [oc0, oc0 + L), tap after tap `tap_stride` apart.
@@ -284,7 +268,7 @@ LENETX_SIMD_CLONES void winograd_output_transform(const TileProducts& tile_produ
 
 template <typename T, int R, int MB, int NV>
 void winograd_correlate(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  constexpr int L = Vec<T>::kLanes, N = NV * L, M = kWinogradOutputs<R>;
+  constexpr int L = Vec<T>::kLanes, N = NV * L;
   const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
   const int64_t ic_stride = blocks_of(ic_n, L) * L, panels = blocks_of(oc_n, N), oc_stride = panels * N;
   const WinogradTiling tiling = WinogradTiling::of<T, R>(s, ic_stride, oc_stride);
@@ -307,10 +291,7 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
     std::vector<T> products(kWinogradTaps * tile_stride * oc_stride);
     for (int64_t item = first; item < last; ++item) {
       const int64_t n = item / tiling.bands, b = item % tiling.bands, tiles = tiling.tiles_in(b);
-      channels_last_band(input + n * ic_n * s.in_h * s.in_w, ic_n, s.in_h, s.in_w, tiling.first_row(b) - s.pad_h,
-                         tiling.input_rows, s.pad_w, tiling.input_w, ic_stride, band.data());
-      winograd_tile_transform<T, kWinogradTile>(band.data(), tiling.input_w, ic_stride, M, tiles,
-                                                tiling.tiles_w, tile_stride, transformed.data());
+      winograd_input_band(input, n, b, s, tiling, ic_stride, tile_stride, band.data(), transformed.data());
       for (int64_t tap = 0; tap < kWinogradTaps; ++tap)
         for (int64_t block = 0; block < blocks_of(tiles, MB); ++block) {
           RowPointers<T, MB> rows;
@@ -402,11 +383,8 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
         for (int64_t i = 0; i < images; ++i)
           for (int64_t b = 0; b < tiling.bands; ++b) {
             const int64_t n = group + i, t0 = i * image_tiles + b * tiling.band_tiles;
-            channels_last_band(input + n * ic_n * s.in_h * s.in_w, ic_n, s.in_h, s.in_w, tiling.first_row(b) - s.pad_h,
-                               tiling.input_rows, s.pad_w, tiling.input_w, ic_stride, band.data());
-            winograd_tile_transform<T, kWinogradTile>(band.data(), tiling.input_w, ic_stride, M,
-                                                      tiling.tiles_in(b), tiling.tiles_w, tile_stride,
-                                                      transformed.data() + t0 * ic_stride);
+            winograd_input_band(input, n, b, s, tiling, ic_stride, tile_stride, band.data(),
+                                transformed.data() + t0 * ic_stride);
             channels_last_band(grad_output + n * oc_n * s.out_h * s.out_w, oc_n, s.out_h, s.out_w, tiling.first_row(b),
                                tiling.band_rows * M, 0, tiling.tiles_w * M, oc_stride, go_band.data());
             winograd_tile_transform<T, M>(go_band.data(), tiling.tiles_w * M, oc_stride, M,
@@ -431,7 +409,8 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
 }
 
 // The register tile of the products: rows of MB tiles (forward) or input channels
-// (grad_weight) against NV vectors of output channels.
+// (grad_weight) against NV vectors of output channels. Not with_tile's choice, which takes 12 or
+// 16 rows for one or two vectors: rows read in place take a register each, and more than 8 spill.
 template <typename T, typename Fn>
 void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
   const int64_t vectors = blocks_of(s.out_channels, Vec<T>::kLanes);
