@@ -95,9 +95,9 @@ def _without_hooks(*modules):
 
 class Sequential(torch.nn.Sequential):
     """torch.nn.Sequential that runs a lenetx Conv2d, a torch.nn.ReLU and a lenetx pooling layer
-    in a row through conv_relu_pool (one fused operator where the pooling allows it), and a ReLU
-    followed by a lenetx pooling layer through relu_pool: what convert() makes of a
-    torch.nn.Sequential. The modules are not changed; a run with hooks runs module by module."""
+    in a row through conv_relu_pool (one fused operator where the convolution and the pooling
+    allow it), and a ReLU followed by a lenetx pooling layer through relu_pool: what convert()
+    makes of a torch.nn.Sequential. The modules are not changed; a run with hooks runs module by module."""
 
     def forward(self, input):
         modules = list(self._modules.values())
