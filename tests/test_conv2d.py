@@ -109,6 +109,13 @@ EDGE_CASES = [
     # Winograd's grad_weight over several chunks of images, the last part-filled, each image 4
     # tiles, so that a product runs over several images.
     dict(batch=11, in_channels=12, out_channels=20, size=(8, 8), kernel=(3, 3), padding=1),
+    # grad_input as a transposed convolution (input of 1.5 times the output's pixels or more):
+    # input rows of several vectors, padding and dilation along them; then groups, padding down
+    # and kernel rows past the input's edge.
+    dict(batch=3, in_channels=5, out_channels=7, size=(6, 37), kernel=(3, 5), padding=(0, 1),
+         dilation=(1, 3)),
+    dict(batch=4, in_channels=6, out_channels=9, size=(11, 12), kernel=(5, 5), padding=(1, 0),
+         groups=3),
 ]
 
 
@@ -208,6 +215,22 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
     theirs = torch.ops.aten.convolution_backward(
         upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
     torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_transposed_grad_input_with_non_finite_weight_matches_torch(value, generator):
+    """LeNet-5's conv2 takes grad_input as a transposed convolution, which multiplies each weight
+    only by the gradients that reach it: a non-finite weight gives NaN or infinity only where
+    torch has them."""
+    input = torch.randn(3, 6, 14, 14, generator=generator)
+    weight = torch.randn(16, 6, 5, 5, generator=generator)
+    weight[2, 4, 0, 3] = value
+    upstream = torch.randn(3, 16, 10, 10, generator=generator)
+    ours = torch.ops.lenetx.conv2d_grad_input(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    assert not theirs.isfinite().all()
+    torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])

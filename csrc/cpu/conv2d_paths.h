@@ -19,8 +19,11 @@
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
 //   multiplies a block of output channels by a run of positions; grad_weight with few output
 //   channels is dot products along the same rows.
-// - The grad_input of a stride-1 layer is a forward correlation on the padded grad_output with
-//   the flipped kernel, so it takes the forward's paths.
+// - conv2d_transposed.h: grad_input of a stride-1 layer whose input has at least 1.5 times its
+//   output's pixels (LeNet-5's conv2), as a transposed convolution: a product per image of the
+//   weight's rows by grad_output's planes, folded back onto the input.
+// - The grad_input of another stride-1 layer is a forward correlation on the padded grad_output
+//   with the flipped kernel, so it takes the forward's paths.
 // - conv2d_tap_rows.h: grad_weight of 3- or 5-wide kernels with a vector of output channels or
 //   more, the output channels along the lanes and each weight tap a row of the product, read in
 //   place from a padded copy of the input.
@@ -41,6 +44,7 @@
 #include "conv2d_pixel_tiles.h"
 #include "conv2d_row_tiles.h"
 #include "conv2d_tap_rows.h"
+#include "conv2d_transposed.h"
 #include "conv2d_unfolded.h"
 #include "conv2d_winograd.h"
 #include "parallel.h"
@@ -117,6 +121,8 @@ void conv2d_grad_input_paths(const T* grad_output, const T* weight, T* grad_inpu
     conv2d_grad_input_fully_connected<T>(grad_output, weight, grad_input, s);
   } else if (grad_input_as_product(s)) {
     conv2d_grad_input_unfolded<T>(grad_output, weight, grad_input, s);
+  } else if (worth_grad_input_transposed<T>(s)) {
+    conv2d_grad_input_transposed<T>(grad_output, weight, grad_input, s);
   } else if (const Conv2dShape t = grad_input_as_correlation(s); grad_input_is_correlation(s) && forward_is_tiled<T>(t)) {
     conv2d_forward<T>(grad_output, flipped_kernel(weight, s).data(), nullptr, grad_input, t);
   } else {

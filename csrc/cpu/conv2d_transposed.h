@@ -1,0 +1,143 @@
+#pragma once
+// grad_input of a stride-1 layer whose output is much smaller than its input (LeNet-5's conv2,
+// 14x14 -> 10x10), as a transposed convolution. The correlation on the padded grad_output
+// (grad_input_as_correlation) would pad it by kernel - 1 - padding on every side, so that about
+// half its multiply-adds read zeros there; here each grad_output value is multiplied only by the
+// taps that read an input value, padded or not.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "conv2d_common.h"
+#include "micro_gemm.h"
+#include "parallel.h"
+#include "simd.h"
+
+namespace lenetx::cpu {
+
+// Vectors of an image's output pixels, at most: one register tile spans them all.
+constexpr int64_t kMaxTransposedVectors = 8;
+
+// Worth it where the input has at least 1.5 times the output's pixels (the correlation would read
+// zeros for a third of its sums or more), for outputs of at most kMaxTransposedVectors vectors.
+template <typename T>
+bool worth_grad_input_transposed(const Conv2dShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && 2 * s.in_h * s.in_w >= 3 * s.out_h * s.out_w &&
+         s.out_h * s.out_w <= kMaxTransposedVectors * Vec<T>::kLanes;
+}
+
+// Integers of T's size, and a vector of them, for the masks that select lanes. The masks are kept
+// as integers: as a template argument (std::vector's) the vector type loses its vector_size.
+template <typename T>
+struct LaneMask {
+  using Lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef Lane type __attribute__((vector_size(64)));
+};
+
+// grad_input[ic][ih][iw] = sum over taps (kh, kw), in that order, of columns[(ic, kh, kw)][oh *
+// out_w + ow] for the output pixel (oh, ow) that reads (ih, iw) through the tap, a vector of iw
+// at a time: one unaligned load per tap from the tap's row (its lanes outside the output row
+// masked off by masks[chunk][kw]), so that `columns` is read as the product wrote it. The rows
+// of `columns` lie N apart between margins that cover the loads' overhang. A vector past the end
+// of a row runs into the next row, which overwrites it; the plane's last row goes through `last`.
+template <typename T>
+LENETX_SIMD_CLONES void fold_pixels(const T* __restrict columns, int64_t N, const typename LaneMask<T>::Lane* masks,
+                                    const Conv2dShape& s, T* __restrict grad_input) {
+  using V = typename Vec<T>::type;
+  using Mask = typename LaneMask<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes;
+  const int64_t chunks = blocks_of(s.in_w, L), taps = s.kernel_h * s.kernel_w;
+  for (int64_t ic = 0; ic < s.in_channels_per_group(); ++ic)
+    for (int64_t ih = 0; ih < s.in_h; ++ih)
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        V sum = V{};
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const int64_t oh = ih + s.pad_h - kh * s.dilation_h;
+          if (oh < 0 || oh >= s.out_h) continue;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const T* row = columns + (ic * taps + kh * s.kernel_w + kw) * N + oh * s.out_w;
+            V v;
+            Mask inside;
+            load_vec(v, row + chunk * L + s.pad_w - kw * s.dilation_w);
+            load_vec(inside, masks + (chunk * s.kernel_w + kw) * L);
+            sum += inside ? v : V{};
+          }
+        }
+        T* dst = grad_input + (ic * s.in_h + ih) * s.in_w + chunk * L;
+        if (ih + 1 < s.in_h || (chunk + 1) * L <= s.in_w) {
+          store_vec(dst, sum);
+        } else {
+          alignas(64) T last[L];
+          store_vec(last, sum);
+          std::copy_n(last, s.in_w - chunk * L, dst);
+        }
+      }
+}
+
+// Per (image, group): the product of the weight's rows, packed MB at a time, by grad_output's
+// planes gives columns[(ic, kh, kw)][p] = sum over oc of weight[oc][ic][kh][kw] times
+// grad_output[oc][p], one register tile of MB rows over every output pixel; fold_pixels adds
+// them up into grad_input.
+template <typename T, int MB, int NV>
+void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
+  constexpr int64_t L = Vec<T>::kLanes, N = NV * L;
+  const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
+  const int64_t rows = icg * s.kernel_h * s.kernel_w, row_tiles = blocks_of(rows, MB);
+  const int64_t out_plane = s.out_h * s.out_w, chunks = blocks_of(s.in_w, L);
+  // The loads of fold_pixels reach (kernel_w - 1) * dilation_w before a row and a few vectors of
+  // the input's width past the last.
+  const int64_t front = blocks_of((s.kernel_w - 1) * s.dilation_w, L) * L;
+  const int64_t back = (chunks + 1) * L + s.pad_w;
+  // masks[chunk][kw]: lane l reads output column chunk * L + l + pad_w - kw * dilation_w.
+  std::vector<typename LaneMask<T>::Lane> masks(chunks * s.kernel_w * L);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw)
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t ow = chunk * L + l + s.pad_w - kw * s.dilation_w;
+        masks[(chunk * s.kernel_w + kw) * L + l] = ow >= 0 && ow < s.out_w ? -1 : 0;
+      }
+  // packed[g][row tile][oc][MB] = weight[g * ocg + oc][row], zero past the last row.
+  std::vector<T> packed(s.groups * row_tiles * ocg * MB, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, o = oc % ocg;
+    for (int64_t row = 0; row < rows; ++row)
+      packed[((g * row_tiles + row / MB) * ocg + o) * MB + row % MB] = weight[oc * rows + row];
+  }
+  const std::vector<int64_t> plane_rows = evenly_spaced(ocg, N);
+  parallel_for_ranges(s.batch * s.groups, rows * ocg * N, [&](int64_t first, int64_t last) {
+    const std::unique_ptr<T[]> planes(new T[ocg * N]());  // the tails past out_plane stay zero
+    const std::unique_ptr<T[]> columns(new T[front + row_tiles * MB * N + back]());
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t n = item / s.groups, g = item % s.groups;
+      for (int64_t oc = 0; oc < ocg; ++oc)
+        std::copy_n(grad_output + (n * s.out_channels + g * ocg + oc) * out_plane, out_plane, planes.get() + oc * N);
+      for (int64_t tile_row = 0; tile_row < row_tiles; ++tile_row)
+        gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * row_tiles + tile_row) * ocg * MB}, planes.get(),
+                             plane_rows.data(), ocg, columns.get() + front + tile_row * MB * N);
+      fold_pixels(columns.get() + front, N, masks.data(), s,
+                  grad_input + (n * s.in_channels + g * icg) * s.in_h * s.in_w);
+    }
+  });
+}
+
+// The register tile by the output's vectors of pixels: MB rows of NV accumulators, at most 24 of
+// the 32 vector registers.
+template <typename T>
+void conv2d_grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
+  switch (blocks_of(s.out_h * s.out_w, Vec<T>::kLanes)) {
+    case 1: grad_input_transposed<T, 16, 1>(grad_output, weight, grad_input, s); break;
+    case 2: grad_input_transposed<T, 12, 2>(grad_output, weight, grad_input, s); break;
+    case 3: grad_input_transposed<T, 8, 3>(grad_output, weight, grad_input, s); break;
+    case 4: grad_input_transposed<T, 6, 4>(grad_output, weight, grad_input, s); break;
+    case 5: grad_input_transposed<T, 4, 5>(grad_output, weight, grad_input, s); break;
+    case 6: grad_input_transposed<T, 4, 6>(grad_output, weight, grad_input, s); break;
+    case 7: grad_input_transposed<T, 3, 7>(grad_output, weight, grad_input, s); break;
+    default: grad_input_transposed<T, 3, 8>(grad_output, weight, grad_input, s); break;
+  }
+}
+
+}  // namespace lenetx::cpu
