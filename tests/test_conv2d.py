@@ -116,6 +116,9 @@ EDGE_CASES = [
          dilation=(1, 3)),
     dict(batch=4, in_channels=6, out_channels=9, size=(11, 12), kernel=(5, 5), padding=(1, 0),
          groups=3),
+    # The same in float64 too (8 lanes: outputs of at most 64 pixels), dilated down the kernel.
+    dict(batch=2, in_channels=3, out_channels=5, size=(9, 10), kernel=(3, 4), padding=(1, 0),
+         dilation=(2, 1)),
 ]
 
 
