@@ -119,6 +119,8 @@ EDGE_CASES = [
     # The same in float64 too (8 lanes: outputs of at most 64 pixels), dilated down the kernel.
     dict(batch=2, in_channels=3, out_channels=5, size=(9, 10), kernel=(3, 4), padding=(1, 0),
          dilation=(2, 1)),
+    # Input rows narrower than a vector, so that a row's vector covers the rows after it.
+    dict(batch=3, in_channels=2, out_channels=4, size=(30, 5), kernel=(3, 3)),
 ]
 
 

@@ -43,7 +43,8 @@ struct LaneMask {
 // at a time: one unaligned load per tap from the tap's row (its lanes outside the output row
 // masked off by masks[chunk][kw]), so that `columns` is read as the product wrote it. The rows
 // of `columns` lie N apart between margins that cover the loads' overhang. A vector past the end
-// of a row runs into the next row, which overwrites it; the plane's last row goes through `last`.
+// of a row runs into the rows after it, which overwrite it; one that would run past the plane
+// goes through `last`.
 template <typename T>
 LENETX_SIMD_CLONES void fold_pixels(const T* __restrict columns, int64_t N, const typename LaneMask<T>::Lane* masks,
                                     const Conv2dShape& s, T* __restrict grad_input) {
@@ -67,13 +68,14 @@ LENETX_SIMD_CLONES void fold_pixels(const T* __restrict columns, int64_t N, cons
             sum += inside ? v : V{};
           }
         }
-        T* dst = grad_input + (ic * s.in_h + ih) * s.in_w + chunk * L;
-        if (ih + 1 < s.in_h || (chunk + 1) * L <= s.in_w) {
+        const int64_t at = ih * s.in_w + chunk * L;
+        T* dst = grad_input + ic * s.in_h * s.in_w + at;
+        if (at + L <= s.in_h * s.in_w) {
           store_vec(dst, sum);
         } else {
           alignas(64) T last[L];
           store_vec(last, sum);
-          std::copy_n(last, s.in_w - chunk * L, dst);
+          std::copy_n(last, std::min(L, s.in_w - chunk * L), dst);
         }
       }
 }
