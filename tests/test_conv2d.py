@@ -121,6 +121,13 @@ EDGE_CASES = [
          dilation=(2, 1)),
     # Input rows narrower than a vector, so that a row's vector covers the rows after it.
     dict(batch=3, in_channels=2, out_channels=4, size=(30, 5), kernel=(3, 3)),
+    # grad_weight over taps as rows with three kernel rows in all (one tile of them, the improved
+    # LeNet's conv1): float32 with 16 output channels over two chunks of images, the last
+    # part-filled, with a stride and a dilation down the kernel; float64 with 8, a 1x3 kernel over
+    # three input channels.
+    dict(batch=9, in_channels=1, out_channels=16, size=(13, 17), kernel=(3, 3), padding=1,
+         stride=(2, 1), dilation=(2, 1)),
+    dict(batch=3, in_channels=3, out_channels=8, size=(10, 11), kernel=(1, 3), padding=(0, 1)),
 ]
 
 

@@ -40,10 +40,17 @@ int tap_vectors(const Conv2dShape& s) {
 // full vector's multiply-adds), and enough kernel rows (ic, kh) that the tiles' blocks of them
 // waste at most a quarter: the improved LeNet's conv1 (one input channel, 3 rows in a tile of 5)
 // ran 0.77x as fast as the channel-vector kernel (benchmarks/NOTES.md, section 10).
+// A 3x3 kernel over one input channel (the improved LeNet's conv1) is three kernel rows: one tile
+// of exactly those, beside one vector of output channels.
+inline bool three_kernel_rows(const Conv2dShape& s, int vectors) {
+  return s.kernel_w == 3 && vectors == 1 && s.in_channels_per_group() * s.kernel_h == 3;
+}
+
 template <typename T>
 bool worth_tap_rows(const Conv2dShape& s) {
   if (s.out_channels_per_group() < Vec<T>::kLanes || s.dilation_w != 1 || (s.kernel_w != 3 && s.kernel_w != 5))
     return false;
+  if (three_kernel_rows(s, tap_vectors<T>(s))) return true;
   const int64_t rows = s.in_channels_per_group() * s.kernel_h, per_tile = tap_rows_per_tile(s.kernel_w, tap_vectors<T>(s));
   return 4 * blocks_of(rows, per_tile) * per_tile <= 5 * rows;
 }
@@ -112,7 +119,9 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
 
 template <typename T>
 void conv2d_grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
-  if (s.kernel_w == 3)
+  if (three_kernel_rows(s, tap_vectors<T>(s)))
+    grad_weight_tap_rows<T, 3, 3, 1>(grad_output, input, grad_weight, s);
+  else if (s.kernel_w == 3)
     tap_vectors<T>(s) == 2 ? grad_weight_tap_rows<T, tap_rows_per_tile(3, 2), 3, 2>(grad_output, input, grad_weight, s)
                            : grad_weight_tap_rows<T, tap_rows_per_tile(3, 1), 3, 1>(grad_output, input, grad_weight, s);
   else
