@@ -36,16 +36,17 @@ int tap_vectors(const Conv2dShape& s) {
   return s.out_channels_per_group() > Vec<T>::kLanes ? 2 : 1;
 }
 
-// Gapless 3- or 5-wide kernel rows, at least a vector of output channels (each broadcast feeds a
-// full vector's multiply-adds), and enough kernel rows (ic, kh) that the tiles' blocks of them
-// waste at most a quarter: the improved LeNet's conv1 (one input channel, 3 rows in a tile of 5)
-// ran 0.77x as fast as the channel-vector kernel (benchmarks/NOTES.md, section 10).
 // A 3x3 kernel over one input channel (the improved LeNet's conv1) is three kernel rows: one tile
 // of exactly those, beside one vector of output channels.
 inline bool three_kernel_rows(const Conv2dShape& s, int vectors) {
   return s.kernel_w == 3 && vectors == 1 && s.in_channels_per_group() * s.kernel_h == 3;
 }
 
+// Gapless 3- or 5-wide kernel rows, at least a vector of output channels (each broadcast feeds a
+// full vector's multiply-adds), and either three kernel rows (ic, kh) in all or enough that the
+// tiles' blocks of them waste at most a quarter: the improved LeNet's conv1 in tiles of 5 rows ran
+// 0.77x as fast as the channel-vector kernel, in one tile of its 3 rows 1.45x (benchmarks/NOTES.md,
+// sections 10 and 12).
 template <typename T>
 bool worth_tap_rows(const Conv2dShape& s) {
   if (s.out_channels_per_group() < Vec<T>::kLanes || s.dilation_w != 1 || (s.kernel_w != 3 && s.kernel_w != 5))
