@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -29,14 +28,6 @@ bool worth_grad_input_transposed(const Conv2dShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && 2 * s.in_h * s.in_w >= 3 * s.out_h * s.out_w &&
          s.out_h * s.out_w <= kMaxTransposedVectors * Vec<T>::kLanes;
 }
-
-// Integers of T's size, and a vector of them, for the masks that select lanes. The masks are kept
-// as integers: as a template argument (std::vector's) the vector type loses its vector_size.
-template <typename T>
-struct LaneMask {
-  using Lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef Lane type __attribute__((vector_size(64)));
-};
 
 // grad_input[ic][ih][iw] = sum over taps (kh, kw), in that order, of columns[(ic, kh, kw)][oh *
 // out_w + ow] for the output pixel (oh, ow) that reads (ih, iw) through the tap, a vector of iw
@@ -94,7 +85,8 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
   // the input's width past the last.
   const int64_t front = blocks_of((s.kernel_w - 1) * s.dilation_w, L) * L;
   const int64_t back = (chunks + 1) * L + s.pad_w;
-  // masks[chunk][kw]: lane l reads output column chunk * L + l + pad_w - kw * dilation_w.
+  // masks[chunk][kw]: lane l reads output column chunk * L + l + pad_w - kw * dilation_w. Kept as
+  // integers: as std::vector's template argument the vector type would lose its vector_size.
   std::vector<typename LaneMask<T>::Lane> masks(chunks * s.kernel_w * L);
   for (int64_t chunk = 0; chunk < chunks; ++chunk)
     for (int64_t kw = 0; kw < s.kernel_w; ++kw)

@@ -6,6 +6,7 @@
 // step k, one tap of one input channel, reads).
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "simd.h"
 
@@ -17,6 +18,13 @@ template <typename T>
 struct Vec {
   static constexpr int kLanes = 64 / sizeof(T);
   typedef T type __attribute__((vector_size(64)));
+};
+
+// Integers of T's size, and a vector of them: lane masks and shuffle indices for Vec<T>.
+template <typename T>
+struct LaneMask {
+  using Lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef Lane type __attribute__((vector_size(64)));
 };
 
 // Unaligned load; by reference, since returning a 64-byte vector by value changes the ABI between
