@@ -66,29 +66,39 @@ def test_matches_torch_at_lenet_shapes(shape, max_pool, generator):
     run(case, generator)
 
 
+@pytest.mark.parametrize("width", [8, 19, 35], ids=lambda w: f"width{w}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
-def test_ties_zeros_infinities_and_nan_as_torch(max_pool, generator):
+def test_ties_zeros_infinities_and_nan_as_torch(max_pool, dtype, width):
     # A 1x1 kernel of weight 1 passes the input through: windows of ties (max pooling's gradient
     # goes to the first), of non-positive values only, -0.0, infinities and NaN (which relu keeps
-    # and whose gradient relu's backward lets through).
-    input = torch.tensor([[[[-1.0, -2.0, 0.0, -0.0, float("inf"), 1.0, 2.0, 2.0],
-                            [-3.0, -0.5, -0.0, 2.0, -float("inf"), float("nan"), 2.0, 2.0],
-                            [0.5, -1.0, 3.0, 3.0, -4.0, -4.0, 1.0, 0.0],
-                            [-1.0, 0.5, -2.0, 1.0, -5.0, -6.0, 0.0, 1.0]]]])
+    # and whose gradient relu's backward lets through). The 2x2 windows of rows of at least half
+    # a vector of windows (8 float32, 4 float64) run in vector blocks, the last block overlapping
+    # the one before; an odd width leaves a column no window covers.
+    block = torch.tensor([[-1.0, -2.0, 0.0, -0.0, float("inf"), 1.0, 2.0, 2.0],
+                          [-3.0, -0.5, -0.0, 2.0, -float("inf"), float("nan"), 2.0, 2.0],
+                          [0.5, -1.0, 3.0, 3.0, -4.0, -4.0, 1.0, 0.0],
+                          [-1.0, 0.5, -2.0, 1.0, -5.0, -6.0, 0.0, 1.0]], dtype=dtype)
+    # Shifting each copy by an odd number of columns puts every value in both columns of a window.
+    input = torch.cat([block.roll(shift, dims=1) for shift in (0, 3, 1, 6, 5)], dim=1)[:, :width]
+    input = input.view(1, 1, 4, width)
     pool = dict(pool_size=2, max_pool=max_pool)
+    upstream = torch.arange(1.0, 2 * (width // 2) + 1, dtype=dtype).view(1, 1, 2, width // 2)
     results = []
     for function in (lambda x, w: LF.conv2d_relu_pool2d(x, w, **pool),
                      lambda x, w: torch_reference(x, w, None, **pool)):
-        x, w = input.clone().requires_grad_(), torch.ones(1, 1, 1, 1, requires_grad=True)
+        x, w = input.clone().requires_grad_(), torch.ones(1, 1, 1, 1, dtype=dtype, requires_grad=True)
         out = function(x, w)
-        results.append((out, *torch.autograd.grad(out, (x, w), torch.arange(8.0).view(1, 1, 2, 4) + 1)))
+        results.append((out, *torch.autograd.grad(out, (x, w), upstream)))
     for ours, theirs in zip(*results):
         torch.testing.assert_close(ours, theirs, equal_nan=True)
 
 
-def test_mask_marks_where_the_gradient_reaches_the_convolution(generator):
-    input = torch.randn(3, 2, 9, 9, generator=generator)
-    weight = torch.randn(4, 2, 3, 3, generator=generator)
+@pytest.mark.parametrize("width", [9, 21, 40], ids=lambda w: f"width{w}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_mask_marks_where_the_gradient_reaches_the_convolution(dtype, width, generator):
+    input = torch.randn(3, 2, 9, width, generator=generator, dtype=dtype)
+    weight = torch.randn(4, 2, 3, 3, generator=generator, dtype=dtype)
     conv = F.conv2d(input, weight)
     for max_pool in (False, True):
         _, mask = ops.conv2d_relu_pool2d(input, weight, None, [1, 1], [0, 0], [1, 1], 1, [2, 2], max_pool)

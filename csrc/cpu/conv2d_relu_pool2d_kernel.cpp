@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../pooling_windows.h"
@@ -115,76 +116,161 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
   }
 }
 
-// pool_plane for the common 2x2 window, written so that the compiler vectorizes it, a piece of
-// at most kPiece windows of a row at a time. Max pooling scans each window's raw values in
-// torch's order and applies relu once, after the scan: relu is monotone, so relu's maximum is at
-// the same tap unless the maximum is <= 0, and then every tap relus to zero (or -0.0), the first
-// wins the tie and none passes the gradient. The winning taps go to a small array and from there
-// to the mask: with the mask's stores in the same loop, GCC left it scalar. Average pooling adds
-// the relu'd rows first along the whole piece, then the pairs of columns.
+// The 2x2 windows' kernels below take a row pair's windows half a vector at a time: one vector of
+// convolution columns holds the two columns of half a vector of windows. The last block of a row
+// ends at its last window and may redo windows of the block before (the same values), so no
+// scalar remainder runs; they need a row of at least half a vector of windows. With plain loops
+// over stride-two columns GCC moved 8 bytes at a time, and pooling took as long as the
+// convolution (benchmarks/NOTES.md, section 13).
+template <typename T>
+struct HalfVec {
+  static constexpr int kLanes = Vec<T>::kLanes / 2;
+  typedef T type __attribute__((vector_size(32)));
+};
+
+template <typename T>
+struct ByteVec {
+  typedef uint8_t type __attribute__((vector_size(Vec<T>::kLanes)));
+};
+
+template <typename T>
+bool fits_2x2_vectors(const ConvReluPoolShape& s) {
+  return s.pool_h == 2 && s.pool_w == 2 && s.pooled_w >= HalfVec<T>::kLanes;
+}
+
+// Calls block(first_window) for each block of a row's windows.
+template <typename T, typename Block>
+__attribute__((always_inline)) inline void for_each_window_block(int64_t windows, const Block& block) {
+  constexpr int64_t H = HalfVec<T>::kLanes;
+  for (int64_t first = 0;; first += H) {
+    first = std::min(first, windows - H);
+    block(first);
+    if (first + H >= windows) break;
+  }
+}
+
+// The windows' left (even lanes) and right (odd lanes) columns.
+template <typename T, std::size_t... I>
+__attribute__((always_inline)) inline void split_columns(const typename Vec<T>::type& v,
+                                                         typename HalfVec<T>::type& left,
+                                                         typename HalfVec<T>::type& right, std::index_sequence<I...>) {
+  left = __builtin_shufflevector(v, v, (2 * I)...);
+  right = __builtin_shufflevector(v, v, (2 * I + 1)...);
+}
+
+// Each window's value in both its columns.
+template <typename T, std::size_t... I>
+__attribute__((always_inline)) inline void spread_columns(const typename HalfVec<T>::type& h, typename Vec<T>::type& v,
+                                                          std::index_sequence<I...>) {
+  v = __builtin_shufflevector(h, h, (I / 2)...);
+}
+
+// Mask bytes as lanes of T's width. Widened in two steps: in one, GCC 12 moved the bytes one by one
+// through general registers.
+template <typename T>
+__attribute__((always_inline)) inline void widen_mask(const typename ByteVec<T>::type& bytes,
+                                                      typename LaneMask<T>::type& lanes) {
+  typedef uint16_t Shorts __attribute__((vector_size(2 * Vec<T>::kLanes)));
+  lanes = __builtin_convertvector(__builtin_convertvector(bytes, Shorts), typename LaneMask<T>::type);
+}
+
+// The lanes of `left` and `right` alternately: per column pair, its windows' values.
+template <typename Half, typename Full, std::size_t... I>
+__attribute__((always_inline)) inline void interleave_columns(const Half& left, const Half& right, Full& v,
+                                                              std::index_sequence<I...>) {
+  constexpr std::size_t kHalf = sizeof...(I) / 2;
+  v = __builtin_shufflevector(left, right, (I % 2 ? kHalf + I / 2 : I / 2)...);
+}
+
+// pool_plane for 2x2 windows. Average pooling adds each column's two relu'd rows, then the pair of
+// columns. Max pooling scans each window's raw values in torch's order and applies relu once,
+// after the scan: relu is monotone, so relu's maximum is at the same tap unless the maximum is
+// <= 0, and then every tap relus to zero (or -0.0), the first wins the tie and none passes the
+// gradient.
 template <typename T, bool MAX_POOL>
 LENETX_SIMD_CLONES void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __restrict mask,
                                        const ConvReluPoolShape& s) {
-  constexpr int64_t kPiece = 128;
+  using V = typename Vec<T>::type;
+  using H = typename HalfVec<T>::type;
+  using Lanes = typename LaneMask<T>::type;
+  using Bytes = typename ByteVec<T>::type;
+  constexpr auto halves = std::make_index_sequence<HalfVec<T>::kLanes>{};
+  constexpr auto lanes = std::make_index_sequence<Vec<T>::kLanes>{};
   const int64_t w = s.conv.out_w;
-  T row_sum[2 * kPiece];
-  int32_t winner[kPiece];
+  const H zero{};
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    for (int64_t first = 0; first < s.pooled_w; first += kPiece) {
-      const int64_t count = std::min(kPiece, s.pooled_w - first);
-      const T* top = conv + 2 * ph * w + 2 * first;
-      const T* bottom = top + w;
-      uint8_t* mask_top = mask + 2 * ph * w + 2 * first;
-      uint8_t* mask_bottom = mask_top + w;
-      T* out = output + ph * s.pooled_w + first;
+    const T* top = conv + 2 * ph * w;
+    const T* bottom = top + w;
+    uint8_t* mask_top = mask + 2 * ph * w;
+    uint8_t* mask_bottom = mask_top + w;
+    T* out = output + ph * s.pooled_w;
+    for_each_window_block<T>(s.pooled_w, [&](int64_t first) __attribute__((always_inline)) {
+      V top_v, bottom_v;
+      load_vec(top_v, top + 2 * first);
+      load_vec(bottom_v, bottom + 2 * first);
+      H top_left, top_right, bottom_left, bottom_right;
+      split_columns<T>(top_v, top_left, top_right, halves);
+      split_columns<T>(bottom_v, bottom_left, bottom_right, halves);
+      H pooled;
       if (MAX_POOL) {
-        for_each_in_blocks_of_8(count, [&](int64_t i) {
-          T best = top[2 * i];
-          int32_t tap = 0;
-          const auto update = [&](T value, int32_t index) {
-            const bool take = value > best || value != value;
-            best = take ? value : best;
-            tap = take ? index : tap;
-          };
-          update(top[2 * i + 1], 1);
-          update(bottom[2 * i], 2);
-          update(bottom[2 * i + 1], 3);
-          const bool passes = !(best <= T(0));
-          out[i] = passes ? best : relu(top[2 * i]);
-          winner[i] = passes ? tap : 4;
-        });
-        for (int64_t i = 0; i < count; ++i) {
-          mask_top[2 * i] = winner[i] == 0;
-          mask_top[2 * i + 1] = winner[i] == 1;
-          mask_bottom[2 * i] = winner[i] == 2;
-          mask_bottom[2 * i + 1] = winner[i] == 3;
-        }
+        using HalfLanes = decltype(top_left < zero);
+        H best = top_left;
+        HalfLanes tap{};
+        const auto update = [&](const H& value, int index) __attribute__((always_inline)) {
+          const HalfLanes take = value > best || value != value;
+          best = take ? value : best;
+          tap = take ? HalfLanes{} + index : tap;
+        };
+        update(top_right, 1);
+        update(bottom_left, 2);
+        update(bottom_right, 3);
+        const HalfLanes passes = !(best <= zero);
+        pooled = passes ? best : (top_left < zero ? zero : top_left);
+        const HalfLanes winner = passes ? tap : HalfLanes{} + 4;
+        Lanes top_mask, bottom_mask;
+        interleave_columns(HalfLanes(winner == 0), HalfLanes(winner == 1), top_mask, lanes);
+        interleave_columns(HalfLanes(winner == 2), HalfLanes(winner == 3), bottom_mask, lanes);
+        store_vec(mask_top + 2 * first, __builtin_convertvector(top_mask & 1, Bytes));
+        store_vec(mask_bottom + 2 * first, __builtin_convertvector(bottom_mask & 1, Bytes));
       } else {
-        for_each_in_blocks_of_8(2 * count, [&](int64_t i) {
-          row_sum[i] = relu(top[i]) + relu(bottom[i]);
-          mask_top[i] = !(top[i] <= T(0));
-          mask_bottom[i] = !(bottom[i] <= T(0));
-        });
-        for_each_in_blocks_of_8(count, [&](int64_t i) { out[i] = (row_sum[2 * i] + row_sum[2 * i + 1]) / T(4); });
+        for (H* column : {&top_left, &top_right, &bottom_left, &bottom_right})
+          *column = *column < zero ? zero : *column;  // relu
+        pooled = ((top_left + bottom_left) + (top_right + bottom_right)) / T(4);
+        const V vzero{};
+        store_vec(mask_top + 2 * first, __builtin_convertvector(!(top_v <= vzero) & 1, Bytes));
+        store_vec(mask_bottom + 2 * first, __builtin_convertvector(!(bottom_v <= vzero) & 1, Bytes));
       }
-    }
+      store_vec(out + first, pooled);
+    });
   }
   clear_uncovered_mask(mask, s);
 }
 
+// unpool_plane for 2x2 windows.
 template <typename T, bool MAX_POOL>
 LENETX_SIMD_CLONES void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict mask,
                                          T* __restrict grad_conv, const ConvReluPoolShape& s) {
+  using V = typename Vec<T>::type;
+  using H = typename HalfVec<T>::type;
+  using Lanes = typename LaneMask<T>::type;
+  using Bytes = typename ByteVec<T>::type;
+  constexpr auto lanes = std::make_index_sequence<Vec<T>::kLanes>{};
   const int64_t w = s.conv.out_w;
   const T divisor = MAX_POOL ? T(1) : T(4);
   for (int64_t r = 0; r < 2 * s.pooled_h; ++r) {
     T* row = grad_conv + r * w;
     const uint8_t* passes = mask + r * w;
     const T* go = grad_output + r / 2 * s.pooled_w;
-    for_each_in_blocks_of_8(s.pooled_w, [&](int64_t pw) {
-      const T share = go[pw] / divisor;
-      row[2 * pw] = passes[2 * pw] ? share : T(0);
-      row[2 * pw + 1] = passes[2 * pw + 1] ? share : T(0);
+    for_each_window_block<T>(s.pooled_w, [&](int64_t first) __attribute__((always_inline)) {
+      H window_grad;
+      load_vec(window_grad, go + first);
+      V share;
+      spread_columns<T>(window_grad / divisor, share, lanes);
+      Bytes passes_bytes;
+      load_vec(passes_bytes, passes + 2 * first);
+      Lanes passes_lanes;
+      widen_mask<T>(passes_bytes, passes_lanes);
+      store_vec(row + 2 * first, passes_lanes != 0 ? share : V{});
     });
     std::fill(row + 2 * s.pooled_w, row + w, T(0));
   }
@@ -202,7 +288,7 @@ struct PoolingKernels {
 
 template <typename T>
 PoolingKernels<T> pooling_kernels(const ConvReluPoolShape& s, bool max_pool) {
-  const bool two = s.pool_h == 2 && s.pool_w == 2;
+  const bool two = fits_2x2_vectors<T>(s);
   if (max_pool)
     return two ? PoolingKernels<T>{pool_plane_2x2<T, true>, unpool_plane_2x2<T, true>}
                : PoolingKernels<T>{pool_plane<T, true>, unpool_plane<T, true>};
