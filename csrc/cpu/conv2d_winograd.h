@@ -108,6 +108,36 @@ __attribute__((always_inline)) inline void multiply_constant(const ConstantMatri
     }
 }
 
+// y = B^T x for a column x of a 6x6 input tile, with the sums that kWinogradInput's rows share
+// computed once: with p = x4 - x2 and q = x3 - x1, rows 3 and 4 are p + 2q and p - q / 2, rows 1
+// and 2 p + q and p - q plus 1.5 (x2 + x3) and 1.5 (x3 - x2), rows 0 and 5 the same five
+// coefficients one column apart. 17 additions and multiply-adds instead of the rows' 26 terms:
+// this transform was the largest part of the improved LeNet's conv2 after the products
+// (benchmarks/NOTES.md, section 13).
+template <typename X, typename Scalar>
+__attribute__((always_inline)) constexpr void winograd_input_rows(const X (&x)[kWinogradTile], X (&y)[kWinogradTile]) {
+  const X p = x[4] - x[2], q = x[3] - x[1];
+  y[0] = (x[0] + p - x[2]) + q * Scalar(1.5);
+  y[1] = (p + q) + (x[2] + x[3]) * Scalar(1.5);
+  y[2] = (p - q) + (x[3] - x[2]) * Scalar(1.5);
+  y[3] = p + q * Scalar(2);
+  y[4] = p - q * Scalar(0.5);
+  y[5] = (x[1] + (x[5] - x[3]) - x[3]) + p * Scalar(1.5);
+}
+
+// winograd_input_rows is kWinogradInput: equal on each unit column, and linear.
+constexpr bool winograd_input_rows_are_the_matrix() {
+  for (int k = 0; k < kWinogradTile; ++k) {
+    double x[kWinogradTile] = {}, y[kWinogradTile] = {};
+    x[k] = 1;
+    winograd_input_rows<double, double>(x, y);
+    for (int i = 0; i < kWinogradTile; ++i)
+      if (y[i] != kWinogradInput[i][k]) return false;
+  }
+  return true;
+}
+static_assert(winograd_input_rows_are_the_matrix());
+
 // The 3x3 and 5x5 stride-1 correlations that Winograd's algorithm computes faster than the
 // direct paths (benchmarks/NOTES.md, section 11): enough channels to fill the products, and
 // outputs larger than one tile.
@@ -131,13 +161,13 @@ constexpr const ConstantMatrix<kWinogradTile, Size>& winograd_tile_matrix() {
 // transformed[tap][t][c] = (X d X^T)[tap], X = winograd_tile_matrix<Size>(), for the Size x Size
 // tile d of tile t < tiles, whose top left corner is at row t / tiles_w * step, column
 // t % tiles_w * step of `band`, channels-last rows of `row_width` pixels of `channels` values;
-// `tile_stride` tiles per tap. The matrix is a constant here, so that its zeros cost nothing.
+// `tile_stride` tiles per tap. B^T goes through winograd_input_rows; G is a constant here, so
+// that its zeros cost nothing.
 template <typename T, int Size>
 LENETX_SIMD_CLONES void winograd_tile_transform(const T* band, int64_t row_width, int64_t channels, int64_t step,
                                                 int64_t tiles, int64_t tiles_w, int64_t tile_stride, T* transformed) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
-  constexpr const auto& x = winograd_tile_matrix<Size>();
   for (int64_t t = 0; t < tiles; ++t) {
     const T* corner = band + ((t / tiles_w) * step * row_width + (t % tiles_w) * step) * channels;
     for (int64_t c = 0; c < channels; c += L) {
@@ -146,11 +176,32 @@ LENETX_SIMD_CLONES void winograd_tile_transform(const T* band, int64_t row_width
       for (int i = 0; i < Size; ++i)
 #pragma GCC unroll 6
         for (int j = 0; j < Size; ++j) load_vec(d[i][j], corner + (i * row_width + j) * channels + c);
-      multiply_constant<kWinogradTile, Size, Size, V>(
-          x, [&](int k, int j) { return d[k][j]; }, [&](int i, int j, const V& v) { xd[i][j] = v; });
-      multiply_constant<kWinogradTile, Size, kWinogradTile, V>(
-          x, [&](int k, int j) { return xd[j][k]; },
-          [&](int i, int j, const V& v) { store_vec(transformed + ((j * kWinogradTile + i) * tile_stride + t) * channels + c, v); });
+      const auto store = [&](int i, int j, const V& v) __attribute__((always_inline)) {
+        store_vec(transformed + ((j * kWinogradTile + i) * tile_stride + t) * channels + c, v);
+      };
+      if constexpr (Size == kWinogradTile) {
+#pragma GCC unroll 6
+        for (int j = 0; j < Size; ++j) {
+          V column[kWinogradTile], rows[kWinogradTile];
+#pragma GCC unroll 6
+          for (int k = 0; k < Size; ++k) column[k] = d[k][j];
+          winograd_input_rows<V, T>(column, rows);
+#pragma GCC unroll 6
+          for (int i = 0; i < kWinogradTile; ++i) xd[i][j] = rows[i];
+        }
+#pragma GCC unroll 6
+        for (int j = 0; j < kWinogradTile; ++j) {
+          V rows[kWinogradTile];
+          winograd_input_rows<V, T>(xd[j], rows);
+#pragma GCC unroll 6
+          for (int i = 0; i < kWinogradTile; ++i) store(i, j, rows[i]);
+        }
+      } else {
+        constexpr const auto& x = winograd_tile_matrix<Size>();
+        multiply_constant<kWinogradTile, Size, Size, V>(
+            x, [&](int k, int j) { return d[k][j]; }, [&](int i, int j, const V& v) { xd[i][j] = v; });
+        multiply_constant<kWinogradTile, Size, kWinogradTile, V>(x, [&](int k, int j) { return xd[j][k]; }, store);
+      }
     }
   }
 }
