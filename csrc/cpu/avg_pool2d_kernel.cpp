@@ -115,7 +115,7 @@ LENETX_SIMD_CLONES void backward_plane(const T* __restrict grad_output, T* __res
 // vector loop with loads and stores two apart, which GCC left scalar around relu's and
 // relu_backward's ternaries, with a compare and jump that random signs mispredict half the time:
 // relu_input ran 6-10x slower (benchmarks/NOTES.md, section 11). Elsewhere (the blocks of 8
-// lanes in the max pooling and the fused operator) the ternaries vectorize and this does not.
+// lanes in the max pooling) the ternaries vectorize and this does not.
 template <typename T>
 inline T zero_if(bool condition, T value) {
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
