@@ -119,7 +119,7 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
 // The 2x2 windows' kernels below take a row pair's windows half a vector at a time: one vector of
 // convolution columns holds the two columns of half a vector of windows. The last block of a row
 // ends at its last window and may redo windows of the block before (the same values), so no
-// scalar remainder runs; they need a row of at least half a vector of windows. With plain loops
+// scalar remainder runs (for_each_block); they need a row of at least half a vector of windows. With plain loops
 // over stride-two columns GCC moved 8 bytes at a time, and pooling took as long as the
 // convolution (benchmarks/NOTES.md, section 13).
 template <typename T>
@@ -136,17 +136,6 @@ struct ByteVec {
 template <typename T>
 bool fits_2x2_vectors(const ConvReluPoolShape& s) {
   return s.pool_h == 2 && s.pool_w == 2 && s.pooled_w >= HalfVec<T>::kLanes;
-}
-
-// Calls block(first_window) for each block of a row's windows.
-template <typename T, typename Block>
-__attribute__((always_inline)) inline void for_each_window_block(int64_t windows, const Block& block) {
-  constexpr int64_t H = HalfVec<T>::kLanes;
-  for (int64_t first = 0;; first += H) {
-    first = std::min(first, windows - H);
-    block(first);
-    if (first + H >= windows) break;
-  }
 }
 
 // The windows' left (even lanes) and right (odd lanes) columns.
@@ -204,7 +193,7 @@ LENETX_SIMD_CLONES void pool_plane_2x2(const T* __restrict conv, T* __restrict o
     uint8_t* mask_top = mask + 2 * ph * w;
     uint8_t* mask_bottom = mask_top + w;
     T* out = output + ph * s.pooled_w;
-    for_each_window_block<T>(s.pooled_w, [&](int64_t first) __attribute__((always_inline)) {
+    for_each_block(s.pooled_w, HalfVec<T>::kLanes, [&](int64_t first) __attribute__((always_inline)) {
       V top_v, bottom_v;
       load_vec(top_v, top + 2 * first);
       load_vec(bottom_v, bottom + 2 * first);
@@ -261,7 +250,7 @@ LENETX_SIMD_CLONES void unpool_plane_2x2(const T* __restrict grad_output, const 
     T* row = grad_conv + r * w;
     const uint8_t* passes = mask + r * w;
     const T* go = grad_output + r / 2 * s.pooled_w;
-    for_each_window_block<T>(s.pooled_w, [&](int64_t first) __attribute__((always_inline)) {
+    for_each_block(s.pooled_w, HalfVec<T>::kLanes, [&](int64_t first) __attribute__((always_inline)) {
       H window_grad;
       load_vec(window_grad, go + first);
       V share;
@@ -277,7 +266,8 @@ LENETX_SIMD_CLONES void unpool_plane_2x2(const T* __restrict grad_output, const 
   std::fill(grad_conv + 2 * s.pooled_h * w, grad_conv + s.conv.out_h * w, T(0));
 }
 
-// The pooling and unpooling functions for a shape: the 2x2 window has its own.
+// The pooling and unpooling functions for a shape: 2x2 windows in rows long enough for vectors
+// have their own.
 template <typename T>
 struct PoolingKernels {
   using Pool = void (*)(const T*, T*, uint8_t*, const ConvReluPoolShape&);
@@ -288,12 +278,12 @@ struct PoolingKernels {
 
 template <typename T>
 PoolingKernels<T> pooling_kernels(const ConvReluPoolShape& s, bool max_pool) {
-  const bool two = fits_2x2_vectors<T>(s);
+  const bool vectors = fits_2x2_vectors<T>(s);
   if (max_pool)
-    return two ? PoolingKernels<T>{pool_plane_2x2<T, true>, unpool_plane_2x2<T, true>}
-               : PoolingKernels<T>{pool_plane<T, true>, unpool_plane<T, true>};
-  return two ? PoolingKernels<T>{pool_plane_2x2<T, false>, unpool_plane_2x2<T, false>}
-             : PoolingKernels<T>{pool_plane<T, false>, unpool_plane<T, false>};
+    return vectors ? PoolingKernels<T>{pool_plane_2x2<T, true>, unpool_plane_2x2<T, true>}
+                   : PoolingKernels<T>{pool_plane<T, true>, unpool_plane<T, true>};
+  return vectors ? PoolingKernels<T>{pool_plane_2x2<T, false>, unpool_plane_2x2<T, false>}
+                 : PoolingKernels<T>{pool_plane<T, false>, unpool_plane<T, false>};
 }
 
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, const at::Tensor& weight,
