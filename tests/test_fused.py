@@ -79,7 +79,8 @@ def test_ties_zeros_infinities_and_nan_as_torch(max_pool, dtype, width):
                           [-3.0, -0.5, -0.0, 2.0, -float("inf"), float("nan"), 2.0, 2.0],
                           [0.5, -1.0, 3.0, 3.0, -4.0, -4.0, 1.0, 0.0],
                           [-1.0, 0.5, -2.0, 1.0, -5.0, -6.0, 0.0, 1.0]], dtype=dtype)
-    # Shifting each copy by an odd number of columns puts every value in both columns of a window.
+    # Copies rolled by odd and by even numbers of columns put each value in both columns of a
+    # window, at the wider widths.
     input = torch.cat([block.roll(shift, dims=1) for shift in (0, 3, 1, 6, 5)], dim=1)[:, :width]
     input = input.view(1, 1, 4, width)
     pool = dict(pool_size=2, max_pool=max_pool)
