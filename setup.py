@@ -56,7 +56,7 @@ def write_build_info(with_cuda: bool) -> None:
 
 
 def extension():
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cpu/isa/*.cpp"))
     # torch's headers set the language standard (C++20 since torch 2.10).
     cxx_flags = ["-O3", "-fopenmp"]
     if build_cuda():

@@ -54,12 +54,12 @@ TORCH_LIBRARY(lenetx, m) {
 namespace {
 
 PyObject* cpu_capability(PyObject*, PyObject*) {
-  return PyUnicode_FromString(lenetx::cpu::simd_capability());
+  return PyUnicode_FromString(lenetx::cpu::isa_name(lenetx::cpu::convolution_isa()));
 }
 
 PyMethodDef methods[] = {
     {"cpu_capability", cpu_capability, METH_NOARGS,
-     "The instruction set the CPU kernels dispatch to on this machine."},
+     "The instruction set of the convolution kernels in use (LENETX_CPU_ISA can lower it)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -8,7 +8,9 @@ from .version import __version__
 
 
 def cpu_capability() -> str:
-    """The instruction set lenetx's CPU kernels run with on this machine."""
+    """The instruction set lenetx's CPU convolution kernels run with: "avx512", "avx2" or
+    "baseline", the widest this machine runs unless the environment variable LENETX_CPU_ISA
+    names a lower one."""
     from . import _C
 
     return _C.cpu_capability()

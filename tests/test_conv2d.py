@@ -231,9 +231,9 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_transposed_grad_input_with_non_finite_weight_matches_torch(value, generator):
-    """LeNet-5's conv2 takes grad_input as a transposed convolution, which multiplies each weight
-    only by the gradients that reach it: a non-finite weight gives NaN or infinity only where
-    torch has them."""
+    """LeNet-5's conv2 takes grad_input as a transposed convolution where a register tile spans
+    an image's output (AVX-512), which multiplies each weight only by the gradients that reach
+    it: a non-finite weight gives NaN or infinity only where torch has them."""
     input = torch.randn(3, 6, 14, 14, generator=generator)
     weight = torch.randn(16, 6, 5, 5, generator=generator)
     weight[2, 4, 0, 3] = value
@@ -241,6 +241,28 @@ def test_transposed_grad_input_with_non_finite_weight_matches_torch(value, gener
     ours = torch.ops.lenetx.conv2d_grad_input(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
     theirs = torch.ops.aten.convolution_backward(
         upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    assert not theirs.isfinite().all()
+    torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("size, channels, padding", [(20, 6, 0), (14, 16, 2), (28, 1, 1)])
+def test_zero_border_with_non_finite_weight_matches_torch(value, size, channels, padding, generator):
+    """The tiled paths read a zero-padded copy of the input (the forward with padding) or of
+    grad_output (grad_input as a correlation): a non-finite weight must not turn the border's
+    zeros into NaN where torch, which skips the border, has infinity or a finite value."""
+    input = torch.randn(2, channels, size, size, generator=generator)
+    kernel = 3 if channels == 1 else 5
+    weight = torch.randn(16, channels, kernel, kernel, generator=generator)
+    weight[2, channels - 1, 0, 1] = value
+    theirs = F.conv2d(input, weight, padding=padding)
+    ours = LF.conv2d(input, weight, padding=padding)
+    torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
+    upstream = torch.randn_like(theirs)
+    args = ([1, 1], [padding, padding], [1, 1], 1)
+    ours = torch.ops.lenetx.conv2d_grad_input(upstream, input, weight, *args)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, *args[:3], False, [0, 0], 1, [True, False, False])[0]
     assert not theirs.isfinite().all()
     torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
 

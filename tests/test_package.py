@@ -1,12 +1,61 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 import lenetx
-from lenetx._extension import check_torch_version
+from lenetx._extension import CPU_ISAS, check_cpu_isa, check_torch_version
 
 
 def test_version_and_cpu_capability():
     assert lenetx.__version__.count(".") == 2
-    assert lenetx.cpu_capability() in {"avx512", "avx2", "x86-64", "default"}
+    assert lenetx.cpu_capability() in CPU_ISAS
+
+
+def test_unknown_cpu_isa_is_refused_with_the_value_and_the_choices():
+    check_cpu_isa(None)
+    check_cpu_isa("avx2")
+    with pytest.raises(ValueError, match=r"LENETX_CPU_ISA='sse4' is not one of avx512, avx2, baseline"):
+        check_cpu_isa("sse4")
+
+
+# Each of the convolution kernels' builds at or below this machine's: every path family (row and
+# pixel tiles, padded rows, Winograd, products, transposed grad_input, channel vectors, the fused
+# operator) against torch, forward and backward, in a process started with LENETX_CPU_ISA.
+ISA_CHECK = """
+import torch, torch.nn.functional as F, lenetx, lenetx.functional as LF
+torch.manual_seed(0)
+print(lenetx.cpu_capability())
+for n, c_in, c_out, size, k, pad, stride in [(2, 6, 16, 14, 5, 0, 1), (2, 1, 16, 28, 3, 1, 1),
+        (2, 16, 32, 14, 5, 2, 1), (2, 16, 120, 5, 5, 0, 1), (2, 3, 20, 17, 3, 1, 2), (2, 24, 40, 6, 3, 1, 1),
+        (2, 1, 6, 32, 5, 0, 1)]:
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(n, c_in, size, size, dtype=dtype, requires_grad=True)
+        w = torch.randn(c_out, c_in, k, k, dtype=dtype, requires_grad=True)
+        b = torch.randn(c_out, dtype=dtype, requires_grad=True)
+        ours = LF.conv2d(x, w, b, stride=stride, padding=pad)
+        theirs = F.conv2d(x, w, b, stride=stride, padding=pad)
+        up = torch.randn_like(theirs)
+        tol = dict(atol=1e-3 * theirs.abs().max().item(), rtol=1e-3)
+        torch.testing.assert_close(ours, theirs, **tol)
+        for g, h in zip(torch.autograd.grad(ours, (x, w, b), up), torch.autograd.grad(theirs, (x, w, b), up)):
+            torch.testing.assert_close(g, h, atol=1e-3 * h.abs().max().item(), rtol=1e-3)
+        if theirs.shape[-1] >= 2:
+            fused = LF.conv2d_relu_pool2d(x, w, b, stride=stride, padding=pad, pool_size=2, max_pool=True)
+            torch.testing.assert_close(fused, F.max_pool2d(F.relu(theirs), 2), **tol)
+"""
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_each_convolution_build_matches_torch(isa):
+    order = list(reversed(CPU_ISAS))
+    if order.index(isa) > order.index(lenetx.cpu_capability()):
+        pytest.skip(f"this CPU does not run {isa}")
+    result = subprocess.run([sys.executable, "-c", ISA_CHECK], env={**os.environ, "LENETX_CPU_ISA": isa},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[0] == isa
 
 
 def test_mismatched_torch_build_is_refused_with_both_versions_and_the_fix():

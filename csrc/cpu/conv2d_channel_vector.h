@@ -15,7 +15,7 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // Channel block width: the vector the kernels accumulate in.
 inline int channel_block(int64_t channels) { return channels <= 8 ? 8 : channels <= 16 ? 16 : 32; }
@@ -51,9 +51,9 @@ std::vector<T> pack_weight_by_input(const T* w, const Conv2dShape& s, int block)
 }
 // One output row (image n, row oh) for a block of B output channels, PW pixels at a time.
 template <typename T, int B, int PW>
-LENETX_SIMD_CLONES void forward_row(const T* __restrict input, const T* __restrict packed,
-                                    const T* bias, T* __restrict output, int64_t oh,
-                                    int64_t channels, const Conv2dShape& s) {
+void forward_row(const T* __restrict input, const T* __restrict packed,
+                 const T* bias, T* __restrict output, int64_t oh,
+                 int64_t channels, const Conv2dShape& s) {
   const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w;
   const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
   for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += PW) {
@@ -80,9 +80,11 @@ LENETX_SIMD_CLONES void forward_row(const T* __restrict input, const T* __restri
               for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
             }
           } else {
+            // Outside the input nothing is added (a zero times an infinite weight would be NaN).
             for (int p = 0; p < PW; ++p) {
               const int64_t iw = iw0 + p * s.stride_w;
-              const T v = (iw >= 0 && iw < s.in_w) ? in_row[iw] : T(0);
+              if (iw < 0 || iw >= s.in_w) continue;
+              const T v = in_row[iw];
 #pragma omp simd
               for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
             }
@@ -99,9 +101,9 @@ LENETX_SIMD_CLONES void forward_row(const T* __restrict input, const T* __restri
 // One grad_input row (image n, row ih) for a block of B input channels: the forward's gather
 // read backwards, each input pixel collecting the outputs its taps fed.
 template <typename T, int B, int PW>
-LENETX_SIMD_CLONES void grad_input_row(const T* __restrict grad_output, const T* __restrict packed,
-                                       T* __restrict grad_input, int64_t ih, int64_t channels,
-                                       const Conv2dShape& s) {
+void grad_input_row(const T* __restrict grad_output, const T* __restrict packed,
+                    T* __restrict grad_input, int64_t ih, int64_t channels,
+                    const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), taps = s.kernel_h * s.kernel_w;
   const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
   for (int64_t iw0 = 0; iw0 < s.in_w; iw0 += PW) {
@@ -124,15 +126,16 @@ LENETX_SIMD_CLONES void grad_input_row(const T* __restrict grad_output, const T*
           } else if (s.stride_w == 1) {
             for (int p = 0; p < PW; ++p) {
               const int64_t u = u0 + p;
-              const T v = (u >= 0 && u < s.out_w) ? go_row[u] : T(0);
+              if (u < 0 || u >= s.out_w) continue;
+              const T v = go_row[u];
 #pragma omp simd
               for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
             }
           } else {
             for (int p = 0; p < PW; ++p) {
               const int64_t u = u0 + p;
-              const bool hit = u >= 0 && u % s.stride_w == 0 && u / s.stride_w < s.out_w;
-              const T v = hit ? go_row[u / s.stride_w] : T(0);
+              if (u < 0 || u % s.stride_w != 0 || u / s.stride_w >= s.out_w) continue;
+              const T v = go_row[u / s.stride_w];
 #pragma omp simd
               for (int c = 0; c < B; ++c) acc[p][c] += v * w[c];
             }
@@ -149,9 +152,9 @@ LENETX_SIMD_CLONES void grad_input_row(const T* __restrict grad_output, const T*
 // grad_output of a few images repacked as [image][oh][ow][out lane] for one block of NV vectors
 // of channels, lanes past `channels` zero. Written pixel by pixel, so that stores are contiguous.
 template <typename T, int NV>
-LENETX_SIMD_CLONES void pack_grad_output(const T* __restrict grad_output, T* __restrict packed,
-                                         int64_t images, int64_t first_channel, int64_t channels,
-                                         const Conv2dShape& s) {
+void pack_grad_output(const T* __restrict grad_output, T* __restrict packed,
+                      int64_t images, int64_t first_channel, int64_t channels,
+                      const Conv2dShape& s) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes, B = NV * L;
   const int64_t out_plane = s.out_h * s.out_w;
@@ -204,10 +207,10 @@ void conv2d_grad_input_impl(const T* go, const T* w, T* gi, const Conv2dShape& s
 // latency of each multiply-add. `input` is the image's zero-padded plane, so every tap of every
 // output pixel reads inside it.
 template <typename T, int NV, int TW>
-LENETX_SIMD_CLONES void grad_weight_taps(const T* __restrict input, int64_t image_stride,
-                                         const PaddedPlanes<T>& x, const T* __restrict packed_go,
-                                         T* __restrict taps, int64_t images, int64_t kh,
-                                         int64_t kw0, const Conv2dShape& s) {
+void grad_weight_taps(const T* __restrict input, int64_t image_stride,
+                      const PaddedPlanes<T>& x, const T* __restrict packed_go,
+                      T* __restrict taps, int64_t images, int64_t kh,
+                      int64_t kw0, const Conv2dShape& s) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes, B = NV * L;
   // Even and odd pixels accumulate apart: twice the independent chains of multiply-adds.
@@ -310,4 +313,4 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
   });
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

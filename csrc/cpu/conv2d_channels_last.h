@@ -14,7 +14,7 @@
 #include "micro_gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // grad_weight as one matrix product per kernel tap, input channels along the vector lanes: for
 // tap (kh, kw), grad_weight[oc][ic] = sum over images and output pixels of grad_output[oc][pixel]
@@ -88,4 +88,4 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
   });
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

@@ -14,7 +14,7 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // Images per grad_weight partial sum. Fixed (not tied to the thread count) so that the order of
 // the final reduction, and so the result, never changes.
@@ -47,7 +47,7 @@ void pad_plane(const T* x, int64_t h, int64_t w, int64_t pad_h, int64_t pad_w, T
 
 // Every value of x[0, count) finite.
 template <typename T>
-LENETX_SIMD_CLONES bool values_finite(const T* x, int64_t count) {
+bool values_finite(const T* x, int64_t count) {
   T zero_if_finite = 0;  // x * 0 is NaN for an infinite or NaN x
 #pragma omp simd reduction(+ : zero_if_finite)
   for (int64_t i = 0; i < count; ++i) zero_if_finite += x[i] * T(0);
@@ -194,8 +194,8 @@ __attribute__((always_inline)) inline void transpose_square(typename Vec<T>::typ
 // transposed in registers where width is whole vectors; one value at a time (scalar strided
 // stores, a third of the improved LeNet's conv1 grad_weight) they were the slower part.
 template <typename T>
-LENETX_SIMD_CLONES void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, int64_t width,
-                                         T* __restrict dst) {
+void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, int64_t width,
+                      T* __restrict dst) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   const TransposeIndices<T> indices;
@@ -282,7 +282,7 @@ inline bool padded_rows_dense(const Conv2dShape& s) {
 }
 
 // The register tile for `rows` rows of A against `columns` columns of output: of the shapes that
-// fit the registers, the one with the least work counting the padding it computes. The 16x1
+// fit the registers, the one with the least work counting the padding it computes. The one-vector
 // tile loads a value per multiply-add and runs about 1.35x slower per value (measured), so its
 // work counts that much more; ties go to the wider tile.
 template <typename T, typename Fn>
@@ -292,15 +292,16 @@ void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
     const double padded = static_cast<double>(blocks_of(rows, mb) * mb * blocks_of(columns, n) * n);
     return nv == 1 ? 1.35 * padded : padded;
   };
-  const double least = std::min({work(6, 4), work(8, 3), work(12, 2), work(16, 1)});
-  if (work(6, 4) == least)
-    fn.template operator()<6, 4>();
-  else if (work(8, 3) == least)
-    fn.template operator()<8, 3>();
-  else if (work(12, 2) == least)
-    fn.template operator()<12, 2>();
+  constexpr int m4 = tile_rows(4), m3 = tile_rows(3), m2 = tile_rows(2), m1 = tile_rows(1);
+  const double least = std::min({work(m4, 4), work(m3, 3), work(m2, 2), work(m1, 1)});
+  if (work(m4, 4) == least)
+    fn.template operator()<m4, 4>();
+  else if (work(m3, 3) == least)
+    fn.template operator()<m3, 3>();
+  else if (work(m2, 2) == least)
+    fn.template operator()<m2, 2>();
   else
-    fn.template operator()<16, 1>();
+    fn.template operator()<m1, 1>();
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

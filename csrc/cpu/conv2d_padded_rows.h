@@ -15,7 +15,7 @@
 #include "micro_gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
 // (kh, kw) of input channel ic at p + ic * plane + kh * dilation_h * padded_w + kw * dilation_w:
@@ -92,7 +92,7 @@ void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* outpu
 template <typename T>
 void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
-  constexpr int MB = 6, TB = 4;
+  constexpr int MB = kVectorRegisters == 32 ? 6 : 3, TB = kVectorRegisters == 32 ? 4 : 3;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
@@ -153,4 +153,4 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   sum_chunk_partials(partial, chunks, s.out_channels * depth, grad_weight);
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

@@ -1,5 +1,5 @@
 // Which path computes a CPU convolution's forward, grad_input and grad_weight, by shape
-// (benchmarks/NOTES.md has the measurements); conv2d_kernel.cpp's operators and the fused
+// (benchmarks/NOTES.md has the measurements); conv2d_ops.h's operators and the fused
 // conv2d_relu_pool2d run them on whole batches and on chunks of images alike:
 // - conv2d_winograd.h: 3x3 and 5x5 stride-1 correlations with enough channels and outputs of 8x8
 //   or more (the improved LeNet's conv2, VGG's 32x32 to 8x8 layers), by Winograd's F(4x4, 3x3)
@@ -50,14 +50,29 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
+
+// The sum of x[0, count) in 8 running sums, x[i] into sum i % 8, added in a fixed order at the
+// end: a vector loop, whose order (unlike an omp simd reduction's, which GCC may start with
+// scalar steps up to an aligned address) does not depend on where x lies, so that the fused
+// operator's grad_bias, summed from a thread's buffer, equals conv2d_grad_bias's bit for bit.
+template <typename T>
+T plane_sum(const T* __restrict x, int64_t count) {
+  T sums[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+#pragma omp simd
+    for (int j = 0; j < 8; ++j) sums[j] += x[i + j];
+  for (int j = 0; i < count; ++i, ++j) sums[j] += x[i];
+  return ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+}
 
 // grad_bias[c] for channels [first, last): each image's plane summed in T, the images' sums added
 // in acc_type, in order. The loop runs across channels, so that a small plane (LeNet-5's conv3
 // outputs 1x1) is not a vector loop of a few values per (image, channel).
 template <typename T>
-LENETX_SIMD_CLONES void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t channels,
-                                           int64_t plane, int64_t first, int64_t last, T* __restrict grad_bias) {
+void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t channels,
+                        int64_t plane, int64_t first, int64_t last, T* __restrict grad_bias) {
   using acc_t = at::acc_type<T, /*is_cuda=*/false>;
   std::vector<acc_t> totals(last - first, acc_t(0));
   for (int64_t n = 0; n < batch; ++n) {
@@ -67,12 +82,7 @@ LENETX_SIMD_CLONES void grad_bias_channels(const T* __restrict grad_output, int6
       for (int64_t c = 0; c < last - first; ++c) totals[c] += go[c];
       continue;
     }
-    for (int64_t c = 0; c < last - first; ++c) {
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < plane; ++i) sum += go[c * plane + i];
-      totals[c] += sum;
-    }
+    for (int64_t c = 0; c < last - first; ++c) totals[c] += plane_sum(go + c * plane, plane);
   }
   for (int64_t c = first; c < last; ++c) grad_bias[c] = static_cast<T>(totals[c - first]);
 }
@@ -84,10 +94,28 @@ LENETX_SIMD_CLONES void grad_bias_channels(const T* __restrict grad_output, int6
 inline bool forward_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 64; }
 inline bool grad_input_as_product(const Conv2dShape& s) { return s.out_h * s.out_w <= 32; }
 
+template <typename T>
+void conv2d_channel_vector(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  switch (channel_block(s.out_channels_per_group())) {
+    case 8: conv2d_forward_impl<T, 8, 8>(input, weight, bias, output, s); break;
+    case 16: conv2d_forward_impl<T, 16, 4>(input, weight, bias, output, s); break;
+    default: conv2d_forward_impl<T, 32, 4>(input, weight, bias, output, s); break;
+  }
+}
+
 // Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
 template <typename T>
 bool forward_is_tiled(const Conv2dShape& s) {
   return worth_winograd<T>(s) || forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
+}
+
+// The tiled paths multiply the zeros of a padded copy of the input by every weight; a weight
+// that is infinite or NaN makes NaN of them, where torch, which skips the border, has infinity
+// or a finite value. The channel-vector kernel skips it too.
+template <typename T>
+bool border_meets_non_finite_weight(const T* weight, const Conv2dShape& s) {
+  return (s.pad_h > 0 || s.pad_w > 0) &&
+         !all_finite(weight, s.out_channels * s.in_channels_per_group() * s.kernel_h * s.kernel_w);
 }
 
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
@@ -96,6 +124,8 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
   const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
   if (is_fully_connected(s))
     conv2d_fully_connected<T>(input, weight, bias, output, s);
+  else if (border_meets_non_finite_weight(weight, s))
+    conv2d_channel_vector<T>(input, weight, bias, output, s);
   else if (worth_winograd<T>(s) && conv2d_winograd<T>(input, weight, bias, output, s))
     return;
   else if (forward_as_product(s))
@@ -107,11 +137,7 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
   else if (worth_pixel_tiles<T>(s))
     conv2d_pixel_tiles<T>(input, weight, bias, output, s);
   else
-    switch (channel_block(s.out_channels_per_group())) {
-      case 8: conv2d_forward_impl<T, 8, 8>(input, weight, bias, output, s); break;
-      case 16: conv2d_forward_impl<T, 16, 4>(input, weight, bias, output, s); break;
-      default: conv2d_forward_impl<T, 32, 4>(input, weight, bias, output, s); break;
-    }
+    conv2d_channel_vector<T>(input, weight, bias, output, s);
 }
 
 // The grad_input paths by shape.
@@ -155,4 +181,4 @@ void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weig
     conv2d_grad_weight_impl<T, 2>(grad_output, input, grad_weight, s);
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

@@ -15,7 +15,7 @@
 #include "micro_gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // With two vectors of output channels or more, a tile's broadcasts (one per pixel and step) feed
 // at least two multiply-adds each, and no lane is spent on the padding columns that the padded
@@ -88,4 +88,4 @@ void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* outpu
   });
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

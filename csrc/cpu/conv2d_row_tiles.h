@@ -16,18 +16,24 @@
 #include "micro_gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
-// tile[m] = sum over kh, ic and kw of in[ic * plane + kh * row_step + m + kw] * w[kh][ic][kw], for
-// MB pixels m, w packed as [kh][ic][kw][one vector of output channels].
-template <typename T, int MB, int KW>
-LENETX_SIMD_CLONES void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, const T* __restrict w,
-                                 int64_t kernel_h, int64_t channels, T* __restrict tile) {
+// tile[r][m] = sum over kh, ic and kw of in[ic * plane + kh * row_step + r * rows_apart + m + kw] *
+// w[kh][ic][kw], for RB output rows r of MB pixels m, w packed as [kh][ic][kw][one vector of
+// output channels]. The weights loaded for a (kh, ic) serve all RB rows, and RB rows give the
+// multiply-adds of one accumulator RB times as far apart: with one row of 10 pixels (LeNet-5's
+// conv2) the tile ran at about 60 % of the cores' peak, each accumulator waiting on the one
+// before it.
+template <typename T, int MB, int KW, int RB>
+void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, int64_t rows_apart, const T* __restrict w,
+              int64_t kernel_h, int64_t channels, T* __restrict tile) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
-  V acc[MB];
+  V acc[RB][MB];
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 32
-  for (int m = 0; m < MB; ++m) acc[m] = V{};
+    for (int m = 0; m < MB; ++m) acc[r][m] = V{};
   for (int64_t kh = 0; kh < kernel_h; ++kh)
     for (int64_t ic = 0; ic < channels; ++ic) {
       const T* row = in + ic * plane + kh * row_step;
@@ -36,15 +42,19 @@ LENETX_SIMD_CLONES void row_tile(const T* __restrict in, int64_t plane, int64_t 
 #pragma GCC unroll 8
       for (int kw = 0; kw < KW; ++kw) load_vec(weights[kw], taps + kw * L);
 #pragma GCC unroll 40
-      for (int c = 0; c < MB + KW - 1; ++c) {
-        const T value = row[c];
+      for (int c = 0; c < MB + KW - 1; ++c)
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) {
+          const T value = row[r * rows_apart + c];
 #pragma GCC unroll 8
-        for (int kw = 0; kw < KW; ++kw)
-          if (c - kw >= 0 && c - kw < MB) acc[c - kw] += value * weights[kw];
-      }
+          for (int kw = 0; kw < KW; ++kw)
+            if (c - kw >= 0 && c - kw < MB) acc[r][c - kw] += value * weights[kw];
+        }
     }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 32
-  for (int m = 0; m < MB; ++m) store_vec(tile + m * L, acc[m]);
+    for (int m = 0; m < MB; ++m) store_vec(tile + (r * MB + m) * L, acc[r][m]);
 }
 
 // Every vector of output channels more than half used (the last one holds more than half a
@@ -56,15 +66,16 @@ bool worth_row_tiles(const Conv2dShape& s) {
          (s.kernel_w == 3 || s.kernel_w == 5);
 }
 
-template <typename T, int MB, int KW>
+template <typename T, int MB, int KW, int RB>
 void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, vectors = blocks_of(ocg, L);
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
-  // A part-filled last tile of a row reads on into the next row, and the last row past the
-  // last plane: MB + KW zeros of slack.
-  const int64_t slack = MB + KW;
+  const int64_t rows_apart = s.stride_h * padded_w;
+  // A part-filled last tile of a row reads on into the next row, and the last block of rows
+  // (RB - 1 of them past the output's last) past the last plane: that much slack of zeros.
+  const int64_t slack = (RB - 1) * rows_apart + MB + KW;
   // Weights as [group][vector][kh][ic][kw][L output channels], zero past ocg.
   std::vector<T> packed(s.groups * vectors * icg * taps * L, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
@@ -75,21 +86,22 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
           packed[((((g * vectors + v) * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] =
               weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
   }
-  const int64_t row_tiles = blocks_of(s.out_w, MB);
+  const int64_t row_tiles = blocks_of(s.out_w, MB), row_blocks = blocks_of(s.out_h, RB);
   // An image's rows for one vector of output channels, then the next vector's: its weights stay
   // in cache over a whole plane, the padded input over all the vectors.
-  parallel_for_ranges(s.batch * s.groups * vectors * s.out_h * row_tiles, icg * taps * MB * L,
+  parallel_for_ranges(s.batch * s.groups * vectors * row_blocks * row_tiles, icg * taps * RB * MB * L,
                       [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them, as the padded rows' are (NOTES, section 6).
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
     std::fill_n(x.get() + icg * plane, slack, T(0));
     int64_t padded = -1;
-    alignas(64) T tile[MB * L];
+    alignas(64) T tile[RB * MB * L];
     for (int64_t item = first; item < last; ++item) {
-      const int64_t t = item % row_tiles, oh = item / row_tiles % s.out_h, v = item / (row_tiles * s.out_h) % vectors;
-      const int64_t g = item / (row_tiles * s.out_h * vectors) % s.groups;
-      const int64_t n = item / (row_tiles * s.out_h * vectors * s.groups);
+      const int64_t t = item % row_tiles, oh0 = item / row_tiles % row_blocks * RB;
+      const int64_t v = item / (row_tiles * row_blocks) % vectors;
+      const int64_t g = item / (row_tiles * row_blocks * vectors) % s.groups;
+      const int64_t n = item / (row_tiles * row_blocks * vectors * s.groups);
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
@@ -97,39 +109,53 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
         padded = n * s.groups + g;
       }
       const int64_t ow0 = t * MB, pixels = std::min<int64_t>(MB, s.out_w - ow0);
-      row_tile<T, MB, KW>(x.get() + oh * s.stride_h * padded_w + ow0, plane, s.dilation_h * padded_w,
-                          packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, tile);
+      const int64_t rows = std::min<int64_t>(RB, s.out_h - oh0);
+      row_tile<T, MB, KW, RB>(x.get() + oh0 * rows_apart + ow0, plane, s.dilation_h * padded_w, rows_apart,
+                              packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, tile);
       for (int64_t j = 0; j < std::min<int64_t>(L, ocg - v * L); ++j) {
         const int64_t oc = g * ocg + v * L + j;
         const T shift = bias ? bias[oc] : T(0);
-        T* out = output + (n * s.out_channels + oc) * out_plane + oh * s.out_w + ow0;
-        for (int64_t m = 0; m < pixels; ++m) out[m] = tile[m * L + j] + shift;
+        for (int64_t r = 0; r < rows; ++r) {
+          T* out = output + (n * s.out_channels + oc) * out_plane + (oh0 + r) * s.out_w + ow0;
+          for (int64_t m = 0; m < pixels; ++m) out[m] = tile[(r * MB + m) * L + j] + shift;
+        }
       }
     }
   });
 }
 
-// The tile width with the fewest dropped pixels per output row, the wider on a tie.
+// Two rows of accumulators on AVX2 where they, a kernel row's weights and the broadcast value fit
+// its 16 registers: LeNet-5's conv2 forward in tiles of 2 rows of 5 pixels ran 1.2-1.35x as fast
+// as in tiles of 1 row (benchmarks/NOTES.md, section 14). Not measured under AVX-512, which keeps
+// one row.
+constexpr int row_tile_rows(int mb, int kw) {
+  return kVectorRegisters == 16 && 2 * mb + kw + 1 <= kVectorRegisters ? 2 : 1;
+}
+
+// The tile width with the fewest dropped pixels per output row, the wider on a tie, of widths
+// that leave room in the registers for a kernel row's weights: 8 to 16 pixels under AVX-512, 4 to
+// 8 under AVX2.
 template <typename T>
 void conv2d_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   const auto run = [&]<int MB>() {
     if (s.kernel_w == 3)
-      correlate_row_tiles<T, MB, 3>(input, weight, bias, output, s);
+      correlate_row_tiles<T, MB, 3, row_tile_rows(MB, 3)>(input, weight, bias, output, s);
     else
-      correlate_row_tiles<T, MB, 5>(input, weight, bias, output, s);
+      correlate_row_tiles<T, MB, 5, row_tile_rows(MB, 5)>(input, weight, bias, output, s);
   };
+  constexpr int unit = kVectorRegisters / 16;
   const auto padded = [&](int64_t mb) { return blocks_of(s.out_w, mb) * mb; };
-  const int64_t least = std::min({padded(8), padded(10), padded(12), padded(14), padded(16)});
-  if (padded(16) == least)
-    run.template operator()<16>();
-  else if (padded(14) == least)
-    run.template operator()<14>();
-  else if (padded(12) == least)
-    run.template operator()<12>();
-  else if (padded(10) == least)
-    run.template operator()<10>();
+  const int64_t least = std::min({padded(4 * unit), padded(5 * unit), padded(6 * unit), padded(7 * unit), padded(8 * unit)});
+  if (padded(8 * unit) == least)
+    run.template operator()<8 * unit>();
+  else if (padded(7 * unit) == least)
+    run.template operator()<7 * unit>();
+  else if (padded(6 * unit) == least)
+    run.template operator()<6 * unit>();
+  else if (padded(5 * unit) == least)
+    run.template operator()<5 * unit>();
   else
-    run.template operator()<8>();
+    run.template operator()<4 * unit>();
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

@@ -13,7 +13,7 @@
 #include "micro_gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // A's rows for one tile: R rows of the padded input (one (ic, kh) each), each read at KW taps
 // side by side, so that the tile's R * KW rows need R pointers, each with constant displacements
@@ -28,7 +28,8 @@ struct TapRows {
 // Kernel rows per tile: as many as fit the registers beside the tile's vectors of output
 // channels (two where one would not hold them all).
 constexpr int tap_rows_per_tile(int64_t kernel_w, int vectors) {
-  return kernel_w == 3 ? (vectors == 2 ? 4 : 5) : (vectors == 2 ? 2 : 3);
+  if (kVectorRegisters == 32) return kernel_w == 3 ? (vectors == 2 ? 4 : 5) : (vectors == 2 ? 2 : 3);
+  return kernel_w == 3 ? (vectors == 2 ? 2 : 4) : (vectors == 2 ? 1 : 2);
 }
 
 template <typename T>
@@ -130,4 +131,4 @@ void conv2d_grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_w
                            : grad_weight_tap_rows<T, tap_rows_per_tile(5, 1), 5, 1>(grad_output, input, grad_weight, s);
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

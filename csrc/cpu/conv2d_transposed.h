@@ -16,7 +16,7 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // Vectors of an image's output pixels, at most: one register tile spans them all.
 constexpr int64_t kMaxTransposedVectors = 8;
@@ -37,8 +37,8 @@ bool worth_grad_input_transposed(const Conv2dShape& s) {
 // of a row runs into the rows after it, which overwrite it; one that would run past the plane
 // goes through `last`.
 template <typename T>
-LENETX_SIMD_CLONES void fold_pixels(const T* __restrict columns, int64_t N, const typename LaneMask<T>::Lane* masks,
-                                    const Conv2dShape& s, T* __restrict grad_input) {
+void fold_pixels(const T* __restrict columns, int64_t N, const typename LaneMask<T>::Lane* masks,
+                 const Conv2dShape& s, T* __restrict grad_input) {
   using V = typename Vec<T>::type;
   using Mask = typename LaneMask<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
@@ -123,15 +123,15 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
 template <typename T>
 void conv2d_grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
   switch (blocks_of(s.out_h * s.out_w, Vec<T>::kLanes)) {
-    case 1: grad_input_transposed<T, 16, 1>(grad_output, weight, grad_input, s); break;
-    case 2: grad_input_transposed<T, 12, 2>(grad_output, weight, grad_input, s); break;
-    case 3: grad_input_transposed<T, 8, 3>(grad_output, weight, grad_input, s); break;
-    case 4: grad_input_transposed<T, 6, 4>(grad_output, weight, grad_input, s); break;
-    case 5: grad_input_transposed<T, 4, 5>(grad_output, weight, grad_input, s); break;
-    case 6: grad_input_transposed<T, 4, 6>(grad_output, weight, grad_input, s); break;
-    case 7: grad_input_transposed<T, 3, 7>(grad_output, weight, grad_input, s); break;
-    default: grad_input_transposed<T, 3, 8>(grad_output, weight, grad_input, s); break;
+    case 1: grad_input_transposed<T, tile_rows(1), 1>(grad_output, weight, grad_input, s); break;
+    case 2: grad_input_transposed<T, tile_rows(2), 2>(grad_output, weight, grad_input, s); break;
+    case 3: grad_input_transposed<T, tile_rows(3), 3>(grad_output, weight, grad_input, s); break;
+    case 4: grad_input_transposed<T, tile_rows(4), 4>(grad_output, weight, grad_input, s); break;
+    case 5: grad_input_transposed<T, tile_rows(5), 5>(grad_output, weight, grad_input, s); break;
+    case 6: grad_input_transposed<T, tile_rows(6), 6>(grad_output, weight, grad_input, s); break;
+    case 7: grad_input_transposed<T, tile_rows(7), 7>(grad_output, weight, grad_input, s); break;
+    default: grad_input_transposed<T, tile_rows(8), 8>(grad_output, weight, grad_input, s); break;
   }
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

@@ -14,7 +14,7 @@
 #include "gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // Calls fn(tap, index) for each kernel tap (in (kh, kw) order) of output pixel (oh, ow) that
 // reads inside the input, index being where in an input plane it reads: what folding the
@@ -206,4 +206,4 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
   });
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

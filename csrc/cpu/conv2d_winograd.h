@@ -26,7 +26,7 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 constexpr int kWinogradTile = 6;
 constexpr int kWinogradTaps = kWinogradTile * kWinogradTile;
@@ -164,8 +164,8 @@ constexpr const ConstantMatrix<kWinogradTile, Size>& winograd_tile_matrix() {
 // `tile_stride` tiles per tap. B^T goes through winograd_input_rows; G is a constant here, so
 // that its zeros cost nothing.
 template <typename T, int Size>
-LENETX_SIMD_CLONES void winograd_tile_transform(const T* band, int64_t row_width, int64_t channels, int64_t step,
-                                                int64_t tiles, int64_t tiles_w, int64_t tile_stride, T* transformed) {
+void winograd_tile_transform(const T* band, int64_t row_width, int64_t channels, int64_t step,
+                             int64_t tiles, int64_t tiles_w, int64_t tile_stride, T* transformed) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   for (int64_t t = 0; t < tiles; ++t) {
@@ -199,8 +199,8 @@ LENETX_SIMD_CLONES void winograd_tile_transform(const T* band, int64_t row_width
       } else {
         constexpr const auto& x = winograd_tile_matrix<Size>();
         multiply_constant<kWinogradTile, Size, Size, V>(
-            x, [&](int k, int j) { return d[k][j]; }, [&](int i, int j, const V& v) { xd[i][j] = v; });
-        multiply_constant<kWinogradTile, Size, kWinogradTile, V>(x, [&](int k, int j) { return xd[j][k]; }, store);
+            x, [&](int k, int j) -> const V& { return d[k][j]; }, [&](int i, int j, const V& v) { xd[i][j] = v; });
+        multiply_constant<kWinogradTile, Size, kWinogradTile, V>(x, [&](int k, int j) -> const V& { return xd[j][k]; }, store);
       }
     }
   }
@@ -274,9 +274,9 @@ void winograd_input_band(const T* input, int64_t n, int64_t b, const Conv2dShape
 // y = A^T p A plus the bias (`biases`: out_channels rounded up to a vector), written into the
 // image's planes `out` from output row first_row.
 template <typename T, int R, typename TileProducts>
-LENETX_SIMD_CLONES void winograd_output_transform(const TileProducts& tile_products, int64_t tap_stride,
-                                                  int64_t tiles, int64_t tiles_w, int64_t first_row,
-                                                  const T* biases, const Conv2dShape& s, T* out) {
+void winograd_output_transform(const TileProducts& tile_products, int64_t tap_stride,
+                               int64_t tiles, int64_t tiles_w, int64_t first_row,
+                               const T* biases, const Conv2dShape& s, T* out) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes, M = kWinogradOutputs<R>;
   const int64_t out_plane = s.out_h * s.out_w, out_w = s.out_w;
@@ -295,10 +295,10 @@ LENETX_SIMD_CLONES void winograd_output_transform(const TileProducts& tile_produ
       // y[i][j][lane], written plane by plane below: a lane is an output channel.
       alignas(64) T y[M][M][L];
       multiply_constant<M, kWinogradTile, kWinogradTile, V>(
-          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) { return p[k][j]; },
+          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) -> const V& { return p[k][j]; },
           [&](int i, int j, const V& x) { ap[i][j] = x; });
       multiply_constant<M, kWinogradTile, M, V>(
-          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) { return ap[j][k]; },
+          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) -> const V& { return ap[j][k]; },
           [&](int i, int j, const V& x) { store_vec(y[j][i], x + bias); });
       const int64_t lanes = std::min<int64_t>(L, s.out_channels - oc0);
       T* planes = corner + oc0 * out_plane;
@@ -372,8 +372,8 @@ struct ColumnsOf {
 // grad_weight[oc][ic] = A_R^T W A_R for the 6x6 sums W = sums[tap][ic][oc], vectorized across
 // output channels.
 template <typename T, int R>
-LENETX_SIMD_CLONES void winograd_weight_transform(const T* sums, int64_t ic, const Conv2dShape& s, int64_t oc_stride,
-                                                  T* grad_weight) {
+void winograd_weight_transform(const T* sums, int64_t ic, const Conv2dShape& s, int64_t oc_stride,
+                               T* grad_weight) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   const int64_t ic_n = s.in_channels;
@@ -385,9 +385,9 @@ LENETX_SIMD_CLONES void winograd_weight_transform(const T* sums, int64_t ic, con
 #pragma GCC unroll 6
       for (int j = 0; j < kWinogradTile; ++j) load_vec(w[i][j], sums + ((i * kWinogradTile + j) * ic_n + ic) * oc_stride + oc0);
     multiply_constant<R, kWinogradTile, kWinogradTile, V>(
-        kWinogradOutput<R>, [&](int k, int j) { return w[k][j]; }, [&](int i, int j, const V& x) { aw[i][j] = x; });
+        kWinogradOutput<R>, [&](int k, int j) -> const V& { return w[k][j]; }, [&](int i, int j, const V& x) { aw[i][j] = x; });
     multiply_constant<R, kWinogradTile, R, V>(
-        kWinogradOutput<R>, [&](int k, int j) { return aw[j][k]; }, [&](int i, int j, const V& x) { store_vec(y[j][i], x); });
+        kWinogradOutput<R>, [&](int k, int j) -> const V& { return aw[j][k]; }, [&](int i, int j, const V& x) { store_vec(y[j][i], x); });
     for (int64_t l = 0; l < std::min<int64_t>(L, s.out_channels - oc0); ++l)
       for (int kh = 0; kh < R; ++kh)
         for (int kw = 0; kw < R; ++kw) grad_weight[(((oc0 + l) * ic_n + ic) * R + kh) * R + kw] = y[kh][kw][l];
@@ -462,8 +462,10 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
 // The register tile of the products: rows of MB tiles (forward) or input channels
 // (grad_weight) against NV vectors of output channels. Not with_tile's choice, which takes 12 or
 // 16 rows for one or two vectors: rows read in place take a register each, and more than 8 spill.
+// AVX2's 16 vector registers hold half the accumulators.
 template <typename T, typename Fn>
 void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
+  constexpr bool wide = kVectorRegisters == 32;
   const int64_t vectors = blocks_of(s.out_channels, Vec<T>::kLanes);
   const auto by_kernel = [&]<int MB, int NV>() {
     if (s.kernel_h == 3)
@@ -476,9 +478,9 @@ void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
   else if (vectors == 2)
     by_kernel.template operator()<6, 2>();
   else if (vectors == 3)
-    by_kernel.template operator()<8, 3>();
+    by_kernel.template operator()<wide ? 8 : 4, 3>();
   else
-    by_kernel.template operator()<6, 4>();
+    by_kernel.template operator()<wide ? 6 : 3, 4>();
 }
 
 // conv2d_forward's Winograd path; false (nothing written) where a value of the input or the
@@ -505,4 +507,4 @@ bool conv2d_grad_weight_winograd(const T* grad_output, const T* input, T* grad_w
   return true;
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

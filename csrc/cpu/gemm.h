@@ -13,7 +13,7 @@
 #include "micro_gemm.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
 // 64 steps of a 64-float panel are 16 KB, which leaves room in a 48 KB L1 for the rows of A
 // (measured faster than 128 steps on VGG's 4x4 layers).
@@ -46,8 +46,8 @@ struct RowMajor {
 // row, the calls (and std::copy_n's memmove for a few values) took 60 % as long as the products
 // over VGG's packed rows (benchmarks/NOTES.md, section 8).
 template <int64_t W, typename T, typename Matrix>
-LENETX_SIMD_CLONES void pack_panels(const Matrix& m, int64_t rows, int64_t columns, int64_t k0,
-                                    int64_t steps, int64_t first_column, int64_t count, T* dst) {
+void pack_panels(const Matrix& m, int64_t rows, int64_t columns, int64_t k0,
+                 int64_t steps, int64_t first_column, int64_t count, T* dst) {
   if constexpr (RowAddressable<Matrix>) {
     const int64_t used = std::max<int64_t>(0, std::min(count * W, columns - first_column));
     for (int64_t k = 0; k < steps; ++k) {
@@ -99,8 +99,8 @@ const Matrix& transpose(const Transposed<Matrix>& t) { return t.m; }
 
 // out[r * out_stride + j] (+)= tile[r * tile_width + j], for r < count and j < width.
 template <typename T>
-LENETX_SIMD_CLONES void store_tile(const T* tile, int64_t tile_width, int64_t count, int64_t width,
-                                   bool accumulate, T* out, int64_t out_stride) {
+void store_tile(const T* tile, int64_t tile_width, int64_t count, int64_t width,
+                bool accumulate, T* out, int64_t out_stride) {
   for (int64_t r = 0; r < count; ++r) {
     const T* src = tile + r * tile_width;
     T* dst = out + r * out_stride;
@@ -186,4 +186,4 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
   });
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

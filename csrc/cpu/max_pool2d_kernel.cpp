@@ -11,6 +11,7 @@
 
 #include "../pooling_windows.h"
 #include "../shape_checks.h"
+#include "block_loops.h"
 #include "parallel.h"
 #include "simd.h"
 

@@ -4,31 +4,55 @@
 // one row of B. Rows of B are given by offset, so the same tile serves a matrix product (rows
 // evenly spaced) and a convolution read straight out of an image (row k starts where reduction
 // step k, one tap of one input channel, reads).
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 
-// 64 bytes of T: one AVX-512 register (16 floats, 8 doubles), two AVX2 registers. GCC's vector
-// extensions keep a tile of these in registers, which it does not reliably do for plain arrays.
+// The vector registers of the instruction set this copy of the kernels is compiled for
+// (isa/kernels.h): GCC keeps a vector extension type in registers only where the ISA has
+// registers of its width; a wider one lives in memory, every operation split into loads and
+// stores (on AVX2, 64-byte vectors ran the register tile 10 to 60 times slower than 32-byte ones).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kVectorRegisters = 32;
+#elif defined(__AVX2__)
+constexpr int kVectorBytes = 32, kVectorRegisters = 16;
+#else
+constexpr int kVectorBytes = 16, kVectorRegisters = 16;
+#endif
+
+// Accumulators of a register tile: three quarters of the registers, the rest holding a step's
+// vectors of B and the broadcast value of A.
+constexpr int kTileAccumulators = kVectorRegisters * 3 / 4;
+
+// Rows of a register tile NV vectors wide. One vector wide, the tile loads a vector per
+// multiply-add, and two thirds of the accumulators (16 of AVX-512's 24) run it best (measured).
+constexpr int tile_rows(int nv) { return nv == 1 ? kTileAccumulators * 2 / 3 : std::max(1, kTileAccumulators / nv); }
+
+// A register of T, but never fewer than 8 lanes: the kernels' layouts (transposes, half-vector
+// pooling) are written for 8 or 16. So doubles under AVX2, and the baseline build, use vectors
+// of two registers: right, but slow (the fast paths are built for float on AVX2 and AVX-512).
+// GCC's vector extensions keep a tile of these in registers, which it does not reliably do for
+// plain arrays.
 template <typename T>
 struct Vec {
-  static constexpr int kLanes = 64 / sizeof(T);
-  typedef T type __attribute__((vector_size(64)));
+  static constexpr int kLanes = std::max<int>(kVectorBytes / sizeof(T), 8);
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
 };
 
 // Integers of T's size, and a vector of them: lane masks and shuffle indices for Vec<T>.
 template <typename T>
 struct LaneMask {
   using Lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef Lane type __attribute__((vector_size(64)));
+  typedef Lane type __attribute__((vector_size(sizeof(typename Vec<T>::type))));
 };
 
-// Unaligned load; by reference, since returning a 64-byte vector by value changes the ABI between
-// the ISA clones (-Wpsabi).
+// Unaligned load; by reference, since returning a vector wider than the ISA's registers by value
+// changes the ABI (-Wpsabi).
 template <typename V, typename T>
 __attribute__((always_inline)) inline void load_vec(V& v, const T* p) {
   std::memcpy(&v, p, sizeof(V));
@@ -69,8 +93,8 @@ struct WindowRows {
 // and `a` one of the accessors above. The sum runs over k in order, so a tile is bit-identical run
 // to run.
 template <typename T, int MB, int NV, typename ARows>
-LENETX_SIMD_CLONES void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict b_rows,
-                                  int64_t depth, T* __restrict c) {
+void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict b_rows,
+               int64_t depth, T* __restrict c) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[MB][NV];
@@ -101,9 +125,9 @@ LENETX_SIMD_CLONES void gemm_tile(const ARows& a, const T* __restrict b, const i
 // vectorized along p. The vectors run over every image before their lanes are added, once, in a
 // fixed order.
 template <typename T, int MB, int TB>
-LENETX_SIMD_CLONES void dot_tile(const T* __restrict a, int64_t a_m, int64_t a_n, const T* __restrict b,
-                                 int64_t b_n, const int64_t* __restrict b_offsets, int64_t len,
-                                 int64_t images, T* __restrict sums) {
+void dot_tile(const T* __restrict a, int64_t a_m, int64_t a_n, const T* __restrict b,
+              int64_t b_n, const int64_t* __restrict b_offsets, int64_t len,
+              int64_t images, T* __restrict sums) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[MB][TB];
@@ -136,5 +160,5 @@ LENETX_SIMD_CLONES void dot_tile(const T* __restrict a, int64_t a_m, int64_t a_n
     }
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA
 

@@ -1,56 +1,45 @@
 #pragma once
-// The CPU kernels are built for baseline x86-64 and cloned for AVX2+FMA (x86-64-v3) and
-// AVX-512 (x86-64-v4); the loader picks the widest clone the CPU runs, so one binary never
-// executes an instruction the machine lacks.
+// Two ways the CPU kernels run on the widest instructions a CPU has, with one binary that never
+// executes an instruction the machine lacks:
+// - the pooling kernels, plain loops that GCC vectorizes, are cloned for AVX-512 (x86-64-v4),
+//   AVX2+FMA (x86-64-v3) and baseline x86-64, and the loader picks the clone per function;
+// - the convolution kernels are written with vector types whose width is the ISA's register
+//   (micro_gemm.h's Vec), a type a clone cannot change, so they are compiled once per ISA into
+//   their own namespace (isa/) and the dispatcher is given one set (register_kernels.cpp).
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LENETX_X86_GCC 1
 #define LENETX_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
+#define LENETX_X86_GCC 0
 #define LENETX_SIMD_CLONES
 #endif
 
-#include <algorithm>
-#include <cstdint>
-
 namespace lenetx::cpu {
 
-// block(start) for blocks [start, start + size) that cover [0, count), count >= size, with no
-// remainder: the last block ends at count and may redo part of the one before, so block must be
-// idempotent.
-template <typename Block>
-inline __attribute__((always_inline)) void for_each_block(int64_t count, int64_t size, const Block& block) {
-  for (int64_t start = 0;; start += size) {
-    start = std::min(start, count - size);
-    block(start);
-    if (start + size >= count) break;
+// The instruction sets the convolution kernels are compiled for, lowest first.
+enum class Isa { baseline, avx2, avx512 };
+
+inline const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "baseline";
   }
 }
 
-// body(i) for i in [0, count), in blocks of exactly 8 vector lanes (simdlen(8)), so that no
-// scalar remainder runs: a row of LeNet's windows is 14 wide, which a plain vector loop runs as
-// 8 lanes and 6 scalar iterations with branches (16 lanes under AVX-512 leave it all scalar).
-// Blocks as for_each_block's, so body must be idempotent; a count under 8 runs as a plain loop.
-template <typename Body>
-inline __attribute__((always_inline)) void for_each_in_blocks_of_8(int64_t count, const Body& body) {
-  constexpr int64_t kBlock = 8;
-  if (count < kBlock) {
-    for (int64_t i = 0; i < count; ++i) body(i);
-    return;
-  }
-  for_each_block(count, kBlock, [&](int64_t start) __attribute__((always_inline)) {
-#pragma omp simd simdlen(8)
-    for (int64_t i = start; i < start + kBlock; ++i) body(i);
-  });
-}
-
-inline const char* simd_capability() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
-  if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
-  return "x86-64";
-#else
-  return "default";
+// The widest ISA this CPU runs that the kernels are compiled for.
+inline Isa best_isa() {
+#if LENETX_X86_GCC
+  if (__builtin_cpu_supports("x86-64-v4")) return Isa::avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return Isa::avx2;
 #endif
+  return Isa::baseline;
 }
+
+// The convolution kernels' ISA in this process: best_isa(), or a lower one that the environment
+// variable LENETX_CPU_ISA names (lenetx/_extension.py rejects other names), to test or measure
+// each build on one machine. Read once, when the kernels are registered (register_kernels.cpp).
+Isa convolution_isa();
 
 }  // namespace lenetx::cpu

@@ -1,5 +1,6 @@
 // The convolution operators on the CPU: each checks its arguments and runs the path that
-// conv2d_paths.h picks for the shape.
+// conv2d_paths.h picks for the shape. Compiled once per instruction set (isa/kernels.h).
+#pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -8,7 +9,7 @@
 #include "conv2d_paths.h"
 #include "parallel.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 namespace {
 
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
@@ -71,11 +72,11 @@ at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lenetx, CPU, m) {
+inline void register_conv2d(torch::Library& m) {
   m.impl("conv2d", &conv2d);
   m.impl("conv2d_grad_input", &conv2d_grad_input);
   m.impl("conv2d_grad_weight", &conv2d_grad_weight);
   m.impl("conv2d_grad_bias", &conv2d_grad_bias);
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA

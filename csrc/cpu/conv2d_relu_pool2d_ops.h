@@ -3,7 +3,9 @@
 // buffer while still in cache, instead of as tensors the size of the layer's activations
 // (2.4 MB for LeNet-5's conv1 at batch 128) written to memory by one operator and read back by
 // the next. The forward saves one byte per convolution output, the mask: whether the gradient
-// reaches it (relu passes it and, for max pooling, it is its window's maximum).
+// reaches it (relu passes it and, for max pooling, it is its window's maximum). Compiled once per
+// instruction set (isa/kernels.h).
+#pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -17,11 +19,12 @@
 
 #include "../pooling_windows.h"
 #include "../shape_checks.h"
+#include "block_loops.h"
 #include "conv2d_paths.h"
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenetx::cpu {
+namespace lenetx::cpu::LENETX_ISA {
 namespace {
 
 // The chunk is grad_weight's unit of partial sums, so that the fused grad_weight adds the same
@@ -125,7 +128,7 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
 template <typename T>
 struct HalfVec {
   static constexpr int kLanes = Vec<T>::kLanes / 2;
-  typedef T type __attribute__((vector_size(32)));
+  typedef T type __attribute__((vector_size(sizeof(typename Vec<T>::type) / 2)));
 };
 
 template <typename T>
@@ -177,8 +180,8 @@ __attribute__((always_inline)) inline void interleave_columns(const Half& left, 
 // <= 0, and then every tap relus to zero (or -0.0), the first wins the tie and none passes the
 // gradient.
 template <typename T, bool MAX_POOL>
-LENETX_SIMD_CLONES void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __restrict mask,
-                                       const ConvReluPoolShape& s) {
+void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __restrict mask,
+                    const ConvReluPoolShape& s) {
   using V = typename Vec<T>::type;
   using H = typename HalfVec<T>::type;
   using Lanes = typename LaneMask<T>::type;
@@ -237,8 +240,8 @@ LENETX_SIMD_CLONES void pool_plane_2x2(const T* __restrict conv, T* __restrict o
 
 // unpool_plane for 2x2 windows.
 template <typename T, bool MAX_POOL>
-LENETX_SIMD_CLONES void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict mask,
-                                         T* __restrict grad_conv, const ConvReluPoolShape& s) {
+void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict mask,
+                      T* __restrict grad_conv, const ConvReluPoolShape& s) {
   using V = typename Vec<T>::type;
   using H = typename HalfVec<T>::type;
   using Lanes = typename LaneMask<T>::type;
@@ -377,9 +380,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lenetx, CPU, m) {
+inline void register_conv2d_relu_pool2d(torch::Library& m) {
   m.impl("conv2d_relu_pool2d", &conv2d_relu_pool2d);
   m.impl("conv2d_relu_pool2d_backward", &conv2d_relu_pool2d_backward);
 }
 
-}  // namespace lenetx::cpu
+}  // namespace lenetx::cpu::LENETX_ISA
