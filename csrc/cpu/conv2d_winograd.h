@@ -462,7 +462,8 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
 // The register tile of the products: rows of MB tiles (forward) or input channels
 // (grad_weight) against NV vectors of output channels. Not with_tile's choice, which takes 12 or
 // 16 rows for one or two vectors: rows read in place take a register each, and more than 8 spill.
-// AVX2's 16 vector registers hold half the accumulators.
+// AVX2's 16 vector registers hold half the accumulators; 4 vectors or more run there in 6x2
+// tiles over panels of 2 vectors, 1.2-1.3x as fast as 3x4 tiles (benchmarks/NOTES.md, section 14).
 template <typename T, typename Fn>
 void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
   constexpr bool wide = kVectorRegisters == 32;
@@ -479,8 +480,10 @@ void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
     by_kernel.template operator()<6, 2>();
   else if (vectors == 3)
     by_kernel.template operator()<wide ? 8 : 4, 3>();
+  else if (wide)
+    by_kernel.template operator()<6, 4>();
   else
-    by_kernel.template operator()<wide ? 6 : 3, 4>();
+    by_kernel.template operator()<6, 2>();
 }
 
 // conv2d_forward's Winograd path; false (nothing written) where a value of the input or the
