@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import lenetx
-from lenetx._extension import CPU_ISAS, check_cpu_isa, check_torch_version
+from lenetx._extension import CPU_ISA_VARIABLE, CPU_ISAS, check_cpu_isa, check_torch_version
 
 
 def test_version_and_cpu_capability():
@@ -52,7 +52,7 @@ def test_each_convolution_build_matches_torch(isa):
     order = list(reversed(CPU_ISAS))
     if order.index(isa) > order.index(lenetx.cpu_capability()):
         pytest.skip(f"this CPU does not run {isa}")
-    result = subprocess.run([sys.executable, "-c", ISA_CHECK], env={**os.environ, "LENETX_CPU_ISA": isa},
+    result = subprocess.run([sys.executable, "-c", ISA_CHECK], env={**os.environ, CPU_ISA_VARIABLE: isa},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == isa

@@ -109,24 +109,22 @@ bool forward_is_tiled(const Conv2dShape& s) {
   return worth_winograd<T>(s) || forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
 }
 
-// The tiled paths multiply the zeros of a padded copy of the input by every weight; a weight
-// that is infinite or NaN makes NaN of them, where torch, which skips the border, has infinity
-// or a finite value. The channel-vector kernel skips it too.
-template <typename T>
-bool border_meets_non_finite_weight(const T* weight, const Conv2dShape& s) {
-  return (s.pad_h > 0 || s.pad_w > 0) &&
-         !all_finite(weight, s.out_channels * s.in_channels_per_group() * s.kernel_h * s.kernel_w);
-}
-
 // The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
 template <typename T>
 void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
+  // A weight that is infinite or NaN: the tiled paths multiply the zeros of a padded copy of the
+  // input by every weight, which makes NaN where torch, which skips the border, has infinity or a
+  // finite value (the channel-vector kernel skips it too), and Winograd's transforms would spread
+  // it over a whole tile. Checked once, where either applies.
+  const bool padded = s.pad_h > 0 || s.pad_w > 0, winograd = worth_winograd<T>(s);
+  const bool weight_finite =
+      !(padded || winograd) || all_finite(weight, s.out_channels * s.in_channels_per_group() * s.kernel_h * s.kernel_w);
   if (is_fully_connected(s))
     conv2d_fully_connected<T>(input, weight, bias, output, s);
-  else if (border_meets_non_finite_weight(weight, s))
+  else if (padded && !weight_finite)
     conv2d_channel_vector<T>(input, weight, bias, output, s);
-  else if (worth_winograd<T>(s) && conv2d_winograd<T>(input, weight, bias, output, s))
+  else if (winograd && weight_finite && conv2d_winograd<T>(input, weight, bias, output, s))
     return;
   else if (forward_as_product(s))
     conv2d_unfolded<T>(input, weight, bias, output, s);

@@ -20,10 +20,8 @@ namespace lenetx::cpu::LENETX_ISA {
 
 // tile[r][m] = sum over kh, ic and kw of in[ic * plane + kh * row_step + r * rows_apart + m + kw] *
 // w[kh][ic][kw], for RB output rows r of MB pixels m, w packed as [kh][ic][kw][one vector of
-// output channels]. The weights loaded for a (kh, ic) serve all RB rows, and RB rows give the
-// multiply-adds of one accumulator RB times as far apart: with one row of 10 pixels (LeNet-5's
-// conv2) the tile ran at about 60 % of the cores' peak, each accumulator waiting on the one
-// before it.
+// output channels]. The weights loaded for a (kh, ic) serve all RB rows, and RB rows put the
+// multiply-adds into one accumulator RB times as far apart (row_tile_rows).
 template <typename T, int MB, int KW, int RB>
 void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, int64_t rows_apart, const T* __restrict w,
               int64_t kernel_h, int64_t channels, T* __restrict tile) {

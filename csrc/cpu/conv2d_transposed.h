@@ -118,8 +118,7 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
   });
 }
 
-// The register tile by the output's vectors of pixels: MB rows of NV accumulators, at most 24 of
-// the 32 vector registers.
+// The register tile by the output's vectors of pixels: tile_rows(NV) rows of NV accumulators.
 template <typename T>
 void conv2d_grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
   switch (blocks_of(s.out_h * s.out_w, Vec<T>::kLanes)) {
