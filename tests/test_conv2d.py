@@ -111,12 +111,14 @@ EDGE_CASES = [
     dict(batch=11, in_channels=12, out_channels=20, size=(8, 8), kernel=(3, 3), padding=1),
     # grad_input as a transposed convolution (input of 1.5 times the output's pixels or more):
     # input rows of several vectors, padding and dilation along them; then groups, padding down
-    # and kernel rows past the input's edge.
+    # and kernel rows past the input's edge. Outputs of more than kVectorRegisters / 4 vectors
+    # (these two on AVX2) take tiles of two vectors over blocks of the output, the last
+    # part-filled.
     dict(batch=3, in_channels=5, out_channels=7, size=(6, 37), kernel=(3, 5), padding=(0, 1),
          dilation=(1, 3)),
     dict(batch=4, in_channels=6, out_channels=9, size=(11, 12), kernel=(5, 5), padding=(1, 0),
          groups=3),
-    # The same in float64 too (8 lanes: outputs of at most 64 pixels), dilated down the kernel.
+    # The same in float64 too, dilated down the kernel.
     dict(batch=2, in_channels=3, out_channels=5, size=(9, 10), kernel=(3, 4), padding=(1, 0),
          dilation=(2, 1)),
     # Input rows narrower than a vector, so that a row's vector covers the rows after it.
@@ -231,9 +233,9 @@ def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_transposed_grad_input_with_non_finite_weight_matches_torch(value, generator):
-    """LeNet-5's conv2 takes grad_input as a transposed convolution where a register tile spans
-    an image's output (AVX-512), which multiplies each weight only by the gradients that reach
-    it: a non-finite weight gives NaN or infinity only where torch has them."""
+    """LeNet-5's conv2 takes grad_input as a transposed convolution, which multiplies each weight
+    only by the gradients that reach it (and by the zeros past an image's output, which the fold
+    drops): a non-finite weight gives NaN or infinity only where torch has them."""
     input = torch.randn(3, 6, 14, 14, generator=generator)
     weight = torch.randn(16, 6, 5, 5, generator=generator)
     weight[2, 4, 0, 3] = value

@@ -275,10 +275,11 @@ inline bool worth_padded_rows(const Conv2dShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && 2 * s.out_w >= s.in_w + 2 * s.pad_w;
 }
 
-// Padded rows that drop at most one column in nine (VGG's 32x32 and 16x16 layers) run as fast
-// as the pixel and row tiles, or faster (benchmarks/NOTES.md, section 5), so they go first.
+// Padded rows that drop at most one column in eight (VGG's 32x32 and 16x16 layers, LeNet-5's
+// conv1) run as fast as the pixel and row tiles, or faster (benchmarks/NOTES.md, sections 5 and
+// 15), so they go first.
 inline bool padded_rows_dense(const Conv2dShape& s) {
-  return worth_padded_rows(s) && 9 * s.out_w >= 8 * (s.in_w + 2 * s.pad_w);
+  return worth_padded_rows(s) && 8 * s.out_w >= 7 * (s.in_w + 2 * s.pad_w);
 }
 
 // The register tile for `rows` rows of A against `columns` columns of output: of the shapes that

@@ -145,7 +145,7 @@ void conv2d_grad_input_paths(const T* grad_output, const T* weight, T* grad_inpu
     conv2d_grad_input_fully_connected<T>(grad_output, weight, grad_input, s);
   } else if (grad_input_as_product(s)) {
     conv2d_grad_input_unfolded<T>(grad_output, weight, grad_input, s);
-  } else if (worth_grad_input_transposed<T>(s)) {
+  } else if (worth_grad_input_transposed(s)) {
     conv2d_grad_input_transposed<T>(grad_output, weight, grad_input, s);
   } else if (const Conv2dShape t = grad_input_as_correlation(s); grad_input_is_correlation(s) && forward_is_tiled<T>(t)) {
     conv2d_forward<T>(grad_output, flipped_kernel(weight, s).data(), nullptr, grad_input, t);

@@ -18,15 +18,21 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
-// Vectors of an image's output pixels, at most: one register tile spans them all.
-constexpr int64_t kMaxTransposedVectors = 8;
+// An image's output pixels, at most: 8 vectors under AVX-512, as before the blocks of columns
+// below, and LeNet-5's conv2 (100 pixels) under AVX2.
+constexpr int64_t kMaxTransposedPixels = 128;
+
+// Vectors of output pixels that one register tile spans, at most. A wider output takes tiles of
+// two vectors over blocks of its columns: a tile as wide as LeNet-5's conv2 output on AVX2 (13
+// vectors of 8) would hold one row of accumulators beside 13 loaded vectors, more than the 16
+// registers.
+constexpr int64_t kMaxSpannedVectors = kVectorRegisters / 4;
 
 // Worth it where the input has at least 1.5 times the output's pixels (the correlation would read
-// zeros for a third of its sums or more), for outputs of at most kMaxTransposedVectors vectors.
-template <typename T>
-bool worth_grad_input_transposed(const Conv2dShape& s) {
+// zeros for a third of its sums or more), for outputs of at most kMaxTransposedPixels pixels.
+inline bool worth_grad_input_transposed(const Conv2dShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && 2 * s.in_h * s.in_w >= 3 * s.out_h * s.out_w &&
-         s.out_h * s.out_w <= kMaxTransposedVectors * Vec<T>::kLanes;
+         s.out_h * s.out_w <= kMaxTransposedPixels;
 }
 
 // grad_input[ic][ih][iw] = sum over taps (kh, kw), in that order, of columns[(ic, kh, kw)][oh *
@@ -73,14 +79,15 @@ void fold_pixels(const T* __restrict columns, int64_t N, const typename LaneMask
 
 // Per (image, group): the product of the weight's rows, packed MB at a time, by grad_output's
 // planes gives columns[(ic, kh, kw)][p] = sum over oc of weight[oc][ic][kh][kw] times
-// grad_output[oc][p], one register tile of MB rows over every output pixel; fold_pixels adds
-// them up into grad_input.
+// grad_output[oc][p], in register tiles of MB rows by NV vectors of output pixels; fold_pixels
+// adds them up into grad_input.
 template <typename T, int MB, int NV>
 void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
-  constexpr int64_t L = Vec<T>::kLanes, N = NV * L;
+  constexpr int64_t L = Vec<T>::kLanes, NB = NV * L;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t rows = icg * s.kernel_h * s.kernel_w, row_tiles = blocks_of(rows, MB);
   const int64_t out_plane = s.out_h * s.out_w, chunks = blocks_of(s.in_w, L);
+  const int64_t column_blocks = blocks_of(out_plane, NB), N = column_blocks * NB;
   // The loads of fold_pixels reach (kernel_w - 1) * dilation_w before a row and a few vectors of
   // the input's width past the last.
   const int64_t front = blocks_of((s.kernel_w - 1) * s.dilation_w, L) * L;
@@ -110,8 +117,10 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
       for (int64_t oc = 0; oc < ocg; ++oc)
         std::copy_n(grad_output + (n * s.out_channels + g * ocg + oc) * out_plane, out_plane, planes.get() + oc * N);
       for (int64_t tile_row = 0; tile_row < row_tiles; ++tile_row)
-        gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * row_tiles + tile_row) * ocg * MB}, planes.get(),
-                             plane_rows.data(), ocg, columns.get() + front + tile_row * MB * N);
+        for (int64_t block = 0; block < column_blocks; ++block)
+          gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * row_tiles + tile_row) * ocg * MB},
+                               planes.get() + block * NB, plane_rows.data(), ocg,
+                               columns.get() + front + tile_row * MB * N + block * NB, N);
       fold_pixels(columns.get() + front, N, masks.data(), s,
                   grad_input + (n * s.in_channels + g * icg) * s.in_h * s.in_w);
     }
@@ -121,7 +130,12 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
 // The register tile by the output's vectors of pixels: tile_rows(NV) rows of NV accumulators.
 template <typename T>
 void conv2d_grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
-  switch (blocks_of(s.out_h * s.out_w, Vec<T>::kLanes)) {
+  const int64_t vectors = blocks_of(s.out_h * s.out_w, Vec<T>::kLanes);
+  if (vectors > kMaxSpannedVectors) {
+    grad_input_transposed<T, tile_rows(2), 2>(grad_output, weight, grad_input, s);
+    return;
+  }
+  switch (vectors) {
     case 1: grad_input_transposed<T, tile_rows(1), 1>(grad_output, weight, grad_input, s); break;
     case 2: grad_input_transposed<T, tile_rows(2), 2>(grad_output, weight, grad_input, s); break;
     case 3: grad_input_transposed<T, tile_rows(3), 3>(grad_output, weight, grad_input, s); break;

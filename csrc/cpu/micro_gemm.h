@@ -89,12 +89,12 @@ struct WindowRows {
   T operator()(int m, int64_t k) const { return row[m][offsets[k]]; }
 };
 
-// c[m * N + n] = sum over k < depth of a(m, k) * b[b_rows[k] + n], with N = NV * Vec<T>::kLanes
-// and `a` one of the accessors above. The sum runs over k in order, so a tile is bit-identical run
-// to run.
+// c[m * c_row + n] = sum over k < depth of a(m, k) * b[b_rows[k] + n], for n < NV *
+// Vec<T>::kLanes and `a` one of the accessors above; by default the tile's rows are contiguous.
+// The sum runs over k in order, so a tile is bit-identical run to run.
 template <typename T, int MB, int NV, typename ARows>
 void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict b_rows,
-               int64_t depth, T* __restrict c) {
+               int64_t depth, T* __restrict c, int64_t c_row = NV * Vec<T>::kLanes) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[MB][NV];
@@ -117,7 +117,7 @@ void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict 
 #pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) store_vec(c + (m * NV + v) * L, acc[m][v]);
+    for (int v = 0; v < NV; ++v) store_vec(c + m * c_row + v * L, acc[m][v]);
 }
 
 // sums[m * TB + t] = sum over images i < `images` and p < len of a[i * a_n + m * a_m + p] times
