@@ -166,6 +166,14 @@ __attribute__((always_inline)) inline void widen_mask(const typename ByteVec<T>:
   lanes = __builtin_convertvector(__builtin_convertvector(bytes, Shorts), typename LaneMask<T>::type);
 }
 
+// Lanes of T's width (0 or 1) as mask bytes, narrowed in two steps for the same reason: in one,
+// GCC 12 took the bytes out one by one on AVX2 (about half of the fused conv1's pooling, by perf).
+template <typename T>
+__attribute__((always_inline)) inline void store_mask(uint8_t* mask, const typename LaneMask<T>::type& lanes) {
+  typedef uint16_t Shorts __attribute__((vector_size(2 * Vec<T>::kLanes)));
+  store_vec(mask, __builtin_convertvector(__builtin_convertvector(lanes, Shorts), typename ByteVec<T>::type));
+}
+
 // The lanes of `left` and `right` alternately: per column pair, its windows' values.
 template <typename Half, typename Full, std::size_t... I>
 __attribute__((always_inline)) inline void interleave_columns(const Half& left, const Half& right, Full& v,
@@ -185,7 +193,6 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
   using V = typename Vec<T>::type;
   using H = typename HalfVec<T>::type;
   using Lanes = typename LaneMask<T>::type;
-  using Bytes = typename ByteVec<T>::type;
   constexpr auto halves = std::make_index_sequence<HalfVec<T>::kLanes>{};
   constexpr auto lanes = std::make_index_sequence<Vec<T>::kLanes>{};
   const int64_t w = s.conv.out_w;
@@ -222,15 +229,15 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
         Lanes top_mask, bottom_mask;
         interleave_columns(HalfLanes(winner == 0), HalfLanes(winner == 1), top_mask, lanes);
         interleave_columns(HalfLanes(winner == 2), HalfLanes(winner == 3), bottom_mask, lanes);
-        store_vec(mask_top + 2 * first, __builtin_convertvector(top_mask & 1, Bytes));
-        store_vec(mask_bottom + 2 * first, __builtin_convertvector(bottom_mask & 1, Bytes));
+        store_mask<T>(mask_top + 2 * first, top_mask & 1);
+        store_mask<T>(mask_bottom + 2 * first, bottom_mask & 1);
       } else {
         for (H* column : {&top_left, &top_right, &bottom_left, &bottom_right})
           *column = *column < zero ? zero : *column;  // relu
         pooled = ((top_left + bottom_left) + (top_right + bottom_right)) / T(4);
         const V vzero{};
-        store_vec(mask_top + 2 * first, __builtin_convertvector(!(top_v <= vzero) & 1, Bytes));
-        store_vec(mask_bottom + 2 * first, __builtin_convertvector(!(bottom_v <= vzero) & 1, Bytes));
+        store_mask<T>(mask_top + 2 * first, !(top_v <= vzero) & 1);
+        store_mask<T>(mask_bottom + 2 * first, !(bottom_v <= vzero) & 1);
       }
       store_vec(out + first, pooled);
     });
