@@ -31,7 +31,13 @@ constexpr int kTileAccumulators = kVectorRegisters * 3 / 4;
 
 // Rows of a register tile NV vectors wide. One vector wide, the tile loads a vector per
 // multiply-add, and two thirds of the accumulators (16 of AVX-512's 24) run it best (measured).
-constexpr int tile_rows(int nv) { return nv == 1 ? kTileAccumulators * 2 / 3 : std::max(1, kTileAccumulators / nv); }
+// Wider, as many rows as the accumulators allow while a step's NV vectors of B and the broadcast
+// value still fit beside them: AVX2's 3x4 tile (17 registers) kept an accumulator on the stack,
+// a store and a reload on its chain every step (benchmarks/NOTES.md, section 15).
+constexpr int tile_rows(int nv) {
+  return nv == 1 ? kTileAccumulators * 2 / 3
+                 : std::max(1, std::min(kTileAccumulators, kVectorRegisters - nv - 1) / nv);
+}
 
 // A register of T, but never fewer than 8 lanes: the kernels' layouts (transposes, half-vector
 // pooling) are written for 8 or 16. So doubles under AVX2, and the baseline build, use vectors
