@@ -66,6 +66,7 @@ bool worth_row_tiles(const Conv2dShape& s) {
 
 template <typename T, int MB, int KW, int RB>
 void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, vectors = blocks_of(ocg, L);
@@ -84,40 +85,60 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
           packed[((((g * vectors + v) * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] =
               weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
   }
-  const int64_t row_tiles = blocks_of(s.out_w, MB), row_blocks = blocks_of(s.out_h, RB);
-  // An image's rows for one vector of output channels, then the next vector's: its weights stay
-  // in cache over a whole plane, the padded input over all the vectors.
-  parallel_for_ranges(s.batch * s.groups * vectors * row_blocks * row_tiles, icg * taps * RB * MB * L,
-                      [&](int64_t first, int64_t last) {
+  const int64_t row_blocks = blocks_of(s.out_h, RB);
+  // Work items are bands of whole output rows of one (image, group, vector of output channels),
+  // the image in as many bands as it takes to give every thread two items: an image's bands for
+  // one vector of output channels, then the next vector's, so that its weights stay in cache over
+  // a whole plane, the padded input over all the vectors. A band's tiles are gathered
+  // channels-last, then transposed onto the output's planes in squares of a vector of pixels by a
+  // vector of channels: copied out of each tile one value at a time, they took a fifth of LeNet-5's
+  // conv2 forward (benchmarks/NOTES.md, section 15).
+  const int64_t planes_n = s.batch * s.groups * vectors;
+  const int64_t bands = std::min(row_blocks, blocks_of(2 * at::get_num_threads(), planes_n));
+  const int64_t band_rows = blocks_of(row_blocks, bands) * RB;
+  parallel_for_ranges(planes_n * bands, icg * taps * band_rows * s.out_w * L, [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them, as the padded rows' are (NOTES, section 6).
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
     std::fill_n(x.get() + icg * plane, slack, T(0));
+    const std::unique_ptr<T[]> gathered(new T[band_rows * s.out_w * L]);
+    const TransposeIndices<T> indices;
     int64_t padded = -1;
     alignas(64) T tile[RB * MB * L];
     for (int64_t item = first; item < last; ++item) {
-      const int64_t t = item % row_tiles, oh0 = item / row_tiles % row_blocks * RB;
-      const int64_t v = item / (row_tiles * row_blocks) % vectors;
-      const int64_t g = item / (row_tiles * row_blocks * vectors) % s.groups;
-      const int64_t n = item / (row_tiles * row_blocks * vectors * s.groups);
+      const int64_t band = item % bands, v = item / bands % vectors;
+      const int64_t g = item / (bands * vectors) % s.groups, n = item / (bands * vectors * s.groups);
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
                     s.pad_w, x.get() + ic * plane);
         padded = n * s.groups + g;
       }
-      const int64_t ow0 = t * MB, pixels = std::min<int64_t>(MB, s.out_w - ow0);
-      const int64_t rows = std::min<int64_t>(RB, s.out_h - oh0);
-      row_tile<T, MB, KW, RB>(x.get() + oh0 * rows_apart + ow0, plane, s.dilation_h * padded_w, rows_apart,
-                              packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, tile);
-      for (int64_t j = 0; j < std::min<int64_t>(L, ocg - v * L); ++j) {
-        const int64_t oc = g * ocg + v * L + j;
-        const T shift = bias ? bias[oc] : T(0);
-        for (int64_t r = 0; r < rows; ++r) {
-          T* out = output + (n * s.out_channels + oc) * out_plane + (oh0 + r) * s.out_w + ow0;
-          for (int64_t m = 0; m < pixels; ++m) out[m] = tile[(r * MB + m) * L + j] + shift;
+      const int64_t first_row = band * band_rows, end_row = std::min(s.out_h, first_row + band_rows);
+      if (first_row >= end_row) continue;
+      for (int64_t oh0 = first_row; oh0 < end_row; oh0 += RB)
+        for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += MB) {
+          const int64_t pixels = std::min<int64_t>(MB, s.out_w - ow0), rows = std::min<int64_t>(RB, end_row - oh0);
+          row_tile<T, MB, KW, RB>(x.get() + oh0 * rows_apart + ow0, plane, s.dilation_h * padded_w, rows_apart,
+                                  packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, tile);
+          for (int64_t r = 0; r < rows; ++r)
+            std::copy_n(tile + r * MB * L, pixels * L, gathered.get() + ((oh0 + r - first_row) * s.out_w + ow0) * L);
         }
+      const int64_t channels = std::min<int64_t>(L, ocg - v * L), oc0 = g * ocg + v * L;
+      const int64_t count = (end_row - first_row) * s.out_w;
+      T* out = output + (n * s.out_channels + oc0) * out_plane + first_row * s.out_w;
+      T shifts[L];
+      for (int64_t j = 0; j < channels; ++j) shifts[j] = bias ? bias[oc0 + j] : T(0);
+      int64_t p = 0;
+      for (; p + L <= count; p += L) {
+        V square[L];
+#pragma GCC unroll 16
+        for (int64_t i = 0; i < L; ++i) load_vec(square[i], gathered.get() + (p + i) * L);
+        transpose_square<T>(square, indices);
+        for (int64_t j = 0; j < channels; ++j) store_vec(out + j * out_plane + p, square[j] + shifts[j]);
       }
+      for (int64_t j = 0; j < channels; ++j)
+        for (int64_t q = p; q < count; ++q) out[j * out_plane + q] = gathered[q * L + j] + shifts[j];
     }
   });
 }
