@@ -296,6 +296,9 @@ def test_winograd_shape_with_non_finite_value_matches_torch(value, where, genera
     dict(input=(20, 16, 5, 5), weight=(120, 16, 5, 5)),  # fully connected
     dict(input=(9, 70, 8, 8), weight=(40, 70, 3, 3)),  # blocked matrix products
     dict(input=(6, 16, 12, 12), weight=(40, 16, 3, 3)),  # pixel tiles
+    # Row tiles in bands of output rows, as many per image as give each thread two: one image
+    # and one vector of channels (AVX2) make 1, 4 (the last empty) and 5 bands at 1, 2, 3 threads.
+    dict(input=(1, 6, 14, 14), weight=(8, 6, 5, 5)),
 ])
 def test_results_do_not_depend_on_the_thread_count(shape, generator):
     input = torch.randn(shape["input"], generator=generator, requires_grad=True)
