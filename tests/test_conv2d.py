@@ -299,6 +299,9 @@ def test_winograd_shape_with_non_finite_value_matches_torch(value, where, genera
     # Row tiles in bands of output rows, as many per image as give each thread two: one image
     # and one vector of channels (AVX2) make 1, 4 (the last empty) and 5 bands at 1, 2, 3 threads.
     dict(input=(1, 6, 14, 14), weight=(8, 6, 5, 5)),
+    # Padded rows in bands the same way: one image and one block of two channels make 2, 4 (the
+    # last empty) and 5 bands of its 5 output rows at 1, 2, 3 threads.
+    dict(input=(1, 1, 9, 32), weight=(2, 1, 5, 5)),
 ])
 def test_results_do_not_depend_on_the_thread_count(shape, generator):
     input = torch.randn(shape["input"], generator=generator, requires_grad=True)

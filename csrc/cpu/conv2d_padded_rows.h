@@ -28,7 +28,6 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
-  const int64_t positions = s.out_h * padded_w, tiles = blocks_of(positions, N);
   const int64_t blocks = blocks_of(ocg, MB), out_plane = s.out_h * s.out_w;
   // Weights as [group][block][ic, kh, kw][MB output channels], zero past ocg.
   std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
@@ -38,38 +37,49 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
       packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
   }
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, icg, s);
-  // The last tile of a row reads up to N positions and kernel_w columns past the planes.
+  // Work items are bands of whole output rows of one (image, group, block of output channels),
+  // the image in as many bands as it takes to give every thread two items. A band's tiles run
+  // along its padded rows into a buffer laid out as those rows, copied out a row at a time:
+  // copied out of each tile, whose positions straddle rows, they took more time than the tiles
+  // themselves in the improved LeNet's conv1 (benchmarks/NOTES.md, section 16).
+  const int64_t planes_n = s.batch * s.groups * blocks;
+  if (planes_n == 0) return;
+  const int64_t bands = std::min(s.out_h, blocks_of(2 * at::get_num_threads(), planes_n));
+  const int64_t band_rows = blocks_of(s.out_h, bands), band_tiles = blocks_of(band_rows * padded_w, N);
+  // The last tile of the last band reads up to N positions and kernel_w columns past the planes.
   const int64_t slack = N + s.kernel_w * s.dilation_w;
-  parallel_for_ranges(s.batch * s.groups * blocks * tiles, depth * MB * N, [&](int64_t first, int64_t last) {
+  parallel_for_ranges(planes_n * bands, band_tiles * depth * MB * N, [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them (a padded copy of the whole batch was not: NOTES, section 6).
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
     std::fill_n(x.get() + icg * plane, slack, T(0));
+    const int64_t rows_n = band_tiles * N;
+    const std::unique_ptr<T[]> rows(new T[MB * rows_n]);
     int64_t padded = -1;
-    alignas(64) T tile[MB * N];
     for (int64_t item = first; item < last; ++item) {
-      const int64_t t = item % tiles, b = item / tiles % blocks;
-      const int64_t g = item / (tiles * blocks) % s.groups, n = item / (tiles * blocks * s.groups);
+      const int64_t band = item % bands, b = item / bands % blocks;
+      const int64_t g = item / (bands * blocks) % s.groups, n = item / (bands * blocks * s.groups);
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
                     s.pad_w, x.get() + ic * plane);
         padded = n * s.groups + g;
       }
-      const int64_t p0 = t * N, p_end = std::min(positions, p0 + N);
-      gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * blocks + b) * depth * MB}, x.get() + p0,
-                           taps_at.data(), depth, tile);
+      const int64_t first_row = band * band_rows, end_row = std::min(s.out_h, first_row + band_rows);
+      if (first_row >= end_row) continue;
+      const T* a = packed.data() + (g * blocks + b) * depth * MB;
+      const T* band_input = x.get() + first_row * padded_w;
+      for (int64_t p = 0; p < (end_row - first_row) * padded_w; p += N)
+        gemm_tile<T, MB, NV>(PackedRows<T, MB>{a}, band_input + p, taps_at.data(), depth, rows.get() + p, rows_n);
       const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
       for (int64_t m = 0; m < channels; ++m) {
         const int64_t oc = g * ocg + b * MB + m;
         const T shift = bias ? bias[oc] : T(0);
         T* out = output + (n * s.out_channels + oc) * out_plane;
-        for (int64_t p = p0; p < p_end;) {
-          const int64_t oh = p / padded_w, ow = p % padded_w, row_end = std::min(p_end, (oh + 1) * padded_w);
-          const T* src = tile + m * N + (p - p0);
+        for (int64_t oh = first_row; oh < end_row; ++oh) {
+          const T* src = rows.get() + m * rows_n + (oh - first_row) * padded_w;
           T* dst = out + oh * s.out_w;
-          for (int64_t c = ow; c < std::min(s.out_w, ow + row_end - p); ++c) dst[c] = src[c - ow] + shift;
-          p = row_end;
+          for (int64_t c = 0; c < s.out_w; ++c) dst[c] = src[c] + shift;
         }
       }
     }
