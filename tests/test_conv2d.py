@@ -97,6 +97,7 @@ EDGE_CASES = [
     dict(batch=11, in_channels=4, out_channels=14, size=(12, 17), kernel=(3, 3), padding=(1, 2),
          dilation=(2, 1), groups=2),
     dict(batch=9, in_channels=1, out_channels=7, size=(20, 21), kernel=(5, 4), padding=1),
+    dict(batch=5, in_channels=1, out_channels=20, size=(14, 15), kernel=(3, 3), padding=1),
     # grad_weight with output channels along the lanes and weight taps as rows: a stride, a
     # dilation down the kernel, a part-filled chunk of images and a part-filled channel panel.
     dict(batch=9, in_channels=6, out_channels=24, size=(21, 19), kernel=(3, 3), padding=1, stride=2,
@@ -218,13 +219,14 @@ def test_results_are_bit_identical_from_run_to_run(generator):
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
-def test_grad_weight_with_non_finite_input_matches_torch(value, generator):
-    """Few output channels take a path whose padding columns meet real input values; an
+@pytest.mark.parametrize("out_channels", [6, 20])
+def test_grad_weight_with_non_finite_input_matches_torch(value, out_channels, generator):
+    """Few input channels take a path whose padding columns meet real input values; an
     infinite or NaN input must still give torch's answer (NaN exactly where torch has one)."""
     input = torch.randn(3, 1, 12, 12, generator=generator)
     input[1, 0, 4, 0] = value
-    weight = torch.randn(6, 1, 5, 5, generator=generator)
-    upstream = torch.randn(3, 6, 8, 8, generator=generator)
+    weight = torch.randn(out_channels, 1, 5, 5, generator=generator)
+    upstream = torch.randn(3, out_channels, 8, 8, generator=generator)
     ours = torch.ops.lenetx.conv2d_grad_weight(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
     theirs = torch.ops.aten.convolution_backward(
         upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]

@@ -94,11 +94,13 @@ void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* outpu
   });
 }
 
-// grad_weight of a stride-1 layer with few output channels (LeNet's conv1: 6), as dot products
-// along the padded rows of worth_padded_rows: grad_output is laid out on the same rows, with
-// zeros in the columns past out_w, so that every tap is a dot product of two contiguous runs.
-// Those zeros meet real input values, which is exact only for finite input: an input with an
-// infinity or NaN goes to the channel-vector kernel instead.
+// grad_weight of a stride-1 layer with fewer input channels than a vector (the LeNets' conv1s),
+// as dot products along the padded rows of worth_padded_rows: grad_output is laid out on the same
+// rows, with zeros in the columns past out_w, so that every tap is a dot product of two contiguous
+// runs. For any number of output channels: at 16 and 32, the channel-vector kernel took 1.1-1.15x
+// as long (benchmarks/NOTES.md, section 16). Those zeros meet real input values, which is exact
+// only for finite input: an input with an infinity or NaN goes to the channel-vector kernel
+// instead.
 template <typename T>
 void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {

@@ -171,7 +171,7 @@ void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weig
     conv2d_grad_weight_tap_rows<T>(grad_output, input, grad_weight, s);
   else if (s.in_channels_per_group() >= Vec<T>::kLanes)
     conv2d_grad_weight_channels_last<T>(grad_output, input, grad_weight, s);
-  else if (s.out_channels_per_group() <= 8 && worth_padded_rows(s))
+  else if (worth_padded_rows(s))
     conv2d_grad_weight_by_rows<T>(grad_output, input, grad_weight, s);
   else if (s.out_channels_per_group() <= Vec<T>::kLanes)
     conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
