@@ -217,13 +217,21 @@ void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, 
 
 // grad_weight[i] = sum over chunks, in order, of partial[chunk * count + i], for the grad_weight
 // paths that keep one partial result per chunk of images in the weight's own layout.
+// Blocks of values at a time, the chunks' loop outside, so that the additions run in vectors along
+// the values: one value at a time, each was a chain of dependent double additions (LeNet-5's conv2,
+// 16 chunks: 4 % of its fused backward; benchmarks/NOTES.md, section 16).
 template <typename T>
 void sum_chunk_partials(const std::vector<T>& partial, int64_t chunks, int64_t count, T* grad_weight) {
   using acc_t = at::acc_type<T, /*is_cuda=*/false>;
-  parallel_for(count, chunks, [&](int64_t i) {
-    acc_t sum = 0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * count + i];
-    grad_weight[i] = static_cast<T>(sum);
+  constexpr int64_t kBlock = 256;
+  parallel_for(blocks_of(count, kBlock), kBlock * chunks, [&](int64_t block) {
+    const int64_t first = block * kBlock, values = std::min(kBlock, count - first);
+    acc_t sums[kBlock] = {};
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const T* values_of_chunk = partial.data() + chunk * count + first;
+      for (int64_t i = 0; i < values; ++i) sums[i] += values_of_chunk[i];
+    }
+    for (int64_t i = 0; i < values; ++i) grad_weight[first + i] = static_cast<T>(sums[i]);
   });
 }
 
