@@ -3,7 +3,7 @@
 // are matrix products over an unfolded input. Blocked like a BLAS: the whole of B is packed once
 // into panels of one tile's width; each thread takes a block of A rows, packed a block of
 // reduction steps at a time or read in place (RowAddressable), and sweeps it against one B panel
-// at a time, so that the B panel a tile reads (kGemmDepthBlock steps x N values) stays in L1.
+// at a time, so that the block of a B panel a tile reads (kGemmPanelBlockBytes) stays in L1.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -15,11 +15,13 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
-// 64 steps of a 64-float panel are 16 KB, which leaves room in a 48 KB L1 for the rows of A
-// (measured faster than 128 steps on VGG's 4x4 layers).
-constexpr int64_t kGemmDepthBlock = 64;
-// Rows of A per work item, at most: a packed block (192 x 64 floats, 48 KB) stays in L2 across
-// panels.
+// A depth block of a B panel: 16 KB, which leaves room in L1 for the rows of A. AVX-512's 64-float
+// panels take 64 steps (measured faster than 128 on VGG's 4x4 layers); AVX2's panels of 8 to 32
+// floats take 128 to 512 steps: at a fixed 64, LeNet-5's conv3 (400 steps) added each tile into
+// its output 7 times instead of 3, and ran 3-7 % slower (benchmarks/NOTES.md, section 16).
+constexpr int64_t kGemmPanelBlockBytes = 16 << 10;
+// Rows of A per work item, at most: a packed block (kGemmRowBlock x the depth block) stays in L2
+// across panels.
 constexpr int64_t kGemmRowBlock = 192;
 
 // A matrix whose rows can be read in place: row(i, k) points at m(i, k), m(i, k + 1), ... for
@@ -112,7 +114,7 @@ void store_tile(const T* tile, int64_t tile_width, int64_t count, int64_t width,
 }
 
 // c[i * c_row_stride + j] = sum over k < depth of a(i, k) * b(k, j), for i < rows, j < columns.
-// Each sum runs over k in order, in blocks of at most kGemmDepthBlock added in order: the result
+// Each sum runs over k in order, in depth blocks added in order: the result
 // does not depend on the thread count.
 template <typename T, typename AMatrix, typename BMatrix>
 void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const BMatrix& b, T* c,
@@ -123,7 +125,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
     return;
   }
   with_tile<T>(rows, columns, [&]<int MB, int NV>() {
-    constexpr int64_t N = NV * Vec<T>::kLanes;
+    constexpr int64_t N = NV * Vec<T>::kLanes, depth_block = kGemmPanelBlockBytes / (N * sizeof(T));
     // Row blocks of equal size (a multiple of MB, at most about kGemmRowBlock), so that the
     // threads' shares of them are equal too.
     const int64_t row_block = blocks_of(blocks_of(rows, blocks_of(rows, kGemmRowBlock)), MB) * MB;
@@ -137,13 +139,13 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
     parallel_for(panels, depth * N, [&](int64_t panel) {
       pack_panels<N>(b, depth, columns, 0, depth, panel * N, 1, packed_b.get() + panel * depth * N);
     });
-    const std::vector<int64_t> panel_rows = evenly_spaced(kGemmDepthBlock, N);
+    const std::vector<int64_t> panel_rows = evenly_spaced(depth_block, N);
     // What the rows past the last read, in place.
-    const std::vector<T> zeros(kGemmDepthBlock, T(0));
+    const std::vector<T> zeros(depth_block, T(0));
     parallel_for_ranges(row_items * column_items, row_block * depth * panels_per_item * N,
                         [&](int64_t first, int64_t last) {
       // packed_a[row tile][k][MB]: a transposed, so that a tile's MB values of one step are adjacent.
-      const std::unique_ptr<T[]> packed_a(RowAddressable<AMatrix> ? nullptr : new T[row_block * kGemmDepthBlock]);
+      const std::unique_ptr<T[]> packed_a(RowAddressable<AMatrix> ? nullptr : new T[row_block * depth_block]);
       alignas(64) T tile[MB * N];
       // Depth block [k0, k0 + steps) of one panel against each row tile of rows [row0, row0 + block_rows).
       const auto sweep = [&](int64_t row0, int64_t block_rows, int64_t panel, int64_t k0, int64_t steps) {
@@ -171,12 +173,12 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
           // Nothing to pack: each panel runs its whole reduction while its slice of c stays in cache.
           for (int64_t panel = first_panel; panel < last_panel; ++panel)
             for (int64_t k0 = 0, steps; k0 < depth; k0 += steps) {
-              steps = std::min({kGemmDepthBlock, depth - k0, a.run(k0)});
+              steps = std::min({depth_block, depth - k0, a.run(k0)});
               sweep(row0, block_rows, panel, k0, steps);
             }
         } else {
           for (int64_t k0 = 0, steps; k0 < depth; k0 += steps) {
-            steps = std::min(kGemmDepthBlock, depth - k0);
+            steps = std::min(depth_block, depth - k0);
             pack_panels<MB>(transpose(a), depth, rows, k0, steps, row0, blocks_of(block_rows, MB), packed_a.get());
             for (int64_t panel = first_panel; panel < last_panel; ++panel) sweep(row0, block_rows, panel, k0, steps);
           }
