@@ -43,6 +43,8 @@ EDGE_CASES = [
     dict(batch=2, in_channels=2, out_channels=3, size=(5, 6), kernel=(5, 6)),  # kernel = input
     dict(batch=3, in_channels=2, out_channels=2, size=(9, 11), kernel=(2, 2), stride=5),  # stride > kernel
     dict(batch=0, in_channels=3, out_channels=6, size=(8, 8), kernel=(3, 3)),  # empty batch
+    dict(batch=0, in_channels=6, out_channels=16, size=(14, 14), kernel=(5, 5)),  # empty, row tiles
+    dict(batch=0, in_channels=1, out_channels=6, size=(32, 32), kernel=(5, 5)),  # empty, padded rows
     dict(batch=1, in_channels=1, out_channels=6, size=(28, 28), kernel=(5, 5), padding=2),  # LeNet conv1
     dict(batch=2, in_channels=6, out_channels=16, size=(14, 14), kernel=(5, 5)),  # LeNet conv2
     dict(batch=2, in_channels=16, out_channels=32, size=(13, 13), kernel=(5, 5)),  # improved conv2

@@ -277,6 +277,22 @@ std::vector<T> flipped_kernel(const T* weight, const Conv2dShape& s) {
   return flipped;
 }
 
+// Work items of whole output rows for the row tiles and the padded rows: each of `planes` planes
+// (image, group, block of output channels) in bands of whole blocks of `unit` rows, as many bands
+// as give every thread two items. The last bands may be empty; no planes (an empty batch) make
+// one band, of no items.
+struct RowBands {
+  int64_t count, rows, out_rows;  // bands per plane, rows per band, rows of a plane
+
+  RowBands(int64_t planes, int64_t out_rows, int64_t unit) : out_rows(out_rows) {
+    const int64_t blocks = blocks_of(out_rows, unit);
+    count = planes == 0 ? 1 : std::min(blocks, blocks_of(2 * at::get_num_threads(), planes));
+    rows = blocks_of(blocks, count) * unit;
+  }
+  int64_t first_row(int64_t band) const { return band * rows; }
+  int64_t end_row(int64_t band) const { return std::min(out_rows, first_row(band) + rows); }
+};
+
 // Stride-1 correlation worth running on padded rows: at least half of the positions computed
 // along a padded row are real outputs.
 inline bool worth_padded_rows(const Conv2dShape& s) {

@@ -37,18 +37,16 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
       packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
   }
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, icg, s);
-  // Work items are bands of whole output rows of one (image, group, block of output channels),
-  // the image in as many bands as it takes to give every thread two items. A band's tiles run
-  // along its padded rows into a buffer laid out as those rows, copied out a row at a time:
-  // copied out of each tile, whose positions straddle rows, they took more time than the tiles
-  // themselves in the improved LeNet's conv1 (benchmarks/NOTES.md, section 16).
-  const int64_t planes_n = s.batch * s.groups * blocks;
-  if (planes_n == 0) return;
-  const int64_t bands = std::min(s.out_h, blocks_of(2 * at::get_num_threads(), planes_n));
-  const int64_t band_rows = blocks_of(s.out_h, bands), band_tiles = blocks_of(band_rows * padded_w, N);
+  // Work items are RowBands of the (image, group, block of output channels) planes. A band's
+  // tiles run along its padded rows into a buffer laid out as those rows, copied out a row at a
+  // time: copied out of each tile, whose positions straddle rows, they took more time than the
+  // tiles themselves in the improved LeNet's conv1 (benchmarks/NOTES.md, section 16).
+  const RowBands bands(s.batch * s.groups * blocks, s.out_h, 1);
+  const int64_t band_tiles = blocks_of(bands.rows * padded_w, N);
   // The last tile of the last band reads up to N positions and kernel_w columns past the planes.
   const int64_t slack = N + s.kernel_w * s.dilation_w;
-  parallel_for_ranges(planes_n * bands, band_tiles * depth * MB * N, [&](int64_t first, int64_t last) {
+  parallel_for_ranges(s.batch * s.groups * blocks * bands.count, band_tiles * depth * MB * N,
+                      [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them (a padded copy of the whole batch was not: NOTES, section 6).
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
@@ -57,15 +55,15 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
     const std::unique_ptr<T[]> rows(new T[MB * rows_n]);
     int64_t padded = -1;
     for (int64_t item = first; item < last; ++item) {
-      const int64_t band = item % bands, b = item / bands % blocks;
-      const int64_t g = item / (bands * blocks) % s.groups, n = item / (bands * blocks * s.groups);
+      const int64_t band = item % bands.count, b = item / bands.count % blocks;
+      const int64_t g = item / (bands.count * blocks) % s.groups, n = item / (bands.count * blocks * s.groups);
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
                     s.pad_w, x.get() + ic * plane);
         padded = n * s.groups + g;
       }
-      const int64_t first_row = band * band_rows, end_row = std::min(s.out_h, first_row + band_rows);
+      const int64_t first_row = bands.first_row(band), end_row = bands.end_row(band);
       if (first_row >= end_row) continue;
       const T* a = packed.data() + (g * blocks + b) * depth * MB;
       const T* band_input = x.get() + first_row * padded_w;

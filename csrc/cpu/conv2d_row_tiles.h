@@ -85,36 +85,33 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
           packed[((((g * vectors + v) * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] =
               weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
   }
-  const int64_t row_blocks = blocks_of(s.out_h, RB);
-  // Work items are bands of whole output rows of one (image, group, vector of output channels),
-  // the image in as many bands as it takes to give every thread two items: an image's bands for
-  // one vector of output channels, then the next vector's, so that its weights stay in cache over
-  // a whole plane, the padded input over all the vectors. A band's tiles are gathered
+  // Work items are RowBands of the (image, group, vector of output channels) planes: an image's
+  // bands for one vector of output channels, then the next vector's, so that its weights stay in
+  // cache over a whole plane, the padded input over all the vectors. A band's tiles are gathered
   // channels-last, then transposed onto the output's planes in squares of a vector of pixels by a
-  // vector of channels: copied out of each tile one value at a time, they took a fifth of LeNet-5's
-  // conv2 forward (benchmarks/NOTES.md, section 15).
-  const int64_t planes_n = s.batch * s.groups * vectors;
-  const int64_t bands = std::min(row_blocks, blocks_of(2 * at::get_num_threads(), planes_n));
-  const int64_t band_rows = blocks_of(row_blocks, bands) * RB;
-  parallel_for_ranges(planes_n * bands, icg * taps * band_rows * s.out_w * L, [&](int64_t first, int64_t last) {
+  // vector of channels: copied out of each tile one value at a time, they took a fifth of
+  // LeNet-5's conv2 forward (benchmarks/NOTES.md, section 15).
+  const RowBands bands(s.batch * s.groups * vectors, s.out_h, RB);
+  parallel_for_ranges(s.batch * s.groups * vectors * bands.count, icg * taps * bands.rows * s.out_w * L,
+                      [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them, as the padded rows' are (NOTES, section 6).
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
     std::fill_n(x.get() + icg * plane, slack, T(0));
-    const std::unique_ptr<T[]> gathered(new T[band_rows * s.out_w * L]);
+    const std::unique_ptr<T[]> gathered(new T[bands.rows * s.out_w * L]);
     const TransposeIndices<T> indices;
     int64_t padded = -1;
     alignas(64) T tile[RB * MB * L];
     for (int64_t item = first; item < last; ++item) {
-      const int64_t band = item % bands, v = item / bands % vectors;
-      const int64_t g = item / (bands * vectors) % s.groups, n = item / (bands * vectors * s.groups);
+      const int64_t band = item % bands.count, v = item / bands.count % vectors;
+      const int64_t g = item / (bands.count * vectors) % s.groups, n = item / (bands.count * vectors * s.groups);
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
                     s.pad_w, x.get() + ic * plane);
         padded = n * s.groups + g;
       }
-      const int64_t first_row = band * band_rows, end_row = std::min(s.out_h, first_row + band_rows);
+      const int64_t first_row = bands.first_row(band), end_row = bands.end_row(band);
       if (first_row >= end_row) continue;
       for (int64_t oh0 = first_row; oh0 < end_row; oh0 += RB)
         for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += MB) {
