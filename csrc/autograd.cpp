@@ -86,6 +86,9 @@ class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool
     }
     ctx->save_for_backward({input, weight, mask});
     ctx->mark_non_differentiable({mask});
+    // Otherwise autograd would zero a mask-sized gradient for the mask every backward (217 us
+    // of LeNet-5's 4.6 ms step for conv1's mask, by the profiler).
+    ctx->set_materialize_grads(false);
     save_conv_arguments(ctx, stride, padding, dilation, groups, bias);
     ctx->saved_data["pool_size"] = pool_size;
     ctx->saved_data["max_pool"] = max_pool;
@@ -98,6 +101,7 @@ class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool
                                                                  const at::Tensor&, const at::Tensor&, IntList,
                                                                  IntList, IntList, int64_t, IntList, bool, bool)>(
             "lenetx::conv2d_relu_pool2d_backward");
+    if (!grad_outputs[0].defined()) return variable_list(9);
     const variable_list saved = ctx->get_saved_variables();
     auto& data = ctx->saved_data;
     const bool input_grad = ctx->needs_input_grad(0);

@@ -150,6 +150,38 @@ def test_backward_without_input_grad_returns_an_empty_grad_input():
     assert grads[0].shape == (0,) and grads[1].shape == (4, 3, 3, 3) and grads[2].shape == (4,)
 
 
+def test_backward_zeroes_no_gradient_for_the_mask(generator):
+    # The mask is not differentiable: a mask-sized zero gradient for it, filled every backward,
+    # took 217 us of LeNet-5's step for conv1's.
+    input = torch.randn(4, 1, 32, 32, generator=generator)
+    weight = torch.randn(6, 1, 5, 5, generator=generator, requires_grad=True)
+    output = LF.conv2d_relu_pool2d(input, weight, None, pool_size=2)
+    with torch.profiler.profile(record_shapes=True) as profile:
+        output.sum().backward()
+    mask_shape = [4, 6, 28, 28]
+    assert not [e.name for e in profile.events()
+                if e.name in ("aten::zero_", "aten::fill_") and mask_shape in e.input_shapes]
+    assert weight.grad is not None
+
+
+def test_backward_passes_on_an_absent_gradient_as_absent(generator):
+    class DropsGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    input = torch.randn(2, 3, 8, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, generator=generator, requires_grad=True)
+    output = LF.conv2d_relu_pool2d(input, weight, None, pool_size=2)
+    grads = torch.autograd.grad(DropsGradient.apply(output).sum() + weight.sum(), (input, weight),
+                                allow_unused=True)
+    assert grads[0] is None and torch.equal(grads[1], torch.ones_like(weight))
+
+
 @pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
 def test_gradcheck(max_pool, generator):
     # Values away from relu's kink and from ties, where the finite differences are exact enough.
