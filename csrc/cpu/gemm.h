@@ -126,14 +126,17 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
   }
   with_tile<T>(rows, columns, [&]<int MB, int NV>() {
     constexpr int64_t N = NV * Vec<T>::kLanes, depth_block = kGemmPanelBlockBytes / (N * sizeof(T));
-    // Row blocks of equal size (a multiple of MB, at most about kGemmRowBlock), so that the
-    // threads' shares of them are equal too.
-    const int64_t row_block = blocks_of(blocks_of(rows, blocks_of(rows, kGemmRowBlock)), MB) * MB;
+    // Row blocks of equal size (a multiple of MB, at most about kGemmRowBlock), one per thread at
+    // least where the rows have tiles enough, so that the threads' shares are equal too. Split
+    // by columns instead, LeNet-5's conv3 (128 rows, 5 panels) gave one thread 4 panels and the
+    // other 1: its threads waited for each other a third of the time (by perf).
+    const int64_t threads = at::get_num_threads(), row_tiles = blocks_of(rows, MB);
+    const int64_t row_block =
+        blocks_of(row_tiles, std::min(row_tiles, std::max(threads, blocks_of(rows, kGemmRowBlock)))) * MB;
     const int64_t panels = blocks_of(columns, N), row_items = blocks_of(rows, row_block);
-    // A packed block serves every panel of its item; columns are split only when there are too
-    // few row blocks to keep the threads busy.
-    const int64_t column_items = std::min(panels, blocks_of(2 * at::get_num_threads(), row_items));
-    const int64_t panels_per_item = blocks_of(panels, column_items);
+    // A packed block serves every panel of its item; columns are split, as evenly as whole
+    // panels allow, only when there are too few row blocks to keep the threads busy.
+    const int64_t column_items = std::min(panels, blocks_of(threads, row_items));
     // B transposed: packed_b[panel][k][N] is b(k, panel * N + j), zero past the last column.
     const std::unique_ptr<T[]> packed_b(new T[panels * depth * N]);
     parallel_for(panels, depth * N, [&](int64_t panel) {
@@ -142,7 +145,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
     const std::vector<int64_t> panel_rows = evenly_spaced(depth_block, N);
     // What the rows past the last read, in place.
     const std::vector<T> zeros(depth_block, T(0));
-    parallel_for_ranges(row_items * column_items, row_block * depth * panels_per_item * N,
+    parallel_for_ranges(row_items * column_items, row_block * depth * blocks_of(panels, column_items) * N,
                         [&](int64_t first, int64_t last) {
       // packed_a[row tile][k][MB]: a transposed, so that a tile's MB values of one step are adjacent.
       const std::unique_ptr<T[]> packed_a(RowAddressable<AMatrix> ? nullptr : new T[row_block * depth_block]);
@@ -167,8 +170,8 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
       };
       for (int64_t item = first; item < last; ++item) {
         const int64_t row0 = item / column_items * row_block, block_rows = std::min(row_block, rows - row0);
-        const int64_t first_panel = item % column_items * panels_per_item;
-        const int64_t last_panel = std::min(panels, first_panel + panels_per_item);
+        const int64_t first_panel = item % column_items * panels / column_items;
+        const int64_t last_panel = (item % column_items + 1) * panels / column_items;
         if constexpr (RowAddressable<AMatrix>) {
           // Nothing to pack: each panel runs its whole reduction while its slice of c stays in cache.
           for (int64_t panel = first_panel; panel < last_panel; ++panel)
