@@ -99,17 +99,19 @@ void fold_pixels(const T* columns, int64_t N, const typename LaneMask<T>::Lane* 
   }
 }
 
-// Per (image, group): the product of the weight's rows, packed MB at a time, by grad_output's
+// Per (images, group): the product of the weight's rows, packed MB at a time, by grad_output's
 // planes gives columns[(ic, kh, kw)][p] = sum over oc of weight[oc][ic][kh][kw] times
 // grad_output[oc][p], in register tiles of MB rows by NV vectors of output pixels; fold_pixels
-// adds them up into grad_input.
+// adds them up into grad_input. Two images' planes side by side where one plane does not fill
+// its last tile: LeNet-5's conv2 (100 pixels) took 7 tiles of 16 per image, 13 per two.
 template <typename T, int MB, int NV>
 void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
   constexpr int64_t L = Vec<T>::kLanes, NB = NV * L;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t rows = icg * s.kernel_h * s.kernel_w, row_tiles = blocks_of(rows, MB);
   const int64_t out_plane = s.out_h * s.out_w, chunks = blocks_of(s.in_w, L);
-  const int64_t column_blocks = blocks_of(out_plane, NB), N = column_blocks * NB;
+  const int64_t images = out_plane % NB == 0 ? 1 : 2;
+  const int64_t column_blocks = blocks_of(images * out_plane, NB), N = column_blocks * NB;
   // The loads of fold_pixels reach (kernel_w - 1) * dilation_w before a row and a few vectors of
   // the input's width past the last.
   const int64_t front = blocks_of((s.kernel_w - 1) * s.dilation_w, L) * L;
@@ -131,20 +133,26 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
       packed[((g * row_tiles + row / MB) * ocg + o) * MB + row % MB] = weight[oc * rows + row];
   }
   const std::vector<int64_t> plane_rows = evenly_spaced(ocg, N);
-  parallel_for_ranges(s.batch * s.groups, rows * ocg * N, [&](int64_t first, int64_t last) {
-    const std::unique_ptr<T[]> planes(new T[ocg * N]());  // the tails past out_plane stay zero
+  parallel_for_ranges(blocks_of(s.batch, images) * s.groups, rows * ocg * N, [&](int64_t first, int64_t last) {
+    // Past the planes: zeros, or an odd batch's last image's neighbour from the item before,
+    // whose columns nothing reads.
+    const std::unique_ptr<T[]> planes(new T[ocg * N]());
     const std::unique_ptr<T[]> columns(new T[front + row_tiles * MB * N + back]());
     for (int64_t item = first; item < last; ++item) {
-      const int64_t n = item / s.groups, g = item % s.groups;
-      for (int64_t oc = 0; oc < ocg; ++oc)
-        std::copy_n(grad_output + (n * s.out_channels + g * ocg + oc) * out_plane, out_plane, planes.get() + oc * N);
+      const int64_t n0 = item / s.groups * images, g = item % s.groups;
+      const int64_t count = std::min(images, s.batch - n0);
+      for (int64_t i = 0; i < count; ++i)
+        for (int64_t oc = 0; oc < ocg; ++oc)
+          std::copy_n(grad_output + ((n0 + i) * s.out_channels + g * ocg + oc) * out_plane, out_plane,
+                      planes.get() + oc * N + i * out_plane);
       for (int64_t tile_row = 0; tile_row < row_tiles; ++tile_row)
         for (int64_t block = 0; block < column_blocks; ++block)
           gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * row_tiles + tile_row) * ocg * MB},
                                planes.get() + block * NB, plane_rows.data(), ocg,
                                columns.get() + front + tile_row * MB * N + block * NB, N);
-      fold_pixels(columns.get() + front, N, masks.data(), s,
-                  grad_input + (n * s.in_channels + g * icg) * s.in_h * s.in_w);
+      for (int64_t i = 0; i < count; ++i)
+        fold_pixels(columns.get() + front + i * out_plane, N, masks.data(), s,
+                    grad_input + ((n0 + i) * s.in_channels + g * icg) * s.in_h * s.in_w);
     }
   });
 }
