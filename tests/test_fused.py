@@ -233,6 +233,24 @@ def test_conv_relu_pool_fuses_exactly_the_plain_poolings(pool, fused, monkeypatc
     assert bool(calls) == fused
 
 
+@pytest.mark.parametrize("conv, copies", [
+    (lnn.Conv2d(1, 6, 5), False),
+    (lnn.Conv2d(1, 6, 5, padding=(1, 0)), False),
+    (lnn.Conv2d(1, 6, 5, padding="same"), True),
+    (torch.nn.Conv2d(1, 6, 5), True),
+], ids=["fused", "fused-padded", "fused-same", "torch-layer"])
+def test_conv_relu_pool_input_padding_is_a_padded_input(conv, copies, monkeypatch, generator):
+    # LeNet-5 pads 28x28 digits to 32x32: the fused operator takes that padding as its own.
+    input = torch.randn(2, 1, 12, 13, generator=generator)
+    pool = lnn.AvgPool2d(2)
+    expected = pool(F.relu(conv(F.pad(input, [2] * 4))))
+    pads = []
+    real = F.pad
+    monkeypatch.setattr(F, "pad", lambda *a, **k: pads.append(1) or real(*a, **k))
+    torch.testing.assert_close(lnn.conv_relu_pool(conv, pool, input, input_padding=2), expected)
+    assert bool(pads) == copies
+
+
 @pytest.mark.parametrize("conv, fused", [(lnn.Conv2d(1, 16, 5), True), (lnn.Conv2d(2, 8, 4, groups=2), True),
                                          (lnn.Conv2d(6, 16, 5), True), (lnn.Conv2d(16, 32, 5), False),
                                          (lnn.Conv2d(7, 3, 5), False)])

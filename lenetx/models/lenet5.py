@@ -26,8 +26,7 @@ class LeNet5(PadTo32, torch.nn.Module):
         self.fc2 = torch.nn.Linear(84, num_classes)
 
     def forward(self, x):
-        x = self.pad_input(x)
-        x = conv_relu_pool(self.conv1, self.pool1, x)
+        x = conv_relu_pool(self.conv1, self.pool1, x, input_padding=self.input_padding)
         x = conv_relu_pool(self.conv2, self.pool2, x)
         x = F.relu(self.conv3(x)).flatten(1)
         return self.fc2(F.relu(self.fc1(x)))
