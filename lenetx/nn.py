@@ -64,18 +64,17 @@ def conv_relu_pool(conv, pool, input, input_padding=0):
     kernel_size, no padding, floor mode), conv then relu_pool otherwise. input_padding zero rows
     and columns around the input, as F.pad would add them, become part of the fused operator's
     padding instead of a padded copy (LeNet-5's 28x28 digits padded to 32x32: 31 us a step)."""
-    if (isinstance(conv, Conv2d) and conv.padding_mode == "zeros" and _fusable_pool(pool)
-            and conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] <= _MAX_FUSED_TAPS):
-        padding = conv.padding
-        if input_padding and isinstance(padding, str):
-            input = F.pad(input, [input_padding] * 4)
-        elif input_padding:
-            padding = [p + input_padding for p in padding]
+    fused = (isinstance(conv, Conv2d) and conv.padding_mode == "zeros" and _fusable_pool(pool)
+             and conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] <= _MAX_FUSED_TAPS)
+    padding = conv.padding
+    if input_padding and fused and not isinstance(padding, str):
+        padding = [p + input_padding for p in padding]
+    elif input_padding:
+        input = F.pad(input, [input_padding] * 4)
+    if fused:
         return LF.conv2d_relu_pool2d(input, conv.weight, conv.bias, conv.stride, padding,
                                      conv.dilation, conv.groups, pool_size=pool.kernel_size,
                                      max_pool=isinstance(pool, MaxPool2d))
-    if input_padding:
-        input = F.pad(input, [input_padding] * 4)
     return relu_pool(pool, conv(input))
 
 
