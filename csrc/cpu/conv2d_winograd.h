@@ -270,15 +270,16 @@ void winograd_input_band(const T* input, int64_t n, int64_t b, const Conv2dShape
 }
 
 // The output tiles of `tiles` tiles from their products: tile_products(t, oc0) points at the
-// products of tile t for output channels [oc0, oc0 + L), tap after tap `tap_stride` apart.
+// products of tile t for output channels [oc0, oc0 + L), tap after tap TapStride apart.
 // y = A^T p A plus the bias (`biases`: out_channels rounded up to a vector), written into the
-// image's planes `out` from output row first_row.
-template <typename T, int R, typename TileProducts>
-void winograd_output_transform(const TileProducts& tile_products, int64_t tap_stride,
-                               int64_t tiles, int64_t tiles_w, int64_t first_row,
-                               const T* biases, const Conv2dShape& s, T* out) {
+// image's planes `out` from output row first_row. A column of p at a time, added into y: with
+// the whole of p loaded first, its 36 vectors and their addresses spilled to the stack.
+template <typename T, int R, int TapStride, typename TileProducts>
+void winograd_output_transform(const TileProducts& tile_products, int64_t tiles, int64_t tiles_w,
+                               int64_t first_row, const T* biases, const Conv2dShape& s, T* out) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes, M = kWinogradOutputs<R>;
+  constexpr const auto& a = kWinogradOutput<M>;
   const int64_t out_plane = s.out_h * s.out_w, out_w = s.out_w;
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t oy = first_row + t / tiles_w * M, ox = t % tiles_w * M;
@@ -286,20 +287,31 @@ void winograd_output_transform(const TileProducts& tile_products, int64_t tap_st
     T* corner = out + oy * out_w + ox;
     for (int64_t oc0 = 0; oc0 < s.out_channels; oc0 += L) {
       const T* product = tile_products(t, oc0);
-      V p[kWinogradTile][kWinogradTile], ap[M][kWinogradTile], bias;
-#pragma GCC unroll 6
-      for (int i = 0; i < kWinogradTile; ++i)
-#pragma GCC unroll 6
-        for (int j = 0; j < kWinogradTile; ++j) load_vec(p[i][j], product + (i * kWinogradTile + j) * tap_stride);
+      V bias, y[M][M];
       load_vec(bias, biases + oc0);
+#pragma GCC unroll 4
+      for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < M; ++j) y[i][j] = bias;
+#pragma GCC unroll 6
+      for (int k = 0; k < kWinogradTile; ++k) {
+        V column[kWinogradTile], ap[M];
+#pragma GCC unroll 6
+        for (int i = 0; i < kWinogradTile; ++i) load_vec(column[i], product + (i * kWinogradTile + k) * TapStride);
+        multiply_constant<M, kWinogradTile, 1, V>(
+            a, [&](int i, int) -> const V& { return column[i]; }, [&](int i, int, const V& x) { ap[i] = x; });
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+          for (int j = 0; j < M; ++j)
+            if (a[j][k] != 0) y[i][j] += ap[i] * static_cast<T>(a[j][k]);
+      }
       // y[i][j][lane], written plane by plane below: a lane is an output channel.
-      alignas(64) T y[M][M][L];
-      multiply_constant<M, kWinogradTile, kWinogradTile, V>(
-          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) -> const V& { return p[k][j]; },
-          [&](int i, int j, const V& x) { ap[i][j] = x; });
-      multiply_constant<M, kWinogradTile, M, V>(
-          kWinogradOutput<kWinogradOutputs<R>>, [&](int k, int j) -> const V& { return ap[j][k]; },
-          [&](int i, int j, const V& x) { store_vec(y[j][i], x + bias); });
+      alignas(64) T lanes_of[M][M][L];
+#pragma GCC unroll 4
+      for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < M; ++j) store_vec(lanes_of[i][j], y[i][j]);
       const int64_t lanes = std::min<int64_t>(L, s.out_channels - oc0);
       T* planes = corner + oc0 * out_plane;
       if (rows == M && columns == M) {
@@ -307,11 +319,11 @@ void winograd_output_transform(const TileProducts& tile_products, int64_t tap_st
 #pragma GCC unroll 4
           for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
-            for (int j = 0; j < M; ++j) planes[l * out_plane + i * out_w + j] = y[i][j][l];
+            for (int j = 0; j < M; ++j) planes[l * out_plane + i * out_w + j] = lanes_of[i][j][l];
       } else {
         for (int64_t l = 0; l < lanes; ++l)
           for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < columns; ++j) planes[l * out_plane + i * out_w + j] = y[i][j][l];
+            for (int64_t j = 0; j < columns; ++j) planes[l * out_plane + i * out_w + j] = lanes_of[i][j][l];
       }
     }
   }
@@ -349,13 +361,13 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
           for (int m = 0; m < MB; ++m) rows.row[m] = transformed.data() + (tap * tile_stride + block * MB + m) * ic_stride;
           for (int64_t panel = 0; panel < panels; ++panel)
             gemm_tile<T, MB, NV>(rows, u.data() + tap * ic_n * oc_stride + panel * N, u_rows.data(), ic_n,
-                                 products.data() + ((tap * tile_blocks + block) * panels + panel) * MB * N);
+                                 products.data() + ((block * panels + panel) * kWinogradTaps + tap) * MB * N);
         }
       const auto tile_products = [&](int64_t t, int64_t oc0) {
-        return products.data() + ((t / MB * panels + oc0 / N) * MB + t % MB) * N + oc0 % N;
+        return products.data() + ((t / MB * panels + oc0 / N) * kWinogradTaps * MB + t % MB) * N + oc0 % N;
       };
-      winograd_output_transform<T, R>(tile_products, tile_blocks * panels * MB * N, tiles, tiling.tiles_w,
-                                      tiling.first_row(b), biases.data(), s, output + n * oc_n * s.out_h * s.out_w);
+      winograd_output_transform<T, R, MB * N>(tile_products, tiles, tiling.tiles_w, tiling.first_row(b), biases.data(), s,
+                                              output + n * oc_n * s.out_h * s.out_w);
     }
   });
 }
