@@ -105,13 +105,14 @@ EDGE_CASES = [
     dict(batch=9, in_channels=6, out_channels=24, size=(21, 19), kernel=(3, 3), padding=1, stride=2,
          dilation=(2, 1)),
     # Winograd's F(4x4, 3x3): an image in several bands of tile rows, part-filled tiles at the
-    # bottom and right, two panels of output channels, the last part-filled; then F(2x2, 5x5)
+    # bottom and right, two panels of output channels, the last part-filled; then F(4x4, 5x5)
     # with input channels that do not fill a vector and three vectors of output channels.
     dict(batch=3, in_channels=64, out_channels=100, size=(30, 27), kernel=(3, 3), padding=1),
     dict(batch=2, in_channels=9, out_channels=37, size=(15, 12), kernel=(5, 5), padding=2),
     # Winograd's grad_weight over several chunks of images, the last part-filled, each image 4
     # tiles, so that a product runs over several images.
     dict(batch=11, in_channels=12, out_channels=20, size=(8, 8), kernel=(3, 3), padding=1),
+    dict(batch=11, in_channels=12, out_channels=20, size=(9, 8), kernel=(5, 5), padding=2),
     # grad_input as a transposed convolution (input of 1.5 times the output's pixels or more):
     # input rows of several vectors, padding and dilation along them; then groups, padding down
     # and kernel rows past the input's edge. Outputs of more than kVectorRegisters / 4 vectors
