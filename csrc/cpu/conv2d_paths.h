@@ -3,8 +3,8 @@
 // conv2d_relu_pool2d run them on whole batches and on chunks of images alike:
 // - conv2d_winograd.h: 3x3 and 5x5 stride-1 correlations with enough channels and outputs of 8x8
 //   or more (the improved LeNet's conv2, VGG's 32x32 to 8x8 layers), by Winograd's F(4x4, 3x3)
-//   and F(2x2, 5x5), and their grad_weight by F(3x3, 4x4) and F(5x5, 2x2) on the same tiles,
-//   unless a value they read is not finite.
+//   on 6x6 tiles and F(4x4, 5x5) on 8x8, and their grad_weight by F(3x3, 4x4) and F(5x5, 4x4)
+//   on the same tiles, unless a value they read is not finite.
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
