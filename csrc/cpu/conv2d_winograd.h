@@ -258,16 +258,35 @@ void winograd_kernel_transform(const T* weight, int64_t ic, const Conv2dShape& s
 
 // dst[r][left + x][c] = image[c][first_row + r][x] for the image's rows among `rows` rows from
 // first_row (which may be negative: padding) and c < channels; zero elsewhere, up to rows x
-// row_width pixels of channel_stride values.
+// row_width pixels of channel_stride values (a whole number of vectors). A vector of channels by
+// a vector of pixels at a time, transposed in registers: one value at a time, this copy took 5-11
+// % of the improved LeNet's conv2 (benchmarks/NOTES.md, section 18).
 template <typename T>
 void channels_last_band(const T* image, int64_t channels, int64_t h, int64_t w, int64_t first_row, int64_t rows,
                         int64_t left, int64_t row_width, int64_t channel_stride, T* dst) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes;
+  const TransposeIndices<T> indices;
   std::fill_n(dst, rows * row_width * channel_stride, T(0));
   for (int64_t r = std::max<int64_t>(0, -first_row); r < std::min(rows, h - first_row); ++r) {
     T* row = dst + (r * row_width + left) * channel_stride;
-    for (int64_t c = 0; c < channels; ++c) {
-      const T* src = image + (c * h + first_row + r) * w;
-      for (int64_t x = 0; x < w; ++x) row[x * channel_stride + c] = src[x];
+    for (int64_t c0 = 0; c0 < channels; c0 += L) {
+      const int64_t loaded = std::min(L, channels - c0);
+      const T* src = image + (c0 * h + first_row + r) * w;
+      int64_t x = 0;
+      for (; x + L <= w; x += L) {
+        V square[L];
+        for (int64_t m = 0; m < L; ++m)
+          if (m < loaded)
+            load_vec(square[m], src + m * h * w + x);
+          else
+            square[m] = V{};
+        transpose_square<T>(square, indices);
+#pragma GCC unroll 16
+        for (int64_t i = 0; i < L; ++i) store_vec(row + (x + i) * channel_stride + c0, square[i]);
+      }
+      for (; x < w; ++x)
+        for (int64_t m = 0; m < loaded; ++m) row[x * channel_stride + c0 + m] = src[m * h * w + x];
     }
   }
 }
