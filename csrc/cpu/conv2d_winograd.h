@@ -11,9 +11,9 @@
 // The interpolation points are 0, 1, -1, 1/2, -2 (6x6 tiles), then 2 and -1/2 (8x8), and
 // infinity: in float32, the 6x6 tiles' rounding error was half that of Lavin's 0, 1, -1, 2, -2
 // (benchmarks/NOTES.md, section 11), a few units in the 6th digit of the output's largest value;
-// the 8x8 tiles' is about twice that (section 18). The transforms mix every value of a tile, so
-// an infinite or NaN input or weight would spread NaN over outputs that never read it: those take
-// the direct paths instead.
+// the 8x8 tiles' is about three times that (section 18). The transforms mix every value of a
+// tile, so an infinite or NaN input or weight would spread NaN over outputs that never read it:
+// those take the direct paths instead.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -415,9 +415,9 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
   parallel_for_ranges(s.batch * tiling.bands, tiling.band_tiles * Taps * ic_n * oc_n,
                       [&](int64_t first, int64_t last) {
     // The band's input rows channels-last inside the zero padding, per tap the transformed tiles
-    // (the rows of its product, zero past the band's tiles), and the products.
+    // (the rows of its product), and the products.
     std::vector<T> band(tiling.input_rows * tiling.input_w * ic_stride);
-    std::vector<T> transformed(Taps * tile_stride * ic_stride, T(0));
+    std::vector<T> transformed(Taps * tile_stride * ic_stride);
     std::vector<T> products(Taps * tile_stride * oc_stride);
     for (int64_t item = first; item < last; ++item) {
       const int64_t n = item / tiling.bands, b = item % tiling.bands, tiles = tiling.tiles_in(b);
@@ -483,9 +483,10 @@ void winograd_weight_transform(const T* sums, int64_t ic, const Conv2dShape& s, 
 // tiles) times (tiles x output channels). The products run over groups of whole images of at
 // least kWinogradDepth tiles, added into the sums of their chunk of kImagesPerPartial images;
 // each chunk's sums are transformed into a partial grad_weight, and the partials added in order.
-// A group's transformed tiles stay in L2 where an image's do (the improved LeNet's conv2: 49
-// tiles); VGG's 8x8 layers group 8 images of 4 tiles, since adding short products into sums of
-// 36 x 256 x 256 values cost more than the products. On 8x8 tiles (5x5 kernels) it is F(5x5, 4x4).
+// A group's transformed tiles stay in L2 where an image's do (the improved LeNet's conv2: two
+// images of 16 tiles); VGG's 8x8 layers group 8 images of 4 tiles, since adding short products
+// into sums of 36 x 256 x 256 values cost more than the products. On 8x8 tiles (5x5 kernels) it
+// is F(5x5, 4x4).
 constexpr int64_t kWinogradDepth = 32;
 
 template <typename T, int R, int MB, int NV>
