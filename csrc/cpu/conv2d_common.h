@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -21,6 +22,15 @@ namespace lenetx::cpu::LENETX_ISA {
 constexpr int64_t kImagesPerPartial = 8;
 
 inline int64_t blocks_of(int64_t count, int64_t block) { return (count + block - 1) / block; }
+
+// fn.template operator()<Count>() for Count = count, 1 <= count <= Max: a kernel compiled for
+// exactly the rows or channels left at the end of a loop over blocks of Max.
+template <int Max, typename Fn>
+void with_count(int64_t count, const Fn& fn) {
+  [&]<int... Less>(std::integer_sequence<int, Less...>) {
+    ((count == Less + 1 ? fn.template operator()<Less + 1>() : void()), ...);
+  }(std::make_integer_sequence<int, Max>{});
+}
 
 // Every (image, channel) plane inside a zero border of pad_h rows and pad_w columns, planes back
 // to back, then `slack` zeros. Without border or slack the input itself serves, uncopied.

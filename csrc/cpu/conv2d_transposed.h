@@ -89,14 +89,9 @@ template <typename T>
 void fold_pixels(const T* columns, int64_t N, const typename LaneMask<T>::Lane* masks, const Conv2dShape& s,
                  T* grad_input) {
   constexpr int kMaxChannels = 4;
-  for (int64_t ic0 = 0; ic0 < s.in_channels_per_group(); ic0 += kMaxChannels) {
-    switch (std::min<int64_t>(kMaxChannels, s.in_channels_per_group() - ic0)) {
-      case 1: fold_channels<T, 1>(columns, N, masks, s, ic0, grad_input); break;
-      case 2: fold_channels<T, 2>(columns, N, masks, s, ic0, grad_input); break;
-      case 3: fold_channels<T, 3>(columns, N, masks, s, ic0, grad_input); break;
-      default: fold_channels<T, kMaxChannels>(columns, N, masks, s, ic0, grad_input); break;
-    }
-  }
+  for (int64_t ic0 = 0; ic0 < s.in_channels_per_group(); ic0 += kMaxChannels)
+    with_count<kMaxChannels>(std::min<int64_t>(kMaxChannels, s.in_channels_per_group() - ic0),
+                             [&]<int CB>() { fold_channels<T, CB>(columns, N, masks, s, ic0, grad_input); });
 }
 
 // Per (images, group): the product of the weight's rows, packed MB at a time, by grad_output's

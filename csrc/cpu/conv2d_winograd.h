@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <array>
-#include <utility>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -387,15 +386,6 @@ void winograd_output_transform(const TileProducts& tile_products, int64_t tiles,
   }
 }
 
-// fn.template operator()<Rows>() for Rows = rows, 1 <= rows <= MB: a register tile of exactly
-// the rows left.
-template <int MB, typename Fn>
-void with_rows(int64_t rows, const Fn& fn) {
-  [&]<int... Less>(std::integer_sequence<int, Less...>) {
-    ((rows == Less + 1 ? fn.template operator()<Less + 1>() : void()), ...);
-  }(std::make_integer_sequence<int, MB>{});
-}
-
 template <typename T, int R, int MB, int NV>
 void winograd_correlate(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   constexpr int L = Vec<T>::kLanes, N = NV * L, Taps = kWinogradTaps<kWinogradTile<R>>;
@@ -426,7 +416,7 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
       // image, VGG's 8x8 layers 4, and padding rows cost 11 and 33 % of their products.
       for (int64_t tap = 0; tap < Taps; ++tap)
         for (int64_t block = 0; block < blocks_of(tiles, MB); ++block)
-          with_rows<MB>(std::min<int64_t>(MB, tiles - block * MB), [&]<int Rows>() {
+          with_count<MB>(std::min<int64_t>(MB, tiles - block * MB), [&]<int Rows>() {
             RowPointers<T, Rows> rows;
             for (int m = 0; m < Rows; ++m) rows.row[m] = transformed.data() + (tap * tile_stride + block * MB + m) * ic_stride;
             for (int64_t panel = 0; panel < panels; ++panel)
@@ -531,7 +521,7 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
           }
         for (int64_t tap = 0; tap < Taps; ++tap)
           for (int64_t ic0 = 0; ic0 < ic_n; ic0 += MB)
-            with_rows<MB>(std::min<int64_t>(MB, ic_n - ic0), [&]<int Rows>() {
+            with_count<MB>(std::min<int64_t>(MB, ic_n - ic0), [&]<int Rows>() {
               for (int64_t panel = 0; panel < panels; ++panel) {
                 gemm_tile<T, Rows, NV>(ColumnsOf<T>{transformed.data() + tap * tile_stride * ic_stride + ic0, ic_stride},
                                        go_transformed.data() + tap * tile_stride * oc_stride + panel * N, go_rows.data(),
