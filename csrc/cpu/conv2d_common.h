@@ -198,6 +198,22 @@ __attribute__((always_inline)) inline void transpose_square(typename Vec<T>::typ
   }
 }
 
+// One square of the copies below: dst[i * dst_stride + m] = src[m * src_stride + i] for i, m < L,
+// the rows m >= loaded zero.
+template <typename T>
+__attribute__((always_inline)) inline void transpose_square_copy(const T* __restrict src, int64_t src_stride,
+                                                                 int64_t loaded, T* __restrict dst, int64_t dst_stride,
+                                                                 const TransposeIndices<T>& indices) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes;
+  V rows[L];
+  for (int64_t m = 0; m < loaded; ++m) load_vec(rows[m], src + m * src_stride);
+  for (int64_t m = loaded; m < L; ++m) rows[m] = V{};
+  transpose_square<T>(rows, indices);
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < L; ++i) store_vec(dst + i * dst_stride, rows[i]);
+}
+
 // dst[p * width + m] = src[m * plane + p] for the first `channels` of m < width, zero for the rest:
 // `channels` planes of `plane` values each, turned into one row of `width` per position (a tile's
 // channels, channels-last). Squares of a vector of positions by a vector of channels are
@@ -206,20 +222,13 @@ __attribute__((always_inline)) inline void transpose_square(typename Vec<T>::typ
 template <typename T>
 void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, int64_t width,
                       T* __restrict dst) {
-  using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   const TransposeIndices<T> indices;
   const int64_t squares_end = width % L == 0 ? plane / L * L : 0;
   for (int64_t m0 = 0; m0 < width; m0 += L) {
     const int64_t loaded = std::clamp<int64_t>(channels - m0, 0, L);
-    for (int64_t p0 = 0; p0 < squares_end; p0 += L) {
-      V rows[L];
-      for (int64_t m = 0; m < loaded; ++m) load_vec(rows[m], src + (m0 + m) * plane + p0);
-      for (int64_t m = loaded; m < L; ++m) rows[m] = V{};
-      transpose_square<T>(rows, indices);
-#pragma GCC unroll 16
-      for (int64_t i = 0; i < L; ++i) store_vec(dst + (p0 + i) * width + m0, rows[i]);
-    }
+    for (int64_t p0 = 0; p0 < squares_end; p0 += L)
+      transpose_square_copy<T>(src + m0 * plane + p0, plane, loaded, dst + p0 * width + m0, width, indices);
   }
   for (int64_t p = squares_end; p < plane; ++p)
     for (int64_t m = 0; m < width; ++m) dst[p * width + m] = m < channels ? src[m * plane + p] : T(0);

@@ -263,7 +263,6 @@ void winograd_kernel_transform(const T* weight, int64_t ic, const Conv2dShape& s
 template <typename T>
 void channels_last_band(const T* image, int64_t channels, int64_t h, int64_t w, int64_t first_row, int64_t rows,
                         int64_t left, int64_t row_width, int64_t channel_stride, T* dst) {
-  using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   const TransposeIndices<T> indices;
   std::fill_n(dst, rows * row_width * channel_stride, T(0));
@@ -273,17 +272,8 @@ void channels_last_band(const T* image, int64_t channels, int64_t h, int64_t w, 
       const int64_t loaded = std::min(L, channels - c0);
       const T* src = image + (c0 * h + first_row + r) * w;
       int64_t x = 0;
-      for (; x + L <= w; x += L) {
-        V square[L];
-        for (int64_t m = 0; m < L; ++m)
-          if (m < loaded)
-            load_vec(square[m], src + m * h * w + x);
-          else
-            square[m] = V{};
-        transpose_square<T>(square, indices);
-#pragma GCC unroll 16
-        for (int64_t i = 0; i < L; ++i) store_vec(row + (x + i) * channel_stride + c0, square[i]);
-      }
+      for (; x + L <= w; x += L)
+        transpose_square_copy<T>(src + x, h * w, loaded, row + x * channel_stride + c0, channel_stride, indices);
       for (; x < w; ++x)
         for (int64_t m = 0; m < loaded; ++m) row[x * channel_stride + c0 + m] = src[m * h * w + x];
     }
