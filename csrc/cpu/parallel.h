@@ -37,6 +37,30 @@ void parallel_for_ranges(int64_t count, int64_t work_per_item, const Fn& fn) {
   }
 }
 
+// prepare(first, last) on each thread's share of `prepared` items, then, once every share is
+// done, fn(first, last) as in parallel_for_ranges, the team's size set by fn's work alone: one
+// team for both, and the preparation (gemm's packing of B, too little work to be worth a team of
+// its own) split across it rather than run on one thread while the others wait.
+template <typename Prepare, typename Fn>
+void parallel_for_ranges_prepared(int64_t prepared, const Prepare& prepare, int64_t count, int64_t work_per_item,
+                                  const Fn& fn) {
+  const int threads = count > 0 ? thread_count(count, work_per_item) : 1;
+  if (threads <= 1 || at::in_parallel_region()) {
+    prepare(int64_t{0}, prepared);
+    if (count > 0) fn(int64_t{0}, count);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t first_prepared = prepared * thread / team, last_prepared = prepared * (thread + 1) / team;
+    if (first_prepared < last_prepared) prepare(first_prepared, last_prepared);
+#pragma omp barrier
+    const int64_t first = count * thread / team, last = count * (thread + 1) / team;
+    if (first < last) fn(first, last);
+  }
+}
+
 template <typename Fn>
 void parallel_for(int64_t count, int64_t work_per_item, const Fn& fn) {
   if (count <= 0) return;
