@@ -197,6 +197,16 @@ def test_batch_loader_augments_deterministically_and_normalises():
     torch.testing.assert_close(plain, (images.float() / 255 - 0.5) / 0.25)
 
 
+def test_normalize_scales_each_channel_and_leaves_float_input_alone():
+    normalize = data.Normalize((0.5, 0.25), (0.5, 0.125))
+    images = torch.tensor([[[[0.0, 255.0]], [[51.0, 102.0]]]])
+    before = images.clone()
+    expected = torch.tensor([[[[-1.0, 1.0]], [[-0.4, 1.2]]]])
+    torch.testing.assert_close(normalize(images), expected)
+    torch.testing.assert_close(normalize(images.to(torch.uint8)), expected)
+    assert torch.equal(images, before)
+
+
 @pytest.mark.parametrize("shape, padding", [((16, 1, 28, 28), 2), ((5, 3, 7, 9), 3)])
 def test_random_crop_takes_each_image_at_its_own_offset_in_the_zero_padded_image(shape, padding):
     images = torch.randint(1, 256, shape, dtype=torch.uint8)
