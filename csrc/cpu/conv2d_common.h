@@ -161,55 +161,48 @@ inline std::vector<int64_t> evenly_spaced(int64_t count, int64_t stride) {
   return offsets;
 }
 
-// The shuffle indices of transpose_square: per level (b = L / 2 down to 1), lane j of the upper and
-// of the lower row of a pair, taken from the upper row (index < L) or the lower (>= L).
-template <typename T>
-struct TransposeIndices {
-  static constexpr int kLevels = Vec<T>::kLanes == 16 ? 4 : 3;
-  typename LaneMask<T>::type low[kLevels], high[kLevels];
-  TransposeIndices() {
-    constexpr int L = Vec<T>::kLanes;
-    for (int level = 0, b = L / 2; level < kLevels; ++level, b /= 2)
-      for (int j = 0; j < L; ++j) {
-        low[level][j] = (j & b) ? L + j - b : j;
-        high[level][j] = (j & b) ? L + j : j + b;
-      }
-  }
-};
+// Lane j of the upper (LOWER_ROW false) or the lower row of a pair after swapping the
+// off-diagonal blocks of b x b values: taken from the upper row (index < L) or the lower (>= L).
+template <int L, int B, bool LOWER_ROW>
+constexpr int transposed_lane(int j) {
+  if (LOWER_ROW) return (j & B) ? L + j : j + B;
+  return (j & B) ? L + j - B : j;
+}
+
+template <typename T, int B, std::size_t... J>
+__attribute__((always_inline)) inline void swap_blocks(typename Vec<T>::type& upper, typename Vec<T>::type& lower,
+                                                       std::index_sequence<J...>) {
+  constexpr int L = Vec<T>::kLanes;
+  const typename Vec<T>::type a = upper, c = lower;
+  upper = __builtin_shufflevector(a, c, transposed_lane<L, B, false>(J)...);
+  lower = __builtin_shufflevector(a, c, transposed_lane<L, B, true>(J)...);
+}
 
 // r[i][j] becomes r[j][i]: an L x L square of T transposed in registers, by swapping the
-// off-diagonal blocks of every 2b x 2b block, b = L / 2 down to 1 (two shuffles per pair of rows
-// and level).
-template <typename T>
-__attribute__((always_inline)) inline void transpose_square(typename Vec<T>::type (&r)[Vec<T>::kLanes],
-                                                            const TransposeIndices<T>& indices) {
-  using V = typename Vec<T>::type;
+// off-diagonal blocks of every 2b x 2b block, b = L / 2 down to 1. The shuffles' lanes are
+// constants, which GCC compiles to immediate shuffles and blends; with the lanes held in vectors
+// (two permutes and a blend per row, their indices spilled to the stack) the transposed copy of
+// LeNet-5's conv2 forward took 11 % of its time instead of 8 (benchmarks/NOTES.md, section 21).
+template <typename T, int B = Vec<T>::kLanes / 2>
+__attribute__((always_inline)) inline void transpose_square(typename Vec<T>::type (&r)[Vec<T>::kLanes]) {
   constexpr int L = Vec<T>::kLanes;
-#pragma GCC unroll 4
-  for (int level = 0; level < TransposeIndices<T>::kLevels; ++level) {
-    const int b = L >> (level + 1);
 #pragma GCC unroll 16
-    for (int i = 0; i < L; ++i)
-      if ((i & b) == 0) {
-        const V a = r[i], c = r[i + b];
-        r[i] = __builtin_shuffle(a, c, indices.low[level]);
-        r[i + b] = __builtin_shuffle(a, c, indices.high[level]);
-      }
-  }
+  for (int i = 0; i < L; ++i)
+    if ((i & B) == 0) swap_blocks<T, B>(r[i], r[i + B], std::make_index_sequence<L>{});
+  if constexpr (B > 1) transpose_square<T, B / 2>(r);
 }
 
 // One square of the copies below: dst[i * dst_stride + m] = src[m * src_stride + i] for i, m < L,
 // the rows m >= loaded zero.
 template <typename T>
 __attribute__((always_inline)) inline void transpose_square_copy(const T* __restrict src, int64_t src_stride,
-                                                                 int64_t loaded, T* __restrict dst, int64_t dst_stride,
-                                                                 const TransposeIndices<T>& indices) {
+                                                                 int64_t loaded, T* __restrict dst, int64_t dst_stride) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   V rows[L];
   for (int64_t m = 0; m < loaded; ++m) load_vec(rows[m], src + m * src_stride);
   for (int64_t m = loaded; m < L; ++m) rows[m] = V{};
-  transpose_square<T>(rows, indices);
+  transpose_square<T>(rows);
 #pragma GCC unroll 16
   for (int64_t i = 0; i < L; ++i) store_vec(dst + i * dst_stride, rows[i]);
 }
@@ -223,12 +216,11 @@ template <typename T>
 void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, int64_t width,
                       T* __restrict dst) {
   constexpr int64_t L = Vec<T>::kLanes;
-  const TransposeIndices<T> indices;
   const int64_t squares_end = width % L == 0 ? plane / L * L : 0;
   for (int64_t m0 = 0; m0 < width; m0 += L) {
     const int64_t loaded = std::clamp<int64_t>(channels - m0, 0, L);
     for (int64_t p0 = 0; p0 < squares_end; p0 += L)
-      transpose_square_copy<T>(src + m0 * plane + p0, plane, loaded, dst + p0 * width + m0, width, indices);
+      transpose_square_copy<T>(src + m0 * plane + p0, plane, loaded, dst + p0 * width + m0, width);
   }
   for (int64_t p = squares_end; p < plane; ++p)
     for (int64_t m = 0; m < width; ++m) dst[p * width + m] = m < channels ? src[m * plane + p] : T(0);

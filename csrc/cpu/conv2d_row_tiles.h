@@ -12,19 +12,21 @@
 #include <vector>
 
 #include "../shape_checks.h"
+#include "block_loops.h"
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
-// tile[r][m] = sum over kh, ic and kw of in[ic * plane + kh * row_step + r * rows_apart + m + kw] *
-// w[kh][ic][kw], for RB output rows r of MB pixels m, w packed as [kh][ic][kw][one vector of
+// out[r * out_row + m * L] = sum over kh, ic and kw of
+// in[ic * plane + kh * row_step + r * rows_apart + m + kw] * w[kh][ic][kw], for the first `rows` of
+// RB output rows r and the first `pixels` of MB pixels m, w packed as [kh][ic][kw][one vector of
 // output channels]. The weights loaded for a (kh, ic) serve all RB rows, and RB rows put the
 // multiply-adds into one accumulator RB times as far apart (row_tile_rows).
 template <typename T, int MB, int KW, int RB>
 void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, int64_t rows_apart, const T* __restrict w,
-              int64_t kernel_h, int64_t channels, T* __restrict tile) {
+              int64_t kernel_h, int64_t channels, int64_t rows, int64_t pixels, T* __restrict out, int64_t out_row) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[RB][MB];
@@ -52,7 +54,8 @@ void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, int64_t r
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 32
-    for (int m = 0; m < MB; ++m) store_vec(tile + (r * MB + m) * L, acc[r][m]);
+    for (int m = 0; m < MB; ++m)
+      if (r < rows && m < pixels) store_vec(out + r * out_row + m * L, acc[r][m]);
 }
 
 // Every vector of output channels more than half used (the last one holds more than half a
@@ -99,9 +102,7 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
     const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
     std::fill_n(x.get() + icg * plane, slack, T(0));
     const std::unique_ptr<T[]> gathered(new T[bands.rows * s.out_w * L]);
-    const TransposeIndices<T> indices;
     int64_t padded = -1;
-    alignas(64) T tile[RB * MB * L];
     for (int64_t item = first; item < last; ++item) {
       const int64_t band = item % bands.count, v = item / bands.count % vectors;
       const int64_t g = item / (bands.count * vectors) % s.groups, n = item / (bands.count * vectors * s.groups);
@@ -117,25 +118,27 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
         for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += MB) {
           const int64_t pixels = std::min<int64_t>(MB, s.out_w - ow0), rows = std::min<int64_t>(RB, end_row - oh0);
           row_tile<T, MB, KW, RB>(x.get() + oh0 * rows_apart + ow0, plane, s.dilation_h * padded_w, rows_apart,
-                                  packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, tile);
-          for (int64_t r = 0; r < rows; ++r)
-            std::copy_n(tile + r * MB * L, pixels * L, gathered.get() + ((oh0 + r - first_row) * s.out_w + ow0) * L);
+                                  packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, rows, pixels,
+                                  gathered.get() + ((oh0 - first_row) * s.out_w + ow0) * L, s.out_w * L);
         }
       const int64_t channels = std::min<int64_t>(L, ocg - v * L), oc0 = g * ocg + v * L;
       const int64_t count = (end_row - first_row) * s.out_w;
       T* out = output + (n * s.out_channels + oc0) * out_plane + first_row * s.out_w;
       T shifts[L];
       for (int64_t j = 0; j < channels; ++j) shifts[j] = bias ? bias[oc0 + j] : T(0);
-      int64_t p = 0;
-      for (; p + L <= count; p += L) {
+      if (count < L) {
+        for (int64_t j = 0; j < channels; ++j)
+          for (int64_t q = 0; q < count; ++q) out[j * out_plane + q] = gathered[q * L + j] + shifts[j];
+        continue;
+      }
+      // The last square ends at the band's last pixel and may copy pixels of the one before again.
+      for_each_block(count, L, [&](int64_t p) __attribute__((always_inline)) {
         V square[L];
 #pragma GCC unroll 16
         for (int64_t i = 0; i < L; ++i) load_vec(square[i], gathered.get() + (p + i) * L);
-        transpose_square<T>(square, indices);
+        transpose_square<T>(square);
         for (int64_t j = 0; j < channels; ++j) store_vec(out + j * out_plane + p, square[j] + shifts[j]);
-      }
-      for (int64_t j = 0; j < channels; ++j)
-        for (int64_t q = p; q < count; ++q) out[j * out_plane + q] = gathered[q * L + j] + shifts[j];
+      });
     }
   });
 }

@@ -264,7 +264,6 @@ template <typename T>
 void channels_last_band(const T* image, int64_t channels, int64_t h, int64_t w, int64_t first_row, int64_t rows,
                         int64_t left, int64_t row_width, int64_t channel_stride, T* dst) {
   constexpr int64_t L = Vec<T>::kLanes;
-  const TransposeIndices<T> indices;
   std::fill_n(dst, rows * row_width * channel_stride, T(0));
   for (int64_t r = std::max<int64_t>(0, -first_row); r < std::min(rows, h - first_row); ++r) {
     T* row = dst + (r * row_width + left) * channel_stride;
@@ -273,7 +272,7 @@ void channels_last_band(const T* image, int64_t channels, int64_t h, int64_t w, 
       const T* src = image + (c0 * h + first_row + r) * w;
       int64_t x = 0;
       for (; x + L <= w; x += L)
-        transpose_square_copy<T>(src + x, h * w, loaded, row + x * channel_stride + c0, channel_stride, indices);
+        transpose_square_copy<T>(src + x, h * w, loaded, row + x * channel_stride + c0, channel_stride);
       for (; x < w; ++x)
         for (int64_t m = 0; m < loaded; ++m) row[x * channel_stride + c0 + m] = src[m * h * w + x];
     }
