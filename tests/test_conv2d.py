@@ -275,6 +275,21 @@ def test_zero_border_with_non_finite_weight_matches_torch(value, size, channels,
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_tiles_past_the_plane_of_an_unpadded_input_read_into_no_output(value, generator):
+    """Row tiles read an unpadded input in place: a part-filled tile (9 x 9 outputs in tiles of 2
+    rows of 5 pixels on AVX2) reads on into the next row, plane and image, whose values must reach
+    only pixels that are dropped. The next images are all infinity or NaN; the first stays finite."""
+    input = torch.randn(3, 6, 13, 13, generator=generator)
+    input[1:] = value
+    weight = torch.randn(16, 6, 5, 5, generator=generator)
+    bias = torch.randn(16, generator=generator)
+    expected = F.conv2d(input, weight, bias)
+    ours = LF.conv2d(input, weight, bias)
+    assert ours[0].isfinite().all()
+    torch.testing.assert_close(ours, expected, equal_nan=True, **tolerances(torch.float32, expected[0]))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
 @pytest.mark.parametrize("where", ["input", "weight"])
 def test_winograd_shape_with_non_finite_value_matches_torch(value, where, generator):
     """Winograd's transforms mix a whole tile: a non-finite value must still give torch's answer
