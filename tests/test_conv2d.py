@@ -41,6 +41,7 @@ def generated_cases(count=150, seed=2024):
 EDGE_CASES = [
     dict(batch=2, in_channels=3, out_channels=4, size=(7, 5), kernel=(1, 1)),  # 1x1 kernel
     dict(batch=2, in_channels=2, out_channels=3, size=(5, 6), kernel=(5, 6)),  # kernel = input
+    dict(batch=1, in_channels=4, out_channels=6, size=(5, 5), kernel=(5, 5), groups=2),  # one image
     dict(batch=3, in_channels=2, out_channels=2, size=(9, 11), kernel=(2, 2), stride=5),  # stride > kernel
     dict(batch=0, in_channels=3, out_channels=6, size=(8, 8), kernel=(3, 3)),  # empty batch
     dict(batch=0, in_channels=6, out_channels=16, size=(14, 14), kernel=(5, 5)),  # empty, row tiles

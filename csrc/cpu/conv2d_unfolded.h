@@ -98,8 +98,14 @@ void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* o
   const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
   for (int64_t g = 0; g < s.groups; ++g) {
     const RowMajor<T> w{weight + g * ocg * depth, depth, depth};
-    gemm(s.batch, ocg, depth, RowMajor<T>{input + g * depth, s.groups * depth, depth}, transpose(w),
-         output + g * ocg, s.out_channels);
+    const RowMajor<T> x{input + g * depth, s.groups * depth, depth};
+    // One image: the weight times the image's column, the weight's rows read in place. The
+    // product by the weight transposed packs all of it for one row of outputs: LeNet-5's conv3 at
+    // batch 1 took 43 us hot, 129 after a sweep of the cache (benchmarks/NOTES.md, section 21).
+    if (s.batch == 1)
+      gemm(ocg, int64_t{1}, depth, w, transpose(x), output + g * ocg, int64_t{1});
+    else
+      gemm(s.batch, ocg, depth, x, transpose(w), output + g * ocg, s.out_channels);
   }
   if (bias)
     for (int64_t n = 0; n < s.batch; ++n)
