@@ -96,7 +96,7 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   // LeNet-5's conv2 forward (benchmarks/NOTES.md, section 15).
   const RowBands bands(s.batch * s.groups * vectors, s.out_h, RB);
   const bool padded_input = s.pad_h > 0 || s.pad_w > 0;
-  const T* input_end = input + s.batch * s.in_channels * s.in_h * s.in_w;
+  const int64_t input_size = s.batch * s.in_channels * s.in_h * s.in_w;
   parallel_for_ranges(s.batch * s.groups * vectors * bands.count, icg * taps * bands.rows * s.out_w * L,
                       [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
@@ -113,8 +113,9 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
       const int64_t band = item % bands.count, v = item / bands.count % vectors;
       const int64_t g = item / (bands.count * vectors) % s.groups, n = item / (bands.count * vectors * s.groups);
       if (n * s.groups + g != planes_of) {
-        const T* src = input + (n * s.in_channels + g * icg) * s.in_h * s.in_w;
-        if (!padded_input && src + icg * plane + slack <= input_end) {
+        const int64_t offset = (n * s.in_channels + g * icg) * s.in_h * s.in_w;
+        const T* src = input + offset;
+        if (!padded_input && offset + icg * plane + slack <= input_size) {
           planes = src;
         } else {
           for (int64_t ic = 0; ic < icg; ++ic)

@@ -100,8 +100,9 @@ void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* o
     const RowMajor<T> w{weight + g * ocg * depth, depth, depth};
     const RowMajor<T> x{input + g * depth, s.groups * depth, depth};
     // One image: the weight times the image's column, the weight's rows read in place. The
-    // product by the weight transposed packs all of it for one row of outputs: LeNet-5's conv3 at
-    // batch 1 took 43 us hot, 129 after a sweep of the cache (benchmarks/NOTES.md, section 21).
+    // product by the weight transposed packs all of it for one row of outputs: LeNet-5's conv3
+    // at batch 1 took 39-40 us hot, 55-72 after a sweep of the cache (benchmarks/NOTES.md,
+    // section 21).
     if (s.batch == 1)
       gemm(ocg, int64_t{1}, depth, w, transpose(x), output + g * ocg, int64_t{1});
     else
