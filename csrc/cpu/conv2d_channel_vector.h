@@ -285,7 +285,7 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
   const PaddedPlanes<T> x = pad_planes(in, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, 0);
   // partial[chunk][group][block][ic][tap][lane]
   const int64_t per_chunk = s.groups * nblocks * icg * taps * B;
-  std::vector<T> partial(chunks * per_chunk);
+  const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * per_chunk);
   parallel_for(chunks * s.groups * nblocks, kImagesPerPartial * out_plane * icg * taps * B, [&](int64_t item) {
     const int64_t b = item % nblocks, g = item / nblocks % s.groups, chunk = item / (nblocks * s.groups);
     const int64_t first = chunk * kImagesPerPartial;
@@ -297,7 +297,7 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
     for (int64_t ic = 0; ic < icg; ++ic) {
       grad_weight_partial<T, NV>(x.data + (first * s.in_channels + g * icg + ic) * x.plane,
                                  s.in_channels * x.plane, x, packed_go.get(),
-                                 partial.data() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
+                                 partial.get() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
                                  images, s);
     }
   });

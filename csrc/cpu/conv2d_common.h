@@ -226,20 +226,28 @@ void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, 
     for (int64_t m = 0; m < width; ++m) dst[p * width + m] = m < channels ? src[m * plane + p] : T(0);
 }
 
+// A buffer for the partial results of grad_weight's chunks, left unset: each path writes every
+// value it later adds (checked by filling it with NaN under the tests), and zeroing it wrote
+// 154 KB on one thread per call of LeNet-5's conv2 at batch 128 (benchmarks/NOTES.md, section 21).
+template <typename T>
+std::unique_ptr<T[]> chunk_partials(int64_t count) {
+  return std::unique_ptr<T[]>(new T[count]);
+}
+
 // grad_weight[i] = sum over chunks, in order, of partial[chunk * count + i], for the grad_weight
 // paths that keep one partial result per chunk of images in the weight's own layout.
 // Blocks of values at a time, the chunks' loop outside, so that the additions run in vectors along
 // the values: one value at a time, each was a chain of dependent double additions (LeNet-5's conv2,
 // 16 chunks: 4 % of its fused backward; benchmarks/NOTES.md, section 16).
 template <typename T>
-void sum_chunk_partials(const std::vector<T>& partial, int64_t chunks, int64_t count, T* grad_weight) {
+void sum_chunk_partials(const T* partial, int64_t chunks, int64_t count, T* grad_weight) {
   using acc_t = at::acc_type<T, /*is_cuda=*/false>;
   constexpr int64_t kBlock = 256;
   parallel_for(blocks_of(count, kBlock), kBlock * chunks, [&](int64_t block) {
     const int64_t first = block * kBlock, values = std::min(kBlock, count - first);
     acc_t sums[kBlock] = {};
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const T* values_of_chunk = partial.data() + chunk * count + first;
+      const T* values_of_chunk = partial + chunk * count + first;
       for (int64_t i = 0; i < values; ++i) sums[i] += values_of_chunk[i];
     }
     for (int64_t i = 0; i < values; ++i) grad_weight[first + i] = static_cast<T>(sums[i]);
