@@ -13,17 +13,13 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
-// The vector registers of the instruction set this copy of the kernels is compiled for
-// (isa/kernels.h): GCC keeps a vector extension type in registers only where the ISA has
+// The vector registers of the instruction set this copy of the kernels is compiled for, which
+// its isa/*.cpp defines: GCC keeps a vector extension type in registers only where the ISA has
 // registers of its width; a wider one lives in memory, every operation split into loads and
 // stores (on AVX2, 64-byte vectors ran the register tile 10 to 60 times slower than 32-byte ones).
-#if defined(__AVX512F__)
-constexpr int kVectorBytes = 64, kVectorRegisters = 32;
-#elif defined(__AVX2__)
-constexpr int kVectorBytes = 32, kVectorRegisters = 16;
-#else
-constexpr int kVectorBytes = 16, kVectorRegisters = 16;
-#endif
+// Not from __AVX2__ or __AVX512F__: g++ leaves those macros as the command line set them under
+// `#pragma GCC target`, so every copy took the baseline's 16 bytes (NOTES, section 22).
+constexpr int kVectorBytes = LENETX_VECTOR_BYTES, kVectorRegisters = LENETX_VECTOR_REGISTERS;
 
 // Accumulators of a register tile: three quarters of the registers, the rest holding a step's
 // vectors of B and the broadcast value of A.

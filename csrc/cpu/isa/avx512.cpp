@@ -3,6 +3,8 @@
 
 #if LENETX_X86_GCC
 #define LENETX_ISA avx512
+#define LENETX_VECTOR_BYTES 64
+#define LENETX_VECTOR_REGISTERS 32
 #define LENETX_ISA_TARGET _Pragma("GCC target(\"arch=x86-64-v4\")")
 #include "kernels.h"
 #endif
