@@ -157,21 +157,50 @@ __attribute__((always_inline)) inline void spread_columns(const typename HalfVec
   v = __builtin_shufflevector(h, h, (I / 2)...);
 }
 
-// Mask bytes as lanes of T's width. Widened in two steps: in one, GCC 12 moved the bytes one by one
-// through general registers.
+// One vector of mask bytes (0 or 1) loaded as lanes of T's width (0 or 1). On AVX2 a float
+// vector's bytes widen in one instruction (vpmovzxbd from memory); GCC 12 makes more of
+// __builtin_convertvector: in one step it moves the bytes one by one through general registers,
+// in two (bytes to shorts to ints) it still takes nine instructions.
 template <typename T>
-__attribute__((always_inline)) inline void widen_mask(const typename ByteVec<T>::type& bytes,
-                                                      typename LaneMask<T>::type& lanes) {
+__attribute__((always_inline)) inline void load_mask(const uint8_t* mask, typename LaneMask<T>::type& lanes) {
+  using Lanes = typename LaneMask<T>::type;
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float> && kVectorBytes == 32) {
+    lanes = Lanes(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mask))));
+    return;
+  }
+#endif
   typedef uint16_t Shorts __attribute__((vector_size(2 * Vec<T>::kLanes)));
-  lanes = __builtin_convertvector(__builtin_convertvector(bytes, Shorts), typename LaneMask<T>::type);
+  typename ByteVec<T>::type bytes;
+  load_vec(bytes, mask);
+  lanes = __builtin_convertvector(__builtin_convertvector(bytes, Shorts), Lanes);
 }
 
-// Lanes of T's width (0 or 1) as mask bytes, narrowed in two steps for the same reason: in one,
-// GCC 12 took the bytes out one by one on AVX2 (about half of the fused conv1's pooling, by perf).
+// A row pair's masks, lanes of T's width that are all ones where the gradient passes and zero
+// elsewhere, stored as one vector of bytes (0 or 1) per row. On AVX2 a float row pair takes two
+// saturating packs and a byte shuffle; __builtin_convertvector narrowed each row in seven
+// instructions (half of the average pooling's, by objdump), and in one step GCC 12 took the
+// bytes out one by one.
 template <typename T>
-__attribute__((always_inline)) inline void store_mask(uint8_t* mask, const typename LaneMask<T>::type& lanes) {
+__attribute__((always_inline)) inline void store_masks(uint8_t* top, uint8_t* bottom,
+                                                       const typename LaneMask<T>::type& top_lanes,
+                                                       const typename LaneMask<T>::type& bottom_lanes) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float> && kVectorBytes == 32) {
+    // Per 128-bit half: the top row's 4 values, then the bottom row's; then all 16 as bytes.
+    const __m256i halves = _mm256_packs_epi32(__m256i(top_lanes), __m256i(bottom_lanes));
+    const __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(halves), _mm256_extracti128_si256(halves, 1));
+    const __m128i rows = _mm_and_si128(
+        _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)), _mm_set1_epi8(1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(top), rows);
+    _mm_storeh_pd(reinterpret_cast<double*>(bottom), _mm_castsi128_pd(rows));
+    return;
+  }
+#endif
   typedef uint16_t Shorts __attribute__((vector_size(2 * Vec<T>::kLanes)));
-  store_vec(mask, __builtin_convertvector(__builtin_convertvector(lanes, Shorts), typename ByteVec<T>::type));
+  using Bytes = typename ByteVec<T>::type;
+  store_vec(top, __builtin_convertvector(__builtin_convertvector(top_lanes & 1, Shorts), Bytes));
+  store_vec(bottom, __builtin_convertvector(__builtin_convertvector(bottom_lanes & 1, Shorts), Bytes));
 }
 
 // The lanes of `left` and `right` alternately: per column pair, its windows' values.
@@ -229,8 +258,7 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
         Lanes top_mask, bottom_mask;
         interleave_columns(HalfLanes(winner == 0), HalfLanes(winner == 1), top_mask, lanes);
         interleave_columns(HalfLanes(winner == 2), HalfLanes(winner == 3), bottom_mask, lanes);
-        store_mask<T>(mask_top + 2 * first, top_mask & 1);
-        store_mask<T>(mask_bottom + 2 * first, bottom_mask & 1);
+        store_masks<T>(mask_top + 2 * first, mask_bottom + 2 * first, top_mask, bottom_mask);
       } else {
         // relu and the columns' sums on whole vectors, then one split: the same additions in the
         // same order as splitting first, in fewer instructions.
@@ -239,8 +267,7 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
         split_columns<T>((top_v < vzero ? vzero : top_v) + (bottom_v < vzero ? vzero : bottom_v), left, right,
                          halves);
         pooled = (left + right) / T(4);
-        store_mask<T>(mask_top + 2 * first, !(top_v <= vzero) & 1);
-        store_mask<T>(mask_bottom + 2 * first, !(bottom_v <= vzero) & 1);
+        store_masks<T>(mask_top + 2 * first, mask_bottom + 2 * first, !(top_v <= vzero), !(bottom_v <= vzero));
       }
       store_vec(out + first, pooled);
     });
@@ -255,7 +282,6 @@ void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict
   using V = typename Vec<T>::type;
   using H = typename HalfVec<T>::type;
   using Lanes = typename LaneMask<T>::type;
-  using Bytes = typename ByteVec<T>::type;
   constexpr auto lanes = std::make_index_sequence<Vec<T>::kLanes>{};
   const int64_t w = s.conv.out_w;
   const T divisor = MAX_POOL ? T(1) : T(4);
@@ -270,10 +296,8 @@ void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict
       V share;
       spread_columns<T>(window_grad / divisor, share, lanes);
       for (int64_t r = 0; r < 2; ++r) {
-        Bytes passes_bytes;
-        load_vec(passes_bytes, passes + r * w + 2 * first);
         Lanes passes_lanes;
-        widen_mask<T>(passes_bytes, passes_lanes);
+        load_mask<T>(passes + r * w + 2 * first, passes_lanes);
         store_vec(rows + r * w + 2 * first, passes_lanes != 0 ? share : V{});
       }
     });

@@ -11,6 +11,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
