@@ -120,8 +120,10 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * s.out_channels * depth);
   parallel_for_ranges(chunks * s.groups * blocks, kImagesPerPartial * len * MB * depth, [&](int64_t first, int64_t last) {
     // One chunk's grad_output for one block of channels, as [image][MB][len] (zero past the
-    // block's channels), packed here so that it stays in cache for every tap block.
-    const std::unique_ptr<T[]> go(new T[kImagesPerPartial * MB * len]);
+    // block's channels), packed here so that it stays in cache for every tap block. Zeroed once:
+    // the copies write only the first out_w columns of each row, so the columns after them and
+    // the positions past the rows stay zero.
+    const std::unique_ptr<T[]> go(new T[kImagesPerPartial * MB * len]());
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item % blocks, g = item / blocks % s.groups, chunk = item / (blocks * s.groups);
       const int64_t oc0 = g * ocg + b * MB, channels = std::min<int64_t>(MB, ocg - b * MB);
@@ -134,11 +136,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
             continue;
           }
           const T* src = grad_output + ((n0 + i) * s.out_channels + oc0 + m) * s.out_h * s.out_w;
-          for (int64_t oh = 0; oh < s.out_h; ++oh) {
-            std::copy_n(src + oh * s.out_w, s.out_w, dst + oh * x.w);
-            std::fill(dst + oh * x.w + s.out_w, dst + (oh + 1) * x.w, T(0));
-          }
-          std::fill(dst + positions, dst + len, T(0));
+          for (int64_t oh = 0; oh < s.out_h; ++oh) copy_row(src + oh * s.out_w, s.out_w, dst + oh * x.w);
         }
       const T* in = x.data + (n0 * s.in_channels + g * icg) * x.plane;
       for (int64_t j = 0; j < tap_blocks; ++j) {

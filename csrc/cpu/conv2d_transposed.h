@@ -141,8 +141,8 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
       const int64_t count = std::min(images, s.batch - n0);
       for (int64_t i = 0; i < count; ++i)
         for (int64_t oc = 0; oc < ocg; ++oc)
-          std::copy_n(grad_output + ((n0 + i) * s.out_channels + g * ocg + oc) * out_plane, out_plane,
-                      planes.get() + oc * N + i * out_plane);
+          copy_row(grad_output + ((n0 + i) * s.out_channels + g * ocg + oc) * out_plane, out_plane,
+                   planes.get() + oc * N + i * out_plane);
       for (int64_t tile_row = 0; tile_row < row_tiles; ++tile_row)
         for (int64_t block = 0; block < column_blocks; ++block)
           gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * row_tiles + tile_row) * ocg * MB},
