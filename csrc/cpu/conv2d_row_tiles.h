@@ -78,16 +78,17 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   // A part-filled last tile of a row reads on into the next row, and the last block of rows
   // (RB - 1 of them past the output's last) past the last plane: that much slack of zeros.
   const int64_t slack = (RB - 1) * rows_apart + MB + KW;
-  // Weights as [group][vector][kh][ic][kw][L output channels], zero past ocg.
-  std::vector<T> packed(s.groups * vectors * icg * taps * L, T(0));
-  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
-    const int64_t g = oc / ocg, v = oc % ocg / L, o = oc % ocg % L;
-    for (int64_t ic = 0; ic < icg; ++ic)
+  // Weights as [group][vector][kh][ic][kw][L output channels], zero past ocg; written in order,
+  // as for the transposed grad_input's (conv2d_transposed.h).
+  std::vector<T> packed(s.groups * vectors * icg * taps * L);
+  T* next = packed.data();
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t v = 0; v < vectors; ++v)
       for (int64_t kh = 0; kh < s.kernel_h; ++kh)
-        for (int64_t kw = 0; kw < KW; ++kw)
-          packed[((((g * vectors + v) * s.kernel_h + kh) * icg + ic) * KW + kw) * L + o] =
-              weight[((oc * icg + ic) * s.kernel_h + kh) * KW + kw];
-  }
+        for (int64_t ic = 0; ic < icg; ++ic)
+          for (int64_t kw = 0; kw < KW; ++kw)
+            for (int64_t o = v * L; o < (v + 1) * L; ++o)
+              *next++ = o < ocg ? weight[(((g * ocg + o) * icg + ic) * s.kernel_h + kh) * KW + kw] : T(0);
   // Work items are RowBands of the (image, group, vector of output channels) planes: an image's
   // bands for one vector of output channels, then the next vector's, so that its weights stay in
   // cache over a whole plane, the padded input over all the vectors. A band's tiles are gathered
