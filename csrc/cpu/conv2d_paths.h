@@ -52,19 +52,27 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
-// The sum of x[0, count) in 8 running sums, x[i] into sum i % 8, added in a fixed order at the
-// end: a vector loop, whose order (unlike an omp simd reduction's, which GCC may start with
-// scalar steps up to an aligned address) does not depend on where x lies, so that the fused
-// operator's grad_bias, summed from a thread's buffer, equals conv2d_grad_bias's bit for bit.
-template <typename T>
-T plane_sum(const T* __restrict x, int64_t count) {
-  T sums[8] = {};
+// The sums of P planes of `count` values, `stride` apart: each plane's x[i] into its running sum
+// i % 8, the 8 added in a fixed order at the end. A vector loop, whose order (unlike an omp simd
+// reduction's, which GCC may start with scalar steps up to an aligned address) does not depend on
+// where x lies, so that the fused operator's grad_bias, summed from a thread's buffer, equals
+// conv2d_grad_bias's bit for bit. P planes at once, each summed as alone: one plane's running sums
+// are a chain of dependent additions, which the fused conv1's backward waited on (NOTES,
+// section 22).
+template <typename T, int P>
+void plane_sums(const T* __restrict x, int64_t stride, int64_t count, T* __restrict out) {
+  T sums[P][8] = {};
   int64_t i = 0;
   for (; i + 8 <= count; i += 8)
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p)
 #pragma omp simd
-    for (int j = 0; j < 8; ++j) sums[j] += x[i + j];
-  for (int j = 0; i < count; ++i, ++j) sums[j] += x[i];
-  return ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+      for (int j = 0; j < 8; ++j) sums[p][j] += x[p * stride + i + j];
+  for (int j = 0; i < count; ++i, ++j)
+    for (int p = 0; p < P; ++p) sums[p][j] += x[p * stride + i];
+  for (int p = 0; p < P; ++p)
+    out[p] = ((sums[p][0] + sums[p][1]) + (sums[p][2] + sums[p][3])) +
+             ((sums[p][4] + sums[p][5]) + (sums[p][6] + sums[p][7]));
 }
 
 // grad_bias[c] for channels [first, last): each image's plane summed in T, the images' sums added
@@ -82,7 +90,13 @@ void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t 
       for (int64_t c = 0; c < last - first; ++c) totals[c] += go[c];
       continue;
     }
-    for (int64_t c = 0; c < last - first; ++c) totals[c] += plane_sum(go + c * plane, plane);
+    constexpr int kPlanes = 4;
+    for (int64_t c = 0; c < last - first; c += kPlanes)
+      with_count<kPlanes>(std::min<int64_t>(kPlanes, last - first - c), [&]<int P>() {
+        T sums[P];
+        plane_sums<T, P>(go + c * plane, plane, plane, sums);
+        for (int p = 0; p < P; ++p) totals[c + p] += sums[p];
+      });
   }
   for (int64_t c = first; c < last; ++c) grad_bias[c] = static_cast<T>(totals[c - first]);
 }
