@@ -133,7 +133,7 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
       }
   // packed[g][row tile][oc][MB] = weight[g * ocg + oc][row], zero past the last row; written in
   // order, as the fused operator does once per chunk of 8 images (scattered, the writes took
-  // 2 % of LeNet-5's fused conv2 backward: NOTES, section 22).
+  // 2.3 % of LeNet-5's fused conv2 backward: NOTES, section 22).
   std::vector<T> packed(s.groups * row_tiles * ocg * MB);
   T* next = packed.data();
   for (int64_t g = 0; g < s.groups; ++g)
