@@ -54,7 +54,8 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
     const std::vector<int64_t> pixel_rows = ChannelWindows<T>(nullptr, chunk_shape, 0).pixel_start;
     // partial[chunk][tap][oc][ic]: a tile's rows are stored whole.
     const int64_t per_tap = s.out_channels * icg;
-    const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * taps * per_tap);
+    std::vector<T> by_tap(taps * per_tap);
+    const ChunkPartials<T> partials(chunks, taps * per_tap, by_tap.data());
     parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, chunk_images * out_plane * MB * N, [&](int64_t first, int64_t last) {
       std::vector<T> x(chunk_images * image + N, T(0));  // the border stays zero
       const std::unique_ptr<T[]> go(new T[go_chunk]);
@@ -76,13 +77,12 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         gemm_tile<T, MB, NV>(PackedRows<T, MB>{go.get() + (g * blocks + b) * go_block},
                              x.data() + (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
                              pixel_rows.data(), images * out_plane, tile);
-        T* dst = partial.get() + (chunk * taps + tap) * per_tap + oc0 * icg + ic0;
+        T* dst = partials.data() + (chunk * taps + tap) * per_tap + oc0 * icg + ic0;
         for (int64_t m = 0; m < std::min<int64_t>(MB, ocg - b * MB); ++m)
           std::copy_n(tile + m * N, std::min<int64_t>(N, icg - ic0), dst + m * icg);
       }
     });
-    std::vector<T> by_tap(taps * per_tap);
-    sum_chunk_partials(partial.get(), chunks, taps * per_tap, by_tap.data());
+    partials.sum();
     for (int64_t tap = 0; tap < taps; ++tap)
       for (int64_t i = 0; i < per_tap; ++i) grad_weight[i * taps + tap] = by_tap[tap * per_tap + i];
   });

@@ -273,6 +273,33 @@ void sum_chunk_partials(const T* partial, int64_t chunks, int64_t count, T* grad
   });
 }
 
+// The partial results of a grad_weight path's chunks, in the layout of their sum's destination:
+// in a buffer (chunk_partials), or, for a batch of one chunk (the fused operator's calls), in the
+// destination itself, which then needs no sum: copying it there took 1.7 % of LeNet-5's fused
+// conv2 backward (NOTES, section 22). The same values either way, but for the sign of a zero:
+// sum_chunk_partials adds to +0.0.
+template <typename T>
+class ChunkPartials {
+ public:
+  ChunkPartials(int64_t chunks, int64_t count, T* destination)
+      : storage_(chunks > 1 ? chunk_partials<T>(chunks * count) : nullptr),
+        data_(chunks > 1 ? storage_.get() : destination),
+        chunks_(chunks),
+        count_(count),
+        destination_(destination) {}
+  // [chunk][count]
+  T* data() const { return data_; }
+  void sum() const {
+    if (chunks_ > 1) sum_chunk_partials(data_, chunks_, count_, destination_);
+  }
+
+ private:
+  std::unique_ptr<T[]> storage_;
+  T* data_;
+  int64_t chunks_, count_;
+  T* destination_;
+};
+
 // The grad_input of a stride-1 convolution is itself a stride-1 convolution: of grad_output,
 // padded by dilation * (kernel - 1) - padding, with the kernel flipped (flipped_kernel) and its
 // input and output channels swapped. Needs padding <= dilation * (kernel - 1), true of every

@@ -117,7 +117,8 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   // grad_output per MB multiply-adds.
   const int64_t tap_blocks = blocks_of(depth, TB);
   // partial[chunk][oc][k]
-  const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * s.out_channels * depth);
+  const ChunkPartials<T> partials(chunks, s.out_channels * depth, grad_weight);
+  T* partial = partials.data();
   parallel_for_ranges(chunks * s.groups * blocks, kImagesPerPartial * len * MB * depth, [&](int64_t first, int64_t last) {
     // One chunk's grad_output for one block of channels, as [image][MB][len] (zero past the
     // block's channels), packed here so that it stays in cache for every tap block. Zeroed once:
@@ -158,7 +159,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
       }
     }
   });
-  sum_chunk_partials(partial.get(), chunks, s.out_channels * depth, grad_weight);
+  partials.sum();
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA

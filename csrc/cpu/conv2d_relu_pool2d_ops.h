@@ -388,8 +388,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     const scalar_t* w_data = w.const_data_ptr<scalar_t>();
     const PoolingKernels<scalar_t> kernels = pooling_kernels<scalar_t>(s, max_pool);
-    const std::unique_ptr<scalar_t[]> weight_partials =
-        chunk_partials<scalar_t>(blocks_of(c.batch, kImagesPerChunk) * weight_count);
+    const ChunkPartials<scalar_t> weight_partials(blocks_of(c.batch, kImagesPerChunk), weight_count,
+                                                  grad_weight.mutable_data_ptr<scalar_t>());
     std::vector<scalar_t> image_bias_sums(c.batch * c.out_channels);
     for_each_chunk<scalar_t>(c.batch, c.out_channels * conv_plane, work_per_chunk,
                              [&](int64_t n0, int64_t images, scalar_t* grad_conv) {
@@ -403,14 +403,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
         conv2d_grad_input_paths<scalar_t>(grad_conv, w_data, grad_input.mutable_data_ptr<scalar_t>() + n0 * in_image,
                                           chunk);
       conv2d_grad_weight_paths<scalar_t>(grad_conv, in_data + n0 * in_image,
-                                         weight_partials.get() + n0 / kImagesPerChunk * weight_count, chunk);
+                                         weight_partials.data() + n0 / kImagesPerChunk * weight_count, chunk);
       for (int64_t n = 0; n < images; ++n)
         grad_bias_channels<scalar_t>(grad_conv + n * c.out_channels * conv_plane, 1, c.out_channels,
                                      conv_plane, 0, c.out_channels,
                                      image_bias_sums.data() + (n0 + n) * c.out_channels);
     });
-    sum_chunk_partials(weight_partials.get(), blocks_of(c.batch, kImagesPerChunk), weight_count,
-                       grad_weight.mutable_data_ptr<scalar_t>());
+    weight_partials.sum();
     sum_chunk_partials(image_bias_sums.data(), c.batch, c.out_channels, grad_bias.mutable_data_ptr<scalar_t>());
   });
   return {grad_input, grad_weight, grad_bias};

@@ -78,7 +78,8 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
         offsets[(i * s.out_h + oh) * s.out_w + ow] = i * icg * plane + oh * s.stride_h * padded_w + ow * s.stride_w;
   const std::vector<int64_t> b_rows = evenly_spaced(steps, N);
   // partial[chunk][oc][ic, kh, kw]
-  const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * s.out_channels * depth);
+  const ChunkPartials<T> partials(chunks, s.out_channels * depth, grad_weight);
+  T* partial = partials.data();
   // Kernel-row blocks vary fastest: the copies of one (chunk, group, panel) serve them all.
   parallel_for_ranges(chunks * s.groups * panels * blocks, steps * MB * N, [&](int64_t first, int64_t last) {
     const std::unique_ptr<T[]> x(new T[kImagesPerPartial * icg * plane]);
@@ -116,7 +117,7 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
           partial[(chunk * s.out_channels + oc0 + n) * depth + b * MB + m] = tile[m * N + n];
     }
   });
-  sum_chunk_partials(partial.get(), chunks, s.out_channels * depth, grad_weight);
+  partials.sum();
 }
 
 template <typename T>

@@ -484,7 +484,7 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), weights = oc_n * ic_n * R * R;
   const std::vector<int64_t> go_rows = evenly_spaced(tile_stride, oc_stride);
 
-  const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * weights);
+  const ChunkPartials<T> partials(chunks, weights, grad_weight);
   parallel_for_ranges(chunks, kImagesPerPartial * image_tiles * Taps * ic_n * oc_n,
                       [&](int64_t first, int64_t last) {
     std::vector<T> band(tiling.input_rows * tiling.input_w * ic_stride);
@@ -521,10 +521,10 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
             });
       }
       for (int64_t ic = 0; ic < ic_n; ++ic)
-        winograd_weight_transform<T, R>(sums.data(), ic, s, oc_stride, partial.get() + chunk * weights);
+        winograd_weight_transform<T, R>(sums.data(), ic, s, oc_stride, partials.data() + chunk * weights);
     }
   });
-  sum_chunk_partials(partial.get(), chunks, weights, grad_weight);
+  partials.sum();
 }
 
 // The register tile of the products: rows of MB tiles (forward) or input channels
