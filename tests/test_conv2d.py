@@ -207,6 +207,22 @@ def test_only_requested_gradients_are_computed(function, generator):
     assert input.grad is None and bias.grad is None and weight.grad is not None
 
 
+@pytest.mark.parametrize("in_channels, out_channels, size, kernel, padding", [
+    (3, 6, 8, 3, 0), (6, 16, 14, 5, 0), (1, 6, 28, 5, 2), (16, 32, 14, 5, 2), (64, 64, 8, 3, 1),
+], ids=["3-6", "lenet5-conv2", "lenet5-conv1", "improved-conv2", "64-64"])
+def test_grad_weight_of_an_empty_batch_is_zero_in_reused_memory(in_channels, out_channels, size, kernel, padding):
+    # The allocation the result is likely to get is filled with NaN first: grad_weight must write
+    # zeros, not leave whatever was there.
+    weight = torch.randn(out_channels, in_channels, kernel, kernel)
+    input = torch.randn(0, in_channels, size, size)
+    grad_output = torch.randn(0, out_channels, size + 2 * padding - kernel + 1, size + 2 * padding - kernel + 1)
+    for _ in range(3):
+        poison = torch.full_like(weight, float("nan"))
+        del poison
+        grad = torch.ops.lenetx.conv2d_grad_weight(grad_output, input, weight, [1, 1], [padding, padding], [1, 1], 1)
+        assert torch.equal(grad, torch.zeros_like(weight))
+
+
 def test_results_are_bit_identical_from_run_to_run(generator):
     input = torch.randn(16, 6, 14, 14, generator=generator, requires_grad=True)
     weight = torch.randn(16, 6, 5, 5, generator=generator, requires_grad=True)

@@ -150,6 +150,20 @@ def test_backward_without_input_grad_returns_an_empty_grad_input():
     assert grads[0].shape == (0,) and grads[1].shape == (4, 3, 3, 3) and grads[2].shape == (4,)
 
 
+@pytest.mark.parametrize("in_channels, out_channels, size", [(1, 6, 32), (6, 16, 14)], ids=["conv1", "conv2"])
+def test_backward_of_an_empty_batch_gives_zero_gradients_in_reused_memory(in_channels, out_channels, size):
+    # As test_conv2d's for grad_weight: the allocations the results are likely to get hold NaN.
+    input, weight = torch.randn(0, in_channels, size, size), torch.randn(out_channels, in_channels, 5, 5)
+    pooled = (size - 4) // 2
+    for _ in range(3):
+        poison = (torch.full_like(weight, float("nan")), torch.full((out_channels,), float("nan")))
+        del poison
+        _, grad_weight, grad_bias = ops.conv2d_relu_pool2d_backward(
+            torch.randn(0, out_channels, pooled, pooled), torch.ones(0, out_channels, size - 4, size - 4, dtype=torch.uint8),
+            input, weight, [1, 1], [0, 0], [1, 1], 1, [2, 2], False, False)
+        assert torch.equal(grad_weight, torch.zeros_like(weight)) and torch.equal(grad_bias, torch.zeros(out_channels))
+
+
 def test_backward_zeroes_no_gradient_for_the_mask(generator):
     # The mask is not differentiable: a mask-sized zero gradient for it, filled every backward,
     # took 217 us of LeNet-5's step for conv1's.

@@ -277,20 +277,20 @@ void sum_chunk_partials(const T* partial, int64_t chunks, int64_t count, T* grad
 // in a buffer (chunk_partials), or, for a batch of one chunk (the fused operator's calls), in the
 // destination itself, which then needs no sum: copying it there took 1.7 % of LeNet-5's fused
 // conv2 backward (NOTES, section 22). The same values either way, but for the sign of a zero:
-// sum_chunk_partials adds to +0.0.
+// sum_chunk_partials adds to +0.0. An empty batch (no chunks) sums to zeros.
 template <typename T>
 class ChunkPartials {
  public:
   ChunkPartials(int64_t chunks, int64_t count, T* destination)
-      : storage_(chunks > 1 ? chunk_partials<T>(chunks * count) : nullptr),
-        data_(chunks > 1 ? storage_.get() : destination),
+      : storage_(chunks == 1 ? nullptr : chunk_partials<T>(chunks * count)),
+        data_(chunks == 1 ? destination : storage_.get()),
         chunks_(chunks),
         count_(count),
         destination_(destination) {}
   // [chunk][count]
   T* data() const { return data_; }
   void sum() const {
-    if (chunks_ > 1) sum_chunk_partials(data_, chunks_, count_, destination_);
+    if (chunks_ != 1) sum_chunk_partials(data_, chunks_, count_, destination_);
   }
 
  private:
