@@ -11,6 +11,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace lenetx {
 namespace {
@@ -207,6 +208,63 @@ class AdaptiveAvgPool2dFunction : public torch::autograd::Function<AdaptiveAvgPo
   }
 };
 
+// The biases arrive as the defined ones alone, has_bias saying which layers they belong to:
+// torch::autograd::Function takes a list of tensors as inputs only when none is missing.
+class MlpFunction : public torch::autograd::Function<MlpFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
+                               at::TensorList defined_biases, const c10::List<bool>& has_bias) {
+    static const auto op =
+        lenetx_op<std::tuple<at::Tensor, std::vector<at::Tensor>>(
+            const at::Tensor&, at::TensorList, const c10::List<std::optional<at::Tensor>>&)>("lenetx::mlp");
+    c10::List<std::optional<at::Tensor>> biases;
+    for (size_t l = 0, next = 0; l < has_bias.size(); ++l)
+      biases.push_back(has_bias.get(l) ? std::optional<at::Tensor>(defined_biases[next++]) : std::nullopt);
+    at::Tensor output;
+    std::vector<at::Tensor> hidden;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(output, hidden) = op.call(input, weights, biases);
+    }
+    variable_list saved{input};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), hidden.begin(), hidden.end());
+    ctx->save_for_backward(saved);
+    ctx->mark_non_differentiable(hidden);
+    // No zeroed gradients for the hidden outputs, which never get any.
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["has_bias"] = has_bias;
+    variable_list outputs{output};
+    outputs.insert(outputs.end(), hidden.begin(), hidden.end());
+    return outputs;
+  }
+
+  // Gradients in the order of the inputs: input, each weight, each defined bias, has_bias.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto op =
+        lenetx_op<std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+            const at::Tensor&, const at::Tensor&, at::TensorList, at::TensorList, bool)>("lenetx::mlp_backward");
+    const c10::List<bool> has_bias = ctx->saved_data["has_bias"].toBoolList();
+    const size_t layers = has_bias.size();
+    size_t defined_biases = 0;
+    for (const bool b : has_bias) defined_biases += b;
+    variable_list grads(1 + layers + defined_biases + 1);
+    if (!grad_outputs[0].defined()) return grads;
+    const variable_list saved = ctx->get_saved_variables();
+    const at::TensorList weights(saved.data() + 1, layers), hidden(saved.data() + 1 + layers, layers - 1);
+    const bool input_grad = ctx->needs_input_grad(0);
+    auto [grad_input, grad_weights, grad_biases] = op.call(grad_outputs[0], saved[0], weights, hidden, input_grad);
+    if (input_grad) grads[0] = grad_input;
+    for (size_t l = 0, next = 0; l < layers; ++l) {
+      if (ctx->needs_input_grad(1 + l)) grads[1 + l] = grad_weights[l];
+      if (!has_bias.get(l)) continue;
+      if (ctx->needs_input_grad(1 + layers + next)) grads[1 + layers + next] = grad_biases[l];
+      ++next;
+    }
+    return grads;
+  }
+};
+
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                   IntList stride, IntList padding, IntList dilation, int64_t groups) {
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
@@ -236,6 +294,21 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& inp
   return {outputs[0], outputs[1]};
 }
 
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
+                                                    const c10::List<std::optional<at::Tensor>>& biases) {
+  std::vector<at::Tensor> defined_biases;
+  c10::List<bool> has_bias;
+  for (const std::optional<at::Tensor> bias : biases) {
+    has_bias.push_back(bias.has_value() && bias->defined());
+    if (has_bias.get(has_bias.size() - 1)) defined_biases.push_back(*bias);
+  }
+  // As a TensorList: Function::apply takes a std::vector of tensors for one non-tensor argument.
+  variable_list outputs = MlpFunction::apply(input, weights, at::TensorList(defined_biases), has_bias);
+  const at::Tensor output = outputs[0];
+  outputs.erase(outputs.begin());
+  return {output, outputs};
+}
+
 at::Tensor adaptive_avg_pool2d(const at::Tensor& input, IntList output_size) {
   return AdaptiveAvgPool2dFunction::apply(input, output_size);
 }
@@ -248,11 +321,12 @@ TORCH_LIBRARY_IMPL(lenetx, Autograd, m) {
   m.impl("avg_pool2d", &avg_pool2d);
   m.impl("max_pool2d_with_indices", &max_pool2d_with_indices);
   m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d);
+  m.impl("mlp", &mlp);
   // The backward operators have no derivative of their own: a second derivative through them
   // raises when it is taken, instead of the fallback's warning and a silently wrong result.
   for (const char* name : {"conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
                            "conv2d_relu_pool2d_backward", "avg_pool2d_backward", "max_pool2d_backward",
-                           "adaptive_avg_pool2d_backward"})
+                           "adaptive_avg_pool2d_backward", "mlp_backward"})
     m.impl(name, torch::autograd::autogradNotImplementedFallback());
 }
 

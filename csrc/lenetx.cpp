@@ -32,6 +32,17 @@ TORCH_LIBRARY(lenetx, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int groups, int[2] pool_size, bool max_pool, "
       "bool input_grad) -> (Tensor, Tensor, Tensor)");
 
+  // Fully connected layers with ReLU between them (none after the last): layer l computes
+  // x @ weights[l]^T + biases[l] on the previous layer's ReLU output, the first on input
+  // (N, in_features). Returns the last layer's output and, for the backward, every other layer's
+  // output after its ReLU. The backward returns (grad_input, grad_weights, grad_biases), a bias
+  // gradient for every layer; grad_input is empty unless input_grad. CPU only: elsewhere
+  // lenetx.functional.mlp composes torch's linear and relu.
+  m.def("mlp(Tensor input, Tensor[] weights, Tensor?[] biases) -> (Tensor, Tensor[])");
+  m.def(
+      "mlp_backward(Tensor grad_output, Tensor input, Tensor[] weights, Tensor[] hidden, bool input_grad) "
+      "-> (Tensor, Tensor[], Tensor[])");
+
   m.def(
       "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
       "bool ceil_mode, bool count_include_pad, int? divisor_override, bool relu_input=False) -> Tensor");

@@ -1,5 +1,7 @@
 #include "shape_checks.h"
 
+#include <string>
+
 namespace lenetx {
 namespace {
 
@@ -240,6 +242,60 @@ void check_conv2d_grad_bias(const at::Tensor& grad_output) {
               ": expected a 4-D grad_output (N, C, H, W), but got grad_output of size ",
               grad_output.sizes());
   check_floating_dtype(grad_output, op);
+}
+
+std::vector<int64_t> check_mlp(const at::Tensor& input, at::TensorList weights,
+                               const c10::List<std::optional<at::Tensor>>& biases) {
+  constexpr const char* op = "lenetx.mlp";
+  TORCH_CHECK(input.dim() == 2, op, ": expected a 2-D input (N, in_features), but got input of size ",
+              input.sizes());
+  check_floating_dtype(input, op);
+  TORCH_CHECK(!weights.empty(), op, ": expected at least one weight, but got none");
+  TORCH_CHECK(biases.size() == weights.size(), op, ": expected one bias (or None) per weight, but got ",
+              weights.size(), " weights and ", biases.size(), " biases");
+  std::vector<int64_t> widths{input.size(1)};
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const std::string name = "weights[" + std::to_string(l) + "]";
+    const at::Tensor& weight = weights[l];
+    TORCH_CHECK(weight.dim() == 2, op, ": expected a 2-D ", name, " (out_features, in_features), but got ",
+                name, " of size ", weight.sizes());
+    check_same_dtype_and_device(input, "input", weight, name.c_str(), op);
+    if (l == 0) {
+      TORCH_CHECK(weight.size(1) == widths.back(), op, ": ", name, " of size ", weight.sizes(), " takes ",
+                  weight.size(1), " in_features, but got input of size ", input.sizes());
+    } else {
+      TORCH_CHECK(weight.size(1) == widths.back(), op, ": ", name, " of size ", weight.sizes(), " takes ",
+                  weight.size(1), " in_features, but weights[", l - 1, "] of size ", weights[l - 1].sizes(),
+                  " gives ", widths.back());
+    }
+    const std::optional<at::Tensor> bias = biases.get(l);
+    if (bias.has_value() && bias->defined()) {
+      const std::string bias_name = "biases[" + std::to_string(l) + "]";
+      check_same_dtype_and_device(input, "input", *bias, bias_name.c_str(), op);
+      TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": expected ", bias_name,
+                  " of size [", weight.size(0), "], but got ", bias_name, " of size ", bias->sizes());
+    }
+    widths.push_back(weight.size(0));
+  }
+  return widths;
+}
+
+std::vector<int64_t> check_mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                        at::TensorList weights, at::TensorList hidden) {
+  constexpr const char* op = "lenetx.mlp_backward";
+  const std::vector<int64_t> widths = check_mlp(input, weights, c10::List<std::optional<at::Tensor>>(
+                                                                    std::vector<std::optional<at::Tensor>>(weights.size())));
+  const int64_t rows = input.size(0);
+  check_grad_output(grad_output, input, {rows, widths.back()}, op);
+  TORCH_CHECK(hidden.size() + 1 == weights.size(), op, ": expected ", weights.size() - 1,
+              " hidden layers' outputs (one per weight but the last), but got ", hidden.size());
+  for (size_t l = 0; l < hidden.size(); ++l) {
+    const std::string name = "hidden[" + std::to_string(l) + "]";
+    check_same_dtype_and_device(input, "input", hidden[l], name.c_str(), op);
+    TORCH_CHECK(hidden[l].sizes() == at::IntArrayRef({rows, widths[l + 1]}), op, ": expected ", name,
+                " of size [", rows, ", ", widths[l + 1], "], but got ", name, " of size ", hidden[l].sizes());
+  }
+  return widths;
 }
 
 void check_adaptive_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 
 namespace lenetx {
 
@@ -63,6 +64,11 @@ Pool2dShape check_avg_pool2d(
 
 void check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size);
 
+// mlp: a 2-D input and, per layer, a 2-D weight that takes the previous layer's outputs and a
+// bias of its out_features or none. Returns the widths: input's features, then each layer's.
+std::vector<int64_t> check_mlp(const at::Tensor& input, at::TensorList weights,
+                               const c10::List<std::optional<at::Tensor>>& biases);
+
 // The backward ops: the forward's checks, plus grad_output (and indices) of exactly the dtype,
 // device and shape the forward produced.
 Conv2dShape check_conv2d_backward(
@@ -79,5 +85,10 @@ void check_max_pool2d_indices(const at::Tensor& indices, const at::Tensor& grad_
 void check_adaptive_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input);
 
 void check_conv2d_grad_bias(const at::Tensor& grad_output);
+
+// mlp_backward: the weights' checks, then grad_output and the hidden layers' outputs of the
+// sizes the forward produced. Returns the widths as check_mlp does.
+std::vector<int64_t> check_mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                        at::TensorList weights, at::TensorList hidden);
 
 }  // namespace lenetx

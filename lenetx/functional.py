@@ -107,6 +107,29 @@ def conv2d_relu_pool2d(input, weight, bias=None, stride=1, padding=0, dilation=1
     return output.squeeze(0) if unbatched else output
 
 
+def mlp(input, weights, biases=None):
+    """Fully connected layers with ReLU between them and none after the last:
+    linear(relu(... relu(linear(input, weights[0], biases[0])) ...), weights[-1], biases[-1]), with
+    torch.nn.functional.linear's input (*, in_features) and weights (out_features, in_features).
+    biases: None, or one bias or None per weight. On the CPU one operator runs every layer, and
+    its backward every layer's backward; elsewhere it is F.linear and relu, layer by layer."""
+    weights = list(weights)
+    biases = [None] * len(weights) if biases is None else list(biases)
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"lenetx.mlp: input must be a Tensor, but got {type(input).__name__}")
+    if len(biases) != len(weights):
+        raise RuntimeError(f"lenetx.mlp: expected one bias (or None) per weight, but got {len(weights)} "
+                           f"weights and {len(biases)} biases")
+    if input.device.type != "cpu":
+        for layer, (weight, bias) in enumerate(zip(weights, biases)):
+            input = F.linear(input if layer == 0 else F.relu(input), weight, bias)
+        return input
+    if input.dim() == 0:
+        raise RuntimeError("lenetx.mlp: expected an input of at least 1 dimension, but got a 0-D input")
+    output, _ = ops.mlp(input.reshape(-1, input.shape[-1]), weights, biases)
+    return output.reshape(*input.shape[:-1], output.shape[-1])
+
+
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None, *, relu_input=False):
     """2-D average pooling; see torch.nn.functional.avg_pool2d. relu_input=True pools

@@ -134,3 +134,27 @@ REPLACEMENTS = {
     torch.nn.MaxPool2d: MaxPool2d,
     torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
 }
+
+
+def conv_relu_mlp(conv, linears, input):
+    """linears[-1](relu(... linears[0](relu(conv(input)).flatten(1)) ...)), ReLU between the
+    fully connected layers: LeNet-5's conv3 and classifier. One fused operator
+    (lenetx.functional.mlp) for a lenetx Conv2d whose kernel covers its whole unpadded input
+    (one output pixel: a fully connected layer, as LeNet-5's conv3, 16x5x5 -> 120) followed by
+    torch.nn.Linear layers, on a batched CPU input; layer by layer otherwise. As with
+    conv_relu_pool, the fused path calls no module, so it runs none of their hooks."""
+    if _acts_as_linear(conv, input) and all(type(layer) is torch.nn.Linear for layer in linears):
+        weights = [conv.weight.flatten(1)] + [layer.weight for layer in linears]
+        biases = [conv.bias] + [layer.bias for layer in linears]
+        return LF.mlp(input.flatten(1), weights, biases)
+    x = F.relu(conv(input)).flatten(1)
+    for index, layer in enumerate(linears):
+        x = layer(x if index == 0 else F.relu(x))
+    return x
+
+
+def _acts_as_linear(conv, input):
+    return (isinstance(conv, Conv2d) and input.dim() == 4 and input.device.type == "cpu"
+            and conv.groups == 1 and conv.padding_mode == "zeros"
+            and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
+            and tuple(input.shape[2:]) == conv.kernel_size)

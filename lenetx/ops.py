@@ -81,6 +81,37 @@ def _(grad_output, mask, input, weight, stride, padding, dilation, groups, pool_
     return grad_input, _empty(weight, *weight.shape), _empty(weight, weight.shape[0])
 
 
+def _mlp_widths(input, weights, biases):
+    torch._check(input.dim() == 2,
+                 lambda: f"lenetx.mlp: expected a 2-D input (N, in_features), but got input of size "
+                         f"{tuple(input.shape)}")
+    torch._check(len(weights) > 0, lambda: "lenetx.mlp: expected at least one weight, but got none")
+    torch._check(len(biases) == len(weights),
+                 lambda: f"lenetx.mlp: expected one bias (or None) per weight, but got {len(weights)} "
+                         f"weights and {len(biases)} biases")
+    widths = [input.shape[1]]
+    for index, weight in enumerate(weights):
+        torch._check(weight.dim() == 2 and weight.shape[1] == widths[-1],
+                     lambda: f"lenetx.mlp: weights[{index}] of size {tuple(weight.shape)} does not take "
+                             f"{widths[-1]} in_features")
+        widths.append(weight.shape[0])
+    return widths
+
+
+@torch.library.register_fake("lenetx::mlp")
+def _(input, weights, biases):
+    widths = _mlp_widths(input, weights, biases)
+    rows = input.shape[0]
+    return _empty(input, rows, widths[-1]), [_empty(input, rows, width) for width in widths[1:-1]]
+
+
+@torch.library.register_fake("lenetx::mlp_backward")
+def _(grad_output, input, weights, hidden, input_grad):
+    grad_input = _empty(input, *input.shape) if input_grad else _empty(input, 0)
+    return (grad_input, [_empty(weight, *weight.shape) for weight in weights],
+            [_empty(weight, weight.shape[0]) for weight in weights])
+
+
 def _pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode, op):
     torch._check(input.dim() == 4,
                  lambda: f"{op}: expected a 4-D input, but got input of size {tuple(input.shape)}")

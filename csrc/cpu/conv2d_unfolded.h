@@ -12,6 +12,7 @@
 #include "../shape_checks.h"
 #include "conv2d_common.h"
 #include "gemm.h"
+#include "linear.h"
 #include "parallel.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -96,18 +97,9 @@ inline bool is_fully_connected(const Conv2dShape& s) {
 template <typename T>
 void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
-  for (int64_t g = 0; g < s.groups; ++g) {
-    const RowMajor<T> w{weight + g * ocg * depth, depth, depth};
-    const RowMajor<T> x{input + g * depth, s.groups * depth, depth};
-    // One image: the weight times the image's column, the weight's rows read in place. The
-    // product by the weight transposed packs all of it for one row of outputs: LeNet-5's conv3
-    // at batch 1 took 39-40 us hot, 55-72 after a sweep of the cache (benchmarks/NOTES.md,
-    // section 21).
-    if (s.batch == 1)
-      gemm(ocg, int64_t{1}, depth, w, transpose(x), output + g * ocg, int64_t{1});
-    else
-      gemm(s.batch, ocg, depth, x, transpose(w), output + g * ocg, s.out_channels);
-  }
+  for (int64_t g = 0; g < s.groups; ++g)
+    linear_forward(s.batch, depth, ocg, input + g * depth, s.groups * depth, weight + g * ocg * depth,
+                   output + g * ocg, s.out_channels);
   if (bias)
     for (int64_t n = 0; n < s.batch; ++n)
 #pragma omp simd
@@ -119,19 +111,17 @@ void conv2d_grad_input_fully_connected(const T* grad_output, const T* weight, T*
                                        const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
   for (int64_t g = 0; g < s.groups; ++g)
-    gemm(s.batch, depth, ocg, RowMajor<T>{grad_output + g * ocg, s.out_channels, ocg},
-         RowMajor<T>{weight + g * ocg * depth, depth, depth}, grad_input + g * depth, s.groups * depth);
+    linear_grad_input(s.batch, depth, ocg, grad_output + g * ocg, s.out_channels, weight + g * ocg * depth,
+                      grad_input + g * depth, s.groups * depth);
 }
 
 template <typename T>
 void conv2d_grad_weight_fully_connected(const T* grad_output, const T* input, T* grad_weight,
                                         const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.in_h * s.in_w;
-  for (int64_t g = 0; g < s.groups; ++g) {
-    const RowMajor<T> go{grad_output + g * ocg, s.out_channels, ocg};
-    gemm(ocg, depth, s.batch, transpose(go), RowMajor<T>{input + g * depth, s.groups * depth, depth},
-         grad_weight + g * ocg * depth, depth);
-  }
+  for (int64_t g = 0; g < s.groups; ++g)
+    linear_grad_weight(s.batch, depth, ocg, grad_output + g * ocg, s.out_channels, input + g * depth,
+                       s.groups * depth, grad_weight + g * ocg * depth);
 }
 
 // grad_output [n][oc][p] as one row per pixel, [(n, p)][oc].

@@ -2,9 +2,8 @@
 average pool, conv 120@5x5, fully connected 84, fully connected 10, with ReLU activations."""
 
 import torch
-import torch.nn.functional as F
 
-from ..nn import conv_relu_pool
+from ..nn import conv_relu_mlp, conv_relu_pool
 from ..shapes import conv_output_size
 from ._padding import PadTo32
 
@@ -28,5 +27,4 @@ class LeNet5(PadTo32, torch.nn.Module):
     def forward(self, x):
         x = conv_relu_pool(self.conv1, self.pool1, x, input_padding=self.input_padding)
         x = conv_relu_pool(self.conv2, self.pool2, x)
-        x = F.relu(self.conv3(x)).flatten(1)
-        return self.fc2(F.relu(self.fc1(x)))
+        return conv_relu_mlp(self.conv3, (self.fc1, self.fc2), x)

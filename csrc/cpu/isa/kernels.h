@@ -38,12 +38,14 @@ LENETX_ISA_TARGET
 
 #include "../conv2d_ops.h"
 #include "../conv2d_relu_pool2d_ops.h"
+#include "../mlp_ops.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
 void register_kernels(torch::Library& m) {
   register_conv2d(m);
   register_conv2d_relu_pool2d(m);
+  register_mlp(m);
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA

@@ -1,0 +1,115 @@
+// The fully connected stack on the CPU (lenetx::mlp): one operator for every layer of a classifier
+// such as LeNet-5's (conv3 as a 400 -> 120 layer, then 120 -> 84 -> 10), so that its forward and
+// backward are two calls instead of a dispatch, an autograd node and a ReLU per layer. Compiled
+// once per instruction set (isa/kernels.h).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "../shape_checks.h"
+#include "linear.h"
+
+namespace lenetx::cpu::LENETX_ISA {
+namespace {
+
+// out[n][j] += bias[j] (when there is one), then relu(out) when relu: as torch's relu, NaN stays NaN.
+template <typename T>
+void add_bias_relu(T* out, int64_t rows, int64_t features, const T* bias, bool relu) {
+  if (!bias && !relu) return;
+  for (int64_t n = 0; n < rows; ++n) {
+    T* row = out + n * features;
+#pragma omp simd
+    for (int64_t j = 0; j < features; ++j) {
+      const T value = bias ? row[j] + bias[j] : row[j];
+      row[j] = relu && value < T(0) ? T(0) : value;
+    }
+  }
+}
+
+// grad[i] = 0 where relu's output activation[i] <= 0: torch's threshold_backward, which lets the
+// gradient through a NaN.
+template <typename T>
+void relu_backward(T* grad, const T* activation, int64_t count) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) grad[i] = activation[i] <= T(0) ? T(0) : grad[i];
+}
+
+// sums[j] = sum over n of grad[n][j], in order of n.
+template <typename T>
+void column_sums(const T* grad, int64_t rows, int64_t features, T* sums) {
+  std::fill_n(sums, features, T(0));
+  for (int64_t n = 0; n < rows; ++n)
+#pragma omp simd
+    for (int64_t j = 0; j < features; ++j) sums[j] += grad[n * features + j];
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
+                                                    const c10::List<std::optional<at::Tensor>>& biases) {
+  const std::vector<int64_t> widths = check_mlp(input, weights, biases);
+  const int64_t rows = input.size(0), layers = static_cast<int64_t>(weights.size());
+  std::vector<at::Tensor> hidden;
+  at::Tensor x = input.contiguous();
+  for (int64_t l = 0; l < layers; ++l) {
+    const at::Tensor w = weights[l].contiguous();
+    const std::optional<at::Tensor> bias = biases.get(l);
+    const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    at::Tensor out = at::empty({rows, widths[l + 1]}, input.options());
+    const bool relu = l + 1 < layers;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_mlp", [&] {
+      scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+      linear_forward<scalar_t>(rows, widths[l], widths[l + 1], x.const_data_ptr<scalar_t>(), widths[l],
+                               w.const_data_ptr<scalar_t>(), out_data, widths[l + 1]);
+      add_bias_relu<scalar_t>(out_data, rows, widths[l + 1], b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                              relu);
+    });
+    if (relu) hidden.push_back(out);
+    x = out;
+  }
+  return {x, hidden};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights, at::TensorList hidden,
+    bool input_grad) {
+  const std::vector<int64_t> widths = check_mlp_backward(grad_output, input, weights, hidden);
+  const int64_t rows = input.size(0), layers = static_cast<int64_t>(weights.size());
+  std::vector<at::Tensor> grad_weights(layers), grad_biases(layers);
+  at::Tensor grad = grad_output.contiguous(), grad_input = at::empty({0}, input.options());
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const at::Tensor x = (l == 0 ? input : hidden[l - 1]).contiguous(), w = weights[l].contiguous();
+    const int64_t in = widths[l], out = widths[l + 1];
+    grad_weights[l] = at::empty({out, in}, input.options());
+    grad_biases[l] = at::empty({out}, input.options());
+    const bool grad_x = l > 0 || input_grad;
+    at::Tensor grad_in = grad_x ? at::empty({rows, in}, input.options()) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_mlp_backward", [&] {
+      const scalar_t* g = grad.const_data_ptr<scalar_t>();
+      const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+      linear_grad_weight<scalar_t>(rows, in, out, g, out, x_data, in, grad_weights[l].mutable_data_ptr<scalar_t>());
+      column_sums<scalar_t>(g, rows, out, grad_biases[l].mutable_data_ptr<scalar_t>());
+      if (!grad_x) return;
+      scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+      linear_grad_input<scalar_t>(rows, in, out, g, out, w.const_data_ptr<scalar_t>(), gi, in);
+      if (l > 0) relu_backward<scalar_t>(gi, x_data, rows * in);
+    });
+    if (l > 0)
+      grad = grad_in;
+    else if (input_grad)
+      grad_input = grad_in;
+  }
+  return {grad_input, grad_weights, grad_biases};
+}
+
+}  // namespace
+
+inline void register_mlp(torch::Library& m) {
+  m.impl("mlp", &mlp);
+  m.impl("mlp_backward", &mlp_backward);
+}
+
+}  // namespace lenetx::cpu::LENETX_ISA
