@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "conv2d_common.h"
@@ -137,13 +138,22 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
     // A packed block serves every panel of its item; columns are split, as evenly as whole
     // panels allow, only when there are too few row blocks to keep the threads busy.
     const int64_t column_items = std::min(panels, blocks_of(threads, row_items));
-    // B transposed: packed_b[panel][k][N] is b(k, panel * N + j), zero past the last column.
-    const std::unique_ptr<T[]> packed_b(new T[panels * depth * N]);
+    // B transposed: packed_b[panel][k][N] is b(k, panel * N + j), zero past the last column. A
+    // row-major B is read in place instead, all but a last panel that its columns do not fill
+    // (whose tile would read past the matrix): LeNet-5's conv3 and fully connected layers spent
+    // 12 % of their backward's samples copying such Bs (benchmarks/NOTES.md, section 23).
+    constexpr bool b_in_place = std::is_same_v<BMatrix, RowMajor<T>>;
+    const int64_t packed_from = b_in_place ? columns / N : 0;
+    const std::unique_ptr<T[]> packed_b(new T[(panels - packed_from) * depth * N]);
     const auto pack_b = [&](int64_t first_panel, int64_t last_panel) {
-      pack_panels<N>(b, depth, columns, 0, depth, first_panel * N, last_panel - first_panel,
-                     packed_b.get() + first_panel * depth * N);
+      first_panel = std::max(first_panel, packed_from);
+      if (first_panel < last_panel)
+        pack_panels<N>(b, depth, columns, 0, depth, first_panel * N, last_panel - first_panel,
+                       packed_b.get() + (first_panel - packed_from) * depth * N);
     };
     const std::vector<int64_t> panel_rows = evenly_spaced(depth_block, N);
+    std::vector<int64_t> b_rows;
+    if constexpr (b_in_place) b_rows = evenly_spaced(depth_block, b.row_stride);
     // What the rows past the last read, in place.
     const std::vector<T> zeros(depth_block, T(0));
     // B packed by the team that runs the products: on a team of its own, too little work for a
@@ -158,16 +168,22 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
       // Depth block [k0, k0 + steps) of one panel against each row tile of rows [row0, row0 + block_rows).
       const auto sweep = [&](int64_t row0, int64_t block_rows, int64_t panel, int64_t k0, int64_t steps) {
         const int64_t j0 = panel * N;
-        const T* b_block = packed_b.get() + (panel * depth + k0) * N;
+        const bool in_place = panel < packed_from;
+        const T* b_block;
+        if constexpr (b_in_place)
+          b_block = in_place ? b.row(k0, j0) : packed_b.get() + ((panel - packed_from) * depth + k0) * N;
+        else
+          b_block = packed_b.get() + (panel * depth + k0) * N;
+        const int64_t* b_block_rows = in_place ? b_rows.data() : panel_rows.data();
         for (int64_t rt = 0; rt < blocks_of(block_rows, MB); ++rt) {
           const int64_t tile_rows = std::min<int64_t>(MB, block_rows - rt * MB);
           if constexpr (RowAddressable<AMatrix>) {
             RowPointers<T, MB> a_rows;
             for (int m = 0; m < MB; ++m) a_rows.row[m] = m < tile_rows ? a.row(row0 + rt * MB + m, k0) : zeros.data();
-            gemm_tile<T, MB, NV>(a_rows, b_block, panel_rows.data(), steps, tile);
+            gemm_tile<T, MB, NV>(a_rows, b_block, b_block_rows, steps, tile);
           } else {
             gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed_a.get() + rt * steps * MB}, b_block,
-                                 panel_rows.data(), steps, tile);
+                                 b_block_rows, steps, tile);
           }
           store_tile(tile, N, tile_rows, std::min(N, columns - j0), k0 > 0,
                      c + (row0 + rt * MB) * c_row_stride + j0, c_row_stride);
