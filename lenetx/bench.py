@@ -113,6 +113,32 @@ def _fused_cases(group, layer, batch, c_in, c_out, size, kernel, padding, kind, 
     ]
 
 
+def _classifier_cases(group, batch, device):
+    """LeNet-5's conv3 (a fully connected layer on its 16x5x5 input), fc1 and fc2 with ReLU
+    between them: the fused fully connected stack against torch's five operators. The input
+    takes a gradient, as conv2's output does in the model."""
+    x = torch.randn(batch, 16, 5, 5, device=device)
+    params = [torch.randn(120, 16, 5, 5, device=device) / 20, torch.randn(120, device=device),
+              torch.randn(84, 120, device=device) / 11, torch.randn(84, device=device),
+              torch.randn(10, 84, device=device) / 9, torch.randn(10, device=device)]
+
+    def ours(x, w3, b3, w4, b4, w5, b5):
+        return LF.mlp(x.flatten(1), [w3.flatten(1), w4, w5], [b3, b4, b5])
+
+    def theirs(x, w3, b3, w4, b4, w5, b5):
+        return F.linear(F.relu(F.linear(F.relu(F.conv2d(x, w3, b3)).flatten(1), w4, b4)), w5, b5)
+
+    name = f"conv3+ReLU+fc1+ReLU+fc2 (fused) 16x5x5->120->84->10, batch {batch}"
+    leaves = [t.clone().requires_grad_() for t in (x, *params)]
+    upstream = torch.randn(batch, 10, device=device)
+    return [
+        Case(group, f"{name}, forward", lambda: ours(x, *params), lambda: theirs(x, *params)),
+        Case(group, f"{name}, forward+backward",
+             lambda: torch.autograd.grad(ours(*leaves), leaves, upstream),
+             lambda: torch.autograd.grad(theirs(*leaves), leaves, upstream)),
+    ]
+
+
 def layer_cases(device, batches=(1, 64, 256), vgg_batch=64):
     cases = []
     for batch in batches:
@@ -122,6 +148,7 @@ def layer_cases(device, batches=(1, 64, 256), vgg_batch=64):
         cases += _pool_cases("LeNet-5 layers", "pool2", batch, 16, 10, "avg", device)
         cases += _conv_cases("LeNet-5 layers", "conv3", batch, 16, 120, 5, 5, 0, device)
         cases += _fused_cases("LeNet-5 layers", "conv1", batch, 1, 6, 32, 5, 0, "avg", device)
+        cases += _classifier_cases("LeNet-5 layers", batch, device)
     batch = batches[-1] if len(batches) == 1 else 64
     cases += _conv_cases("improved-LeNet layers", "conv1", batch, 1, 16, 28, 3, 1, device)
     cases += _pool_cases("improved-LeNet layers", "pool1", batch, 16, 28, "max", device)

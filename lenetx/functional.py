@@ -124,6 +124,8 @@ def mlp(input, weights, biases=None):
         for layer, (weight, bias) in enumerate(zip(weights, biases)):
             input = F.linear(input if layer == 0 else F.relu(input), weight, bias)
         return input
+    if input.dim() == 2:
+        return ops.mlp(input, weights, biases)[0]
     if input.dim() == 0:
         raise RuntimeError("lenetx.mlp: expected an input of at least 1 dimension, but got a 0-D input")
     output, _ = ops.mlp(input.reshape(-1, input.shape[-1]), weights, biases)
