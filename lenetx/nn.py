@@ -105,15 +105,21 @@ def _without_hooks(*modules):
 class Sequential(torch.nn.Sequential):
     """torch.nn.Sequential that runs a lenetx Conv2d, a torch.nn.ReLU and a lenetx pooling layer
     in a row through conv_relu_pool (one fused operator where the convolution and the pooling
-    allow it), and a ReLU followed by a lenetx pooling layer through relu_pool: what convert()
-    makes of a torch.nn.Sequential. The modules are not changed; a run with hooks runs module by module."""
+    allow it), a ReLU followed by a lenetx pooling layer through relu_pool, and a lenetx Conv2d,
+    ReLU, Flatten, Linear, then any ReLU, Linear pairs (LeNet-5's conv3 and classifier) through
+    conv_relu_mlp: what convert() makes of a torch.nn.Sequential. The modules are not changed; a
+    run with hooks runs module by module."""
 
     def forward(self, input):
         modules = list(self._modules.values())
         i = 0
         while i < len(modules):
             run = modules[i:i + 3]
-            if (len(run) == 3 and isinstance(run[0], Conv2d) and type(run[1]) is torch.nn.ReLU
+            linears = _classifier_linears(modules, i)
+            if linears and _without_hooks(*modules[i:i + 2 + 2 * len(linears)]):
+                input = conv_relu_mlp(modules[i], linears, input)
+                i += 2 + 2 * len(linears)
+            elif (len(run) == 3 and isinstance(run[0], Conv2d) and type(run[1]) is torch.nn.ReLU
                     and isinstance(run[2], (AvgPool2d, MaxPool2d)) and _without_hooks(*run)):
                 input = conv_relu_pool(run[0], run[2], input)
                 i += 3
@@ -125,6 +131,22 @@ class Sequential(torch.nn.Sequential):
                 input = modules[i](input)
                 i += 1
         return input
+
+
+def _classifier_linears(modules, i):
+    """The Linear layers of a run modules[i], ... = a lenetx Conv2d, ReLU, Flatten (of every
+    dimension after the batch's), Linear, then ReLU, Linear pairs, which conv_relu_mlp computes;
+    none where no such run starts."""
+    head = modules[i:i + 4]
+    if not (len(head) == 4 and isinstance(head[0], Conv2d) and type(head[1]) is torch.nn.ReLU
+            and type(head[2]) is torch.nn.Flatten and (head[2].start_dim, head[2].end_dim) == (1, -1)
+            and type(head[3]) is torch.nn.Linear):
+        return []
+    linears, j = [head[3]], i + 4
+    while j + 1 < len(modules) and type(modules[j]) is torch.nn.ReLU and type(modules[j + 1]) is torch.nn.Linear:
+        linears.append(modules[j + 1])
+        j += 2
+    return linears
 
 
 # torch.nn class -> its lenetx replacement; convert() swaps exactly these types.

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lenetx
 import lenetx.functional as LF
 import lenetx.nn as lnn
 from lenetx import models
@@ -244,3 +245,31 @@ def test_lenet5_gradients_match_the_torch_backend(generator):
         F.cross_entropy(model(x), torch.arange(5)).backward()
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def classifier_sequential(flatten=torch.nn.Flatten(), between=torch.nn.ReLU()):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(16, 12, 5), torch.nn.ReLU(), flatten, torch.nn.Linear(12, 9),
+                               between, torch.nn.Linear(9, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3),
+                               torch.nn.ReLU())
+
+
+@pytest.mark.parametrize("sequential, hooked, fused", [
+    (classifier_sequential(), False, True),
+    (classifier_sequential(), True, False),
+    (classifier_sequential(flatten=torch.nn.Flatten(0)), False, False),
+    (classifier_sequential(between=torch.nn.Dropout(0.0)), False, True),
+], ids=["lenet5-classifier", "hooked", "flatten-from-0", "dropout-between"])
+def test_converted_sequential_fuses_a_convolution_and_its_classifier(sequential, hooked, fused, monkeypatch,
+                                                                     generator):
+    # Dropout between the Linear layers ends the fused run after the first: conv, ReLU, Flatten,
+    # Linear, then module by module. One image, which a Flatten from dimension 0 also takes.
+    calls = []
+    real = LF.mlp
+    monkeypatch.setattr(LF, "mlp", lambda x, weights, biases: calls.append(len(weights)) or real(x, weights, biases))
+    converted = lenetx.convert(sequential)
+    if hooked:
+        converted[3].register_forward_hook(lambda *args: None)
+    input = torch.randn(1, 16, 5, 5, generator=generator)
+    torch.testing.assert_close(converted(input), sequential(input))
+    assert calls == ([4] if fused and isinstance(sequential[4], torch.nn.ReLU) else [2] if fused else [])
