@@ -65,6 +65,14 @@ def test_input_dimensions_as_torch_linear(shape, generator):
     check_against_torch(input, weights, biases, torch.float64, generator)
 
 
+def test_transposed_input_and_weight_match_torch(generator):
+    weights, biases = layer_tensors([7, 5, 3], [True, False], torch.float64, generator)
+    input = torch.randn(12, 7, dtype=torch.float64, generator=generator).t().contiguous().t()
+    second = weights[1].t().contiguous().t()
+    assert not (input.is_contiguous() or second.is_contiguous())
+    check_against_torch(input, [weights[0], second], biases, torch.float64, generator)
+
+
 def test_gradcheck(generator):
     weights, biases = layer_tensors([5, 4, 3, 2], [True, False, True], torch.float64, generator)
     tensors = [t.requires_grad_() for t in [torch.randn(3, 5, dtype=torch.float64, generator=generator),
