@@ -1,7 +1,8 @@
 #pragma once
 // A cache-blocked matrix product around micro_gemm.h's register tile, for the convolutions that
-// are matrix products over an unfolded input. Blocked like a BLAS: the whole of B is packed once
-// into panels of one tile's width; each thread takes a block of A rows, packed a block of
+// are matrix products over an unfolded input and the fully connected layers (linear.h). Blocked
+// like a BLAS: the whole of B is packed once into panels of one tile's width (a row-major B's
+// whole panels are read in place); each thread takes a block of A rows, packed a block of
 // reduction steps at a time or read in place (RowAddressable), and sweeps it against one B panel
 // at a time, so that the block of a B panel a tile reads (kGemmPanelBlockBytes) stays in L1.
 #include <algorithm>

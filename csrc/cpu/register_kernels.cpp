@@ -1,4 +1,5 @@
-// Hands the dispatcher the convolution kernels compiled for the ISA convolution_isa() picks.
+// Hands the dispatcher the convolution and fully connected kernels compiled for the ISA
+// convolution_isa() picks.
 #include <torch/library.h>
 
 #include <cstdlib>

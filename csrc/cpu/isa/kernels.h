@@ -1,4 +1,4 @@
-// The convolution kernels for one instruction set. avx512.cpp, avx2.cpp and baseline.cpp each
+// The convolution and fully connected kernels for one instruction set. avx512.cpp, avx2.cpp and baseline.cpp each
 // define LENETX_ISA, the namespace this copy of the kernels is compiled into (so the copies never
 // meet at link time), and LENETX_ISA_TARGET, a pragma switching GCC to that ISA, then include
 // this; register_kernels.cpp hands the dispatcher one copy.
