@@ -1,7 +1,7 @@
-// The convolution and fully connected kernels for one instruction set. avx512.cpp, avx2.cpp and baseline.cpp each
-// define LENETX_ISA, the namespace this copy of the kernels is compiled into (so the copies never
-// meet at link time), and LENETX_ISA_TARGET, a pragma switching GCC to that ISA, then include
-// this; register_kernels.cpp hands the dispatcher one copy.
+// The convolution and fully connected kernels for one instruction set. avx512.cpp, avx2.cpp and
+// baseline.cpp each define LENETX_ISA, the namespace this copy of the kernels is compiled into (so
+// the copies never meet at link time), and LENETX_ISA_TARGET, a pragma switching GCC to that ISA,
+// then include this; register_kernels.cpp hands the dispatcher one copy.
 //
 // What the rest of the library shares (torch's and the standard headers, the shape checks, the
 // thread and loop helpers) is included before the switch: their inline functions are emitted in
