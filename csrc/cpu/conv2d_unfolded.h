@@ -100,10 +100,7 @@ void conv2d_fully_connected(const T* input, const T* weight, const T* bias, T* o
   for (int64_t g = 0; g < s.groups; ++g)
     linear_forward(s.batch, depth, ocg, input + g * depth, s.groups * depth, weight + g * ocg * depth,
                    output + g * ocg, s.out_channels);
-  if (bias)
-    for (int64_t n = 0; n < s.batch; ++n)
-#pragma omp simd
-      for (int64_t oc = 0; oc < s.out_channels; ++oc) output[n * s.out_channels + oc] += bias[oc];
+  add_bias_relu(output, s.batch, s.out_channels, bias, false);
 }
 
 template <typename T>

@@ -1,6 +1,6 @@
 #pragma once
-// Fully connected layers as gemm's products: LeNet-5's conv3 (a kernel that covers its whole
-// input, conv2d_unfolded.h) and the fused stack of them (mlp_ops.h). x holds `rows` rows of
+// Fully connected layers as gemm's products, and their bias and ReLU: LeNet-5's conv3 (a kernel
+// that covers its whole input, conv2d_unfolded.h) and the fused stack of them (mlp_ops.h). x holds `rows` rows of
 // in_features values, x_stride apart; weight is [out_features][in_features], contiguous; the
 // outputs' rows lie out_stride apart. Every product reads and writes the tensors in place.
 #include <cstdint>
@@ -21,6 +21,20 @@ void linear_forward(int64_t rows, int64_t in_features, int64_t out_features, con
     gemm(out_features, int64_t{1}, in_features, w, transpose(a), out, int64_t{1});
   else
     gemm(rows, out_features, in_features, a, transpose(w), out, out_stride);
+}
+
+// out[n][j] += bias[j] (when there is one), then relu(out) when relu: as torch's relu, NaN stays NaN.
+template <typename T>
+void add_bias_relu(T* out, int64_t rows, int64_t features, const T* bias, bool relu) {
+  if (!bias && !relu) return;
+  for (int64_t n = 0; n < rows; ++n) {
+    T* row = out + n * features;
+#pragma omp simd
+    for (int64_t j = 0; j < features; ++j) {
+      const T value = bias ? row[j] + bias[j] : row[j];
+      row[j] = relu && value < T(0) ? T(0) : value;
+    }
+  }
 }
 
 // grad_x = grad_out weight.

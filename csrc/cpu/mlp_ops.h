@@ -17,35 +17,12 @@
 namespace lenetx::cpu::LENETX_ISA {
 namespace {
 
-// out[n][j] += bias[j] (when there is one), then relu(out) when relu: as torch's relu, NaN stays NaN.
-template <typename T>
-void add_bias_relu(T* out, int64_t rows, int64_t features, const T* bias, bool relu) {
-  if (!bias && !relu) return;
-  for (int64_t n = 0; n < rows; ++n) {
-    T* row = out + n * features;
-#pragma omp simd
-    for (int64_t j = 0; j < features; ++j) {
-      const T value = bias ? row[j] + bias[j] : row[j];
-      row[j] = relu && value < T(0) ? T(0) : value;
-    }
-  }
-}
-
 // grad[i] = 0 where relu's output activation[i] <= 0: torch's threshold_backward, which lets the
 // gradient through a NaN.
 template <typename T>
 void relu_backward(T* grad, const T* activation, int64_t count) {
 #pragma omp simd
   for (int64_t i = 0; i < count; ++i) grad[i] = activation[i] <= T(0) ? T(0) : grad[i];
-}
-
-// sums[j] = sum over n of grad[n][j], in order of n.
-template <typename T>
-void column_sums(const T* grad, int64_t rows, int64_t features, T* sums) {
-  std::fill_n(sums, features, T(0));
-  for (int64_t n = 0; n < rows; ++n)
-#pragma omp simd
-    for (int64_t j = 0; j < features; ++j) sums[j] += grad[n * features + j];
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
@@ -91,7 +68,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
       const scalar_t* x_data = x.const_data_ptr<scalar_t>();
       linear_grad_weight<scalar_t>(rows, in, out, g, out, x_data, in, grad_weights[l].mutable_data_ptr<scalar_t>());
-      column_sums<scalar_t>(g, rows, out, grad_biases[l].mutable_data_ptr<scalar_t>());
+      // Each bias gradient the sum of its column, in order of the rows, as the fused operator
+      // sums the images' grad_bias.
+      sum_chunk_partials<scalar_t>(g, rows, out, grad_biases[l].mutable_data_ptr<scalar_t>());
       if (!grad_x) return;
       scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
       linear_grad_input<scalar_t>(rows, in, out, g, out, w.const_data_ptr<scalar_t>(), gi, in);
