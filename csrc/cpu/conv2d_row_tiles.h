@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -19,6 +20,66 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
+#if defined(__x86_64__) && LENETX_VECTOR_BYTES == 32
+// row_tile<float, 5, 5, 2> on AVX2 (LeNet-5's conv2 forward), one (kh, ic) step per asm
+// statement: its 10 accumulators, the kernel row's 5 weights (ymm10-ymm14) and the broadcast
+// input value (ymm15) fill the 16 registers exactly. GCC's allocation of the same loop kept a
+// register too few (an accumulator on the stack, or multiply-adds that overwrite a weight or the
+// broadcast and registers copied back), and the tiles ran at 83 % of the cores' multiply-add
+// peak against 95 % here (benchmarks/NOTES.md, section 24). Each line broadcasts input column c of
+// row r and adds it times kernel column kw into the accumulator of pixel c - kw of that row
+// (r * 5 + c - kw), in row_tile's order.
+#define LENETX_BROADCAST(r, c) "vbroadcastss " #c "*4(%[row" #r "]), %%ymm15\n\t"
+#define LENETX_FMA(kw, a) "vfmadd231ps %%ymm1" #kw ", %%ymm15, %[a" #a "]\n\t"
+inline void row_tile_float_5x5x2_avx2(const float* __restrict in, int64_t plane, int64_t row_step, int64_t rows_apart,
+                                      const float* __restrict w, int64_t kernel_h, int64_t channels, int64_t rows,
+                                      int64_t pixels, float* __restrict out, int64_t out_row) {
+  using V = Vec<float>::type;
+  constexpr int L = Vec<float>::kLanes;
+  // Apart, not an array: an array's elements went back to the stack after every step.
+  V a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{}, a8{}, a9{};
+  for (int64_t kh = 0; kh < kernel_h; ++kh)
+    for (int64_t ic = 0; ic < channels; ++ic) {
+      const float* row0 = in + ic * plane + kh * row_step;
+      const float* row1 = row0 + rows_apart;
+      const float* taps = w + (kh * channels + ic) * 5 * L;
+      asm("vmovups (%[w]), %%ymm10\n\t"
+          "vmovups 32(%[w]), %%ymm11\n\t"
+          "vmovups 64(%[w]), %%ymm12\n\t"
+          "vmovups 96(%[w]), %%ymm13\n\t"
+          "vmovups 128(%[w]), %%ymm14\n\t"
+          LENETX_BROADCAST(0, 0) LENETX_FMA(0, 0)
+          LENETX_BROADCAST(1, 0) LENETX_FMA(0, 5)
+          LENETX_BROADCAST(0, 1) LENETX_FMA(0, 1) LENETX_FMA(1, 0)
+          LENETX_BROADCAST(1, 1) LENETX_FMA(0, 6) LENETX_FMA(1, 5)
+          LENETX_BROADCAST(0, 2) LENETX_FMA(0, 2) LENETX_FMA(1, 1) LENETX_FMA(2, 0)
+          LENETX_BROADCAST(1, 2) LENETX_FMA(0, 7) LENETX_FMA(1, 6) LENETX_FMA(2, 5)
+          LENETX_BROADCAST(0, 3) LENETX_FMA(0, 3) LENETX_FMA(1, 2) LENETX_FMA(2, 1) LENETX_FMA(3, 0)
+          LENETX_BROADCAST(1, 3) LENETX_FMA(0, 8) LENETX_FMA(1, 7) LENETX_FMA(2, 6) LENETX_FMA(3, 5)
+          LENETX_BROADCAST(0, 4) LENETX_FMA(0, 4) LENETX_FMA(1, 3) LENETX_FMA(2, 2) LENETX_FMA(3, 1) LENETX_FMA(4, 0)
+          LENETX_BROADCAST(1, 4) LENETX_FMA(0, 9) LENETX_FMA(1, 8) LENETX_FMA(2, 7) LENETX_FMA(3, 6) LENETX_FMA(4, 5)
+          LENETX_BROADCAST(0, 5) LENETX_FMA(1, 4) LENETX_FMA(2, 3) LENETX_FMA(3, 2) LENETX_FMA(4, 1)
+          LENETX_BROADCAST(1, 5) LENETX_FMA(1, 9) LENETX_FMA(2, 8) LENETX_FMA(3, 7) LENETX_FMA(4, 6)
+          LENETX_BROADCAST(0, 6) LENETX_FMA(2, 4) LENETX_FMA(3, 3) LENETX_FMA(4, 2)
+          LENETX_BROADCAST(1, 6) LENETX_FMA(2, 9) LENETX_FMA(3, 8) LENETX_FMA(4, 7)
+          LENETX_BROADCAST(0, 7) LENETX_FMA(3, 4) LENETX_FMA(4, 3)
+          LENETX_BROADCAST(1, 7) LENETX_FMA(3, 9) LENETX_FMA(4, 8)
+          LENETX_BROADCAST(0, 8) LENETX_FMA(4, 4)
+          LENETX_BROADCAST(1, 8) LENETX_FMA(4, 9)
+          : [a0] "+x"(a0), [a1] "+x"(a1), [a2] "+x"(a2), [a3] "+x"(a3), [a4] "+x"(a4), [a5] "+x"(a5), [a6] "+x"(a6),
+            [a7] "+x"(a7), [a8] "+x"(a8), [a9] "+x"(a9)
+          : [row0] "r"(row0), [row1] "r"(row1), [w] "r"(taps), "m"(*reinterpret_cast<const float(*)[9]>(row0)),
+            "m"(*reinterpret_cast<const float(*)[9]>(row1)), "m"(*reinterpret_cast<const float(*)[5 * L]>(taps))
+          : "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    }
+  const V acc[2][5] = {{a0, a1, a2, a3, a4}, {a5, a6, a7, a8, a9}};
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t m = 0; m < pixels; ++m) store_vec(out + r * out_row + m * L, acc[r][m]);
+}
+#undef LENETX_BROADCAST
+#undef LENETX_FMA
+#endif
+
 // out[r * out_row + m * L] = sum over kh, ic and kw of
 // in[ic * plane + kh * row_step + r * rows_apart + m + kw] * w[kh][ic][kw], for the first `rows` of
 // RB output rows r and the first `pixels` of MB pixels m, w packed as [kh][ic][kw][one vector of
@@ -27,6 +88,12 @@ namespace lenetx::cpu::LENETX_ISA {
 template <typename T, int MB, int KW, int RB>
 void row_tile(const T* __restrict in, int64_t plane, int64_t row_step, int64_t rows_apart, const T* __restrict w,
               int64_t kernel_h, int64_t channels, int64_t rows, int64_t pixels, T* __restrict out, int64_t out_row) {
+#if defined(__x86_64__) && LENETX_VECTOR_BYTES == 32
+  if constexpr (std::is_same_v<T, float> && MB == 5 && KW == 5 && RB == 2) {
+    row_tile_float_5x5x2_avx2(in, plane, row_step, rows_apart, w, kernel_h, channels, rows, pixels, out, out_row);
+    return;
+  }
+#endif
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[RB][MB];
