@@ -23,12 +23,12 @@ namespace lenetx::cpu::LENETX_ISA {
 #if defined(__x86_64__) && LENETX_VECTOR_BYTES == 32
 // row_tile<float, 5, 5, 2> on AVX2 (LeNet-5's conv2 forward), one (kh, ic) step per asm
 // statement: its 10 accumulators, the kernel row's 5 weights (ymm10-ymm14) and the broadcast
-// input value (ymm15) fill the 16 registers exactly. GCC's allocation of the same loop kept a
-// register too few (an accumulator on the stack, or multiply-adds that overwrite a weight or the
-// broadcast and registers copied back), and the tiles ran at 83 % of the cores' multiply-add
-// peak against 95 % here (benchmarks/NOTES.md, section 24). Each line broadcasts input column c of
-// row r and adds it times kernel column kw into the accumulator of pixel c - kw of that row
-// (r * 5 + c - kw), in row_tile's order.
+// input value (ymm15) fill the 16 registers exactly. GCC compiled the C++ loop with an
+// accumulator on the stack, multiply-adds that overwrite a weight or the broadcast, and register
+// copies: the tiles ran at 83 % of the cores' multiply-add peak, here at 95 %
+// (benchmarks/NOTES.md, section 24). Each line broadcasts input column c of row r and adds it
+// times kernel column kw into the accumulator of pixel c - kw of that row (r * 5 + c - kw), in
+// row_tile's order of sums, so that both give the same bits.
 #define LENETX_BROADCAST(r, c) "vbroadcastss " #c "*4(%[row" #r "]), %%ymm15\n\t"
 #define LENETX_FMA(kw, a) "vfmadd231ps %%ymm1" #kw ", %%ymm15, %[a" #a "]\n\t"
 inline void row_tile_float_5x5x2_avx2(const float* __restrict in, int64_t plane, int64_t row_step, int64_t rows_apart,

@@ -100,11 +100,7 @@ void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict 
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[MB][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = V{};
-  for (int64_t k = 0; k < depth; ++k) {
+  const auto step = [&](int64_t k, auto accumulate) __attribute__((always_inline)) {
     const T* row = b + b_rows[k];
     V x[NV];
 #pragma GCC unroll 8
@@ -113,9 +109,22 @@ void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict 
     for (int m = 0; m < MB; ++m) {
       const T scale = a(m, k);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[m][v] += scale * x[v];
+      for (int v = 0; v < NV; ++v) accumulate(acc[m][v], scale * x[v]);
     }
-  }
+  };
+  // The first step's products start the sums, rather than multiply-adds onto zeroed registers
+  // (the same sums, but for the sign of a zero one): LeNet-5's transposed grad_input, 16 steps a
+  // tile, ran its tiles at 75 % of the multiply-add peak the one way and 90 % the other
+  // (benchmarks/NOTES.md, section 24).
+  if (depth > 0)
+    step(0, [](V& sum, const V& product) __attribute__((always_inline)) { sum = product; });
+  else
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] = V{};
+  for (int64_t k = 1; k < depth; ++k)
+    step(k, [](V& sum, const V& product) __attribute__((always_inline)) { sum += product; });
 #pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 8
