@@ -375,7 +375,9 @@ inline bool padded_rows_dense(const Conv2dShape& s) {
 // The register tile for `rows` rows of A against `columns` columns of output: of the shapes that
 // fit the registers, the one with the least work counting the padding it computes. The one-vector
 // tile loads a value per multiply-add and runs about 1.35x slower per value (measured), so its
-// work counts that much more; ties go to the wider tile.
+// work counts that much more. Ties go to the tile with more accumulators, then to the wider: AVX2's
+// 2x4 tile has 8, the multiply-adds its two FMA pipes keep in flight, and ran LeNet-5's conv1
+// (6 output channels) 6-9 % slower than the 6x2 tile's 12 (benchmarks/NOTES.md, section 24).
 template <typename T, typename Fn>
 void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
   const auto work = [&](int64_t mb, int64_t nv) {
@@ -385,14 +387,17 @@ void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
   };
   constexpr int m4 = tile_rows(4), m3 = tile_rows(3), m2 = tile_rows(2), m1 = tile_rows(1);
   const double least = std::min({work(m4, 4), work(m3, 3), work(m2, 2), work(m1, 1)});
-  if (work(m4, 4) == least)
-    fn.template operator()<m4, 4>();
-  else if (work(m3, 3) == least)
-    fn.template operator()<m3, 3>();
-  else if (work(m2, 2) == least)
-    fn.template operator()<m2, 2>();
-  else
-    fn.template operator()<m1, 1>();
+  int vectors = 0, best_rank = -1;
+  for (const auto& [mb, nv] : {std::pair{m4, 4}, std::pair{m3, 3}, std::pair{m2, 2}, std::pair{m1, 1}}) {
+    const int rank = mb * nv * 8 + nv;
+    if (work(mb, nv) == least && rank > best_rank) vectors = nv, best_rank = rank;
+  }
+  switch (vectors) {
+    case 4: fn.template operator()<m4, 4>(); break;
+    case 3: fn.template operator()<m3, 3>(); break;
+    case 2: fn.template operator()<m2, 2>(); break;
+    default: fn.template operator()<m1, 1>(); break;
+  }
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA
