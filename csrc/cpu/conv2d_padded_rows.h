@@ -102,7 +102,10 @@ void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* outpu
 template <typename T>
 void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
                                 const Conv2dShape& s) {
-  constexpr int MB = kVectorRegisters == 32 ? 6 : 3, TB = kVectorRegisters == 32 ? 4 : 3;
+  // MB output channels by TB taps of accumulators, beside MB rows of grad_output and a vector of
+  // input. On AVX2 those are all 16 registers: 3 x 4 ran LeNet-5's fused conv1 backward in 329-343
+  // us against 377-426 for 3 x 3 (benchmarks/NOTES.md, section 24).
+  constexpr int MB = kVectorRegisters == 32 ? 6 : 3, TB = 4;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
