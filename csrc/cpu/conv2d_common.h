@@ -373,31 +373,30 @@ inline bool padded_rows_dense(const Conv2dShape& s) {
 }
 
 // The register tile for `rows` rows of A against `columns` columns of output: of the shapes that
-// fit the registers, the one with the least work counting the padding it computes. The one-vector
-// tile loads a value per multiply-add and runs about 1.35x slower per value (measured), so its
-// work counts that much more. Ties go to the tile with more accumulators, then to the wider: AVX2's
-// 2x4 tile has 8, the multiply-adds its two FMA pipes keep in flight, and ran LeNet-5's conv1
-// (6 output channels) 6-9 % slower than the 6x2 tile's 12 (benchmarks/NOTES.md, section 24).
+// fit the registers, the one with the least work counting the padding it computes; ties go to the
+// wider tile. The one-vector tile loads a value per multiply-add and runs about 1.35x slower per
+// value (measured), so its work counts that much more. A wider tile of 8 accumulators or fewer
+// (AVX2's 2x4) holds just the multiply-adds its two FMA pipes keep in flight, with no slack for a
+// late load: it ran LeNet-5's conv1 (6 output channels) 1.07-1.09x and VGG's 512-channel 4x4
+// layer 1.2x as long as the 6x2 tile of 12 (benchmarks/NOTES.md, section 24), so its work counts
+// 1.25x.
 template <typename T, typename Fn>
 void with_tile(int64_t rows, int64_t columns, const Fn& fn) {
   const auto work = [&](int64_t mb, int64_t nv) {
     const int64_t n = nv * Vec<T>::kLanes;
     const double padded = static_cast<double>(blocks_of(rows, mb) * mb * blocks_of(columns, n) * n);
-    return nv == 1 ? 1.35 * padded : padded;
+    return nv == 1 ? 1.35 * padded : mb * nv <= 8 ? 1.25 * padded : padded;
   };
   constexpr int m4 = tile_rows(4), m3 = tile_rows(3), m2 = tile_rows(2), m1 = tile_rows(1);
   const double least = std::min({work(m4, 4), work(m3, 3), work(m2, 2), work(m1, 1)});
-  int vectors = 0, best_rank = -1;
-  for (const auto& [mb, nv] : {std::pair{m4, 4}, std::pair{m3, 3}, std::pair{m2, 2}, std::pair{m1, 1}}) {
-    const int rank = mb * nv * 8 + nv;
-    if (work(mb, nv) == least && rank > best_rank) vectors = nv, best_rank = rank;
-  }
-  switch (vectors) {
-    case 4: fn.template operator()<m4, 4>(); break;
-    case 3: fn.template operator()<m3, 3>(); break;
-    case 2: fn.template operator()<m2, 2>(); break;
-    default: fn.template operator()<m1, 1>(); break;
-  }
+  if (work(m4, 4) == least)
+    fn.template operator()<m4, 4>();
+  else if (work(m3, 3) == least)
+    fn.template operator()<m3, 3>();
+  else if (work(m2, 2) == least)
+    fn.template operator()<m2, 2>();
+  else
+    fn.template operator()<m1, 1>();
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA
