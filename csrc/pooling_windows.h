@@ -20,7 +20,8 @@ inline bool windows_tile_2x2(const Pool2dShape& s) {
          s.dilation_h == 1 && s.dilation_w == 1 && 2 * s.out_h <= s.in_h && 2 * s.out_w <= s.in_w;
 }
 
-// What a pooling with relu_input reads: relu as torch computes it, NaN staying NaN.
+// relu as torch computes it, NaN staying NaN: what a pooling with relu_input reads, and the fully
+// connected layers' ReLU (cpu/linear.h).
 template <typename T>
 C10_HOST_DEVICE inline T relu(T value) { return value < T(0) ? T(0) : value; }
 

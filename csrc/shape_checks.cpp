@@ -260,14 +260,10 @@ std::vector<int64_t> check_mlp(const at::Tensor& input, at::TensorList weights,
     TORCH_CHECK(weight.dim() == 2, op, ": expected a 2-D ", name, " (out_features, in_features), but got ",
                 name, " of size ", weight.sizes());
     check_same_dtype_and_device(input, "input", weight, name.c_str(), op);
-    if (l == 0) {
-      TORCH_CHECK(weight.size(1) == widths.back(), op, ": ", name, " of size ", weight.sizes(), " takes ",
-                  weight.size(1), " in_features, but got input of size ", input.sizes());
-    } else {
-      TORCH_CHECK(weight.size(1) == widths.back(), op, ": ", name, " of size ", weight.sizes(), " takes ",
-                  weight.size(1), " in_features, but weights[", l - 1, "] of size ", weights[l - 1].sizes(),
-                  " gives ", widths.back());
-    }
+    TORCH_CHECK(weight.size(1) == widths.back(), op, ": ", name, " of size ", weight.sizes(), " takes ",
+                weight.size(1), " in_features, but ",
+                l == 0 ? c10::str("got input of size ", input.sizes())
+                       : c10::str("weights[", l - 1, "] of size ", weights[l - 1].sizes(), " gives ", widths.back()));
     const std::optional<at::Tensor> bias = biases.get(l);
     if (bias.has_value() && bias->defined()) {
       const std::string bias_name = "biases[" + std::to_string(l) + "]";

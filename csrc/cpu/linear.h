@@ -5,6 +5,7 @@
 // outputs' rows lie out_stride apart. Every product reads and writes the tensors in place.
 #include <cstdint>
 
+#include "../pooling_windows.h"
 #include "gemm.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -23,16 +24,16 @@ void linear_forward(int64_t rows, int64_t in_features, int64_t out_features, con
     gemm(rows, out_features, in_features, a, transpose(w), out, out_stride);
 }
 
-// out[n][j] += bias[j] (when there is one), then relu(out) when relu: as torch's relu, NaN stays NaN.
+// out[n][j] += bias[j] (when there is one), then relu(out) when with_relu.
 template <typename T>
-void add_bias_relu(T* out, int64_t rows, int64_t features, const T* bias, bool relu) {
-  if (!bias && !relu) return;
+void add_bias_relu(T* out, int64_t rows, int64_t features, const T* bias, bool with_relu) {
+  if (!bias && !with_relu) return;
   for (int64_t n = 0; n < rows; ++n) {
     T* row = out + n * features;
 #pragma omp simd
     for (int64_t j = 0; j < features; ++j) {
       const T value = bias ? row[j] + bias[j] : row[j];
-      row[j] = relu && value < T(0) ? T(0) : value;
+      row[j] = with_relu ? relu(value) : value;
     }
   }
 }

@@ -11,18 +11,19 @@
 #include <tuple>
 #include <vector>
 
+#include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "linear.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 namespace {
 
-// grad[i] = 0 where relu's output activation[i] <= 0: torch's threshold_backward, which lets the
-// gradient through a NaN.
+// grad through the ReLU whose output is activation (positive wherever its input was), a loop
+// apart from the AT_DISPATCH lambdas, whose macro arguments cannot hold its pragma.
 template <typename T>
-void relu_backward(T* grad, const T* activation, int64_t count) {
+void relu_backward_in_place(T* grad, const T* activation, int64_t count) {
 #pragma omp simd
-  for (int64_t i = 0; i < count; ++i) grad[i] = activation[i] <= T(0) ? T(0) : grad[i];
+  for (int64_t i = 0; i < count; ++i) grad[i] = relu_backward(grad[i], activation[i]);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
@@ -74,7 +75,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
       if (!grad_x) return;
       scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
       linear_grad_input<scalar_t>(rows, in, out, g, out, w.const_data_ptr<scalar_t>(), gi, in);
-      if (l > 0) relu_backward<scalar_t>(gi, x_data, rows * in);
+      if (l > 0) relu_backward_in_place<scalar_t>(gi, x_data, rows * in);
     });
     if (l > 0)
       grad = grad_in;
