@@ -66,15 +66,16 @@ def test_matches_torch_at_lenet_shapes(shape, max_pool, generator):
     run(case, generator)
 
 
-@pytest.mark.parametrize("width", [8, 19, 35], ids=lambda w: f"width{w}")
+@pytest.mark.parametrize("width", [8, 13, 19, 35], ids=lambda w: f"width{w}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
 def test_ties_zeros_infinities_and_nan_as_torch(max_pool, dtype, width):
     # A 1x1 kernel of weight 1 passes the input through: windows of ties (max pooling's gradient
     # goes to the first), of non-positive values only, -0.0, infinities and NaN (which relu keeps
     # and whose gradient relu's backward lets through). The 2x2 windows of rows of at least half
-    # a vector of windows (8 float32, 4 float64) run in vector blocks, the last block overlapping
-    # the one before; an odd width leaves a column no window covers.
+    # a vector of windows (8 float32, 4 float64; under AVX-512, float32 rows of 4 to 7 windows in
+    # vectors of 8) run in vector blocks, the last block overlapping the one before; an odd width
+    # leaves a column no window covers.
     block = torch.tensor([[-1.0, -2.0, 0.0, -0.0, float("inf"), 1.0, 2.0, 2.0],
                           [-3.0, -0.5, -0.0, 2.0, -float("inf"), float("nan"), 2.0, 2.0],
                           [0.5, -1.0, 3.0, 3.0, -4.0, -4.0, 1.0, 0.0],

@@ -22,7 +22,8 @@ def test_unknown_cpu_isa_is_refused_with_the_value_and_the_choices():
 
 # Each of the convolution kernels' builds at or below this machine's: every path family (row and
 # pixel tiles, padded rows, Winograd, products, transposed grad_input, channel vectors, the fused
-# operator) against torch, forward and backward, in a process started with LENETX_CPU_ISA.
+# operator, average and max) against torch, forward and backward, in a process started with
+# LENETX_CPU_ISA.
 ISA_CHECK = """
 import torch, torch.nn.functional as F, lenetx, lenetx.functional as LF
 torch.manual_seed(0)
@@ -41,9 +42,14 @@ for n, c_in, c_out, size, k, pad, stride in [(2, 6, 16, 14, 5, 0, 1), (2, 1, 16,
         torch.testing.assert_close(ours, theirs, **tol)
         for g, h in zip(torch.autograd.grad(ours, (x, w, b), up), torch.autograd.grad(theirs, (x, w, b), up)):
             torch.testing.assert_close(g, h, atol=1e-3 * h.abs().max().item(), rtol=1e-3)
-        if theirs.shape[-1] >= 2:
-            fused = LF.conv2d_relu_pool2d(x, w, b, stride=stride, padding=pad, pool_size=2, max_pool=True)
-            torch.testing.assert_close(fused, F.max_pool2d(F.relu(theirs), 2), **tol)
+        for max_pool in (False, True) if theirs.shape[-1] >= 2 else ():
+            fused = LF.conv2d_relu_pool2d(x, w, b, stride=stride, padding=pad, pool_size=2, max_pool=max_pool)
+            pool = F.max_pool2d if max_pool else F.avg_pool2d
+            plain = pool(F.relu(F.conv2d(x, w, b, stride=stride, padding=pad)), 2)
+            torch.testing.assert_close(fused, plain, **tol)
+            up = torch.randn_like(plain)
+            for g, h in zip(torch.autograd.grad(fused, (x, w, b), up), torch.autograd.grad(plain, (x, w, b), up)):
+                torch.testing.assert_close(g, h, atol=1e-3 * h.abs().max().item(), rtol=1e-3)
 """
 
 

@@ -125,68 +125,81 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
 // scalar remainder runs (for_each_block); they need a row of at least half a vector of windows. With plain loops
 // over stride-two columns GCC moved 8 bytes at a time, and pooling took as long as the
 // convolution (benchmarks/NOTES.md, section 13).
-template <typename T>
-struct HalfVec {
-  static constexpr int kLanes = Vec<T>::kLanes / 2;
-  typedef T type __attribute__((vector_size(sizeof(typename Vec<T>::type) / 2)));
+//
+// Vectors of LANES values: Vec<T>'s, or 8 lanes where Vec<T>'s half is longer than a row of
+// windows (AVX-512's 16 floats against LeNet-5's conv2, 5 windows a row), which would otherwise
+// take the scalar kernels (NOTES, section 25).
+template <typename T, int LANES>
+struct PoolVec {
+  static constexpr int kLanes = LANES, kHalf = LANES / 2;
+  typedef T type __attribute__((vector_size(LANES * sizeof(T))));
+  typedef T half __attribute__((vector_size(LANES / 2 * sizeof(T))));
+  typedef typename LaneMask<T>::Lane lanes __attribute__((vector_size(LANES * sizeof(T))));
+  typedef uint8_t bytes __attribute__((vector_size(LANES)));
+  // 32- and 64-byte float vectors take AVX2's and AVX-512's instructions for the masks below.
+  static constexpr bool kAvx2Floats = std::is_same_v<T, float> && LANES == 8 && kVectorBytes >= 32;
+  static constexpr bool kAvx512Floats = std::is_same_v<T, float> && LANES == 16 && kVectorBytes == 64;
 };
 
+// The narrowest vectors that PoolVec offers for T.
 template <typename T>
-struct ByteVec {
-  typedef uint8_t type __attribute__((vector_size(Vec<T>::kLanes)));
-};
+constexpr int kNarrowPoolLanes = std::min(Vec<T>::kLanes, 8);
 
-template <typename T>
+template <typename T, int LANES>
 bool fits_2x2_vectors(const ConvReluPoolShape& s) {
-  return s.pool_h == 2 && s.pool_w == 2 && s.pooled_w >= HalfVec<T>::kLanes;
+  return s.pool_h == 2 && s.pool_w == 2 && s.pooled_w >= PoolVec<T, LANES>::kHalf;
 }
 
 // The windows' left (even lanes) and right (odd lanes) columns.
-template <typename T, std::size_t... I>
-__attribute__((always_inline)) inline void split_columns(const typename Vec<T>::type& v,
-                                                         typename HalfVec<T>::type& left,
-                                                         typename HalfVec<T>::type& right, std::index_sequence<I...>) {
+template <typename P, std::size_t... I>
+__attribute__((always_inline)) inline void split_columns(const typename P::type& v, typename P::half& left,
+                                                         typename P::half& right, std::index_sequence<I...>) {
   left = __builtin_shufflevector(v, v, (2 * I)...);
   right = __builtin_shufflevector(v, v, (2 * I + 1)...);
 }
 
 // Each window's value in both its columns.
-template <typename T, std::size_t... I>
-__attribute__((always_inline)) inline void spread_columns(const typename HalfVec<T>::type& h, typename Vec<T>::type& v,
+template <typename P, std::size_t... I>
+__attribute__((always_inline)) inline void spread_columns(const typename P::half& h, typename P::type& v,
                                                           std::index_sequence<I...>) {
   v = __builtin_shufflevector(h, h, (I / 2)...);
 }
 
-// One vector of mask bytes (0 or 1) loaded as lanes of T's width (0 or 1). On AVX2 a float
-// vector's bytes widen in one instruction (vpmovzxbd from memory); GCC 12 makes more of
+// One vector of mask bytes (0 or 1) loaded as lanes of T's width (0 or 1). On AVX2 and AVX-512 a
+// float vector's bytes widen in one instruction (vpmovzxbd from memory); GCC 12 makes more of
 // __builtin_convertvector: in one step it moves the bytes one by one through general registers,
-// in two (bytes to shorts to ints) it still takes nine instructions.
-template <typename T>
-__attribute__((always_inline)) inline void load_mask(const uint8_t* mask, typename LaneMask<T>::type& lanes) {
-  using Lanes = typename LaneMask<T>::type;
+// in two (bytes to shorts to ints) it still takes nine instructions (AVX-512: seven, NOTES,
+// section 25).
+template <typename P>
+__attribute__((always_inline)) inline void load_mask(const uint8_t* mask, typename P::lanes& lanes) {
+  using Lanes = typename P::lanes;
 #if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float> && kVectorBytes == 32) {
+  if constexpr (P::kAvx2Floats) {
     lanes = Lanes(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mask))));
     return;
   }
+  if constexpr (P::kAvx512Floats) {
+    lanes = Lanes(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mask))));
+    return;
+  }
 #endif
-  typedef uint16_t Shorts __attribute__((vector_size(2 * Vec<T>::kLanes)));
-  typename ByteVec<T>::type bytes;
+  typedef uint16_t Shorts __attribute__((vector_size(2 * P::kLanes)));
+  typename P::bytes bytes;
   load_vec(bytes, mask);
   lanes = __builtin_convertvector(__builtin_convertvector(bytes, Shorts), Lanes);
 }
 
 // A row pair's masks, lanes of T's width that are all ones where the gradient passes and zero
 // elsewhere, stored as one vector of bytes (0 or 1) per row. On AVX2 a float row pair takes two
-// saturating packs and a byte shuffle; __builtin_convertvector narrowed each row in seven
-// instructions (half of the average pooling's, by objdump), and in one step GCC 12 took the
-// bytes out one by one.
-template <typename T>
+// saturating packs and a byte shuffle, on AVX-512 a truncation per row (vpmovdb);
+// __builtin_convertvector narrowed each row in seven instructions (half of the average pooling's,
+// by objdump), and in one step GCC 12 took the bytes out one by one.
+template <typename P>
 __attribute__((always_inline)) inline void store_masks(uint8_t* top, uint8_t* bottom,
-                                                       const typename LaneMask<T>::type& top_lanes,
-                                                       const typename LaneMask<T>::type& bottom_lanes) {
+                                                       const typename P::lanes& top_lanes,
+                                                       const typename P::lanes& bottom_lanes) {
 #if defined(__x86_64__)
-  if constexpr (std::is_same_v<T, float> && kVectorBytes == 32) {
+  if constexpr (P::kAvx2Floats) {
     // Per 128-bit half: the top row's 4 values, then the bottom row's; then all 16 as bytes.
     const __m256i halves = _mm256_packs_epi32(__m256i(top_lanes), __m256i(bottom_lanes));
     const __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(halves), _mm256_extracti128_si256(halves, 1));
@@ -196,9 +209,16 @@ __attribute__((always_inline)) inline void store_masks(uint8_t* top, uint8_t* bo
     _mm_storeh_pd(reinterpret_cast<double*>(bottom), _mm_castsi128_pd(rows));
     return;
   }
+  if constexpr (P::kAvx512Floats) {
+    const __m512i one = _mm512_set1_epi32(1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(top), _mm512_cvtepi32_epi8(_mm512_and_si512(__m512i(top_lanes), one)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bottom),
+                     _mm512_cvtepi32_epi8(_mm512_and_si512(__m512i(bottom_lanes), one)));
+    return;
+  }
 #endif
-  typedef uint16_t Shorts __attribute__((vector_size(2 * Vec<T>::kLanes)));
-  using Bytes = typename ByteVec<T>::type;
+  typedef uint16_t Shorts __attribute__((vector_size(2 * P::kLanes)));
+  using Bytes = typename P::bytes;
   store_vec(top, __builtin_convertvector(__builtin_convertvector(top_lanes & 1, Shorts), Bytes));
   store_vec(bottom, __builtin_convertvector(__builtin_convertvector(bottom_lanes & 1, Shorts), Bytes));
 }
@@ -216,14 +236,15 @@ __attribute__((always_inline)) inline void interleave_columns(const Half& left, 
 // after the scan: relu is monotone, so relu's maximum is at the same tap unless the maximum is
 // <= 0, and then every tap relus to zero (or -0.0), the first wins the tie and none passes the
 // gradient.
-template <typename T, bool MAX_POOL>
+template <typename T, bool MAX_POOL, int LANES>
 void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __restrict mask,
                     const ConvReluPoolShape& s) {
-  using V = typename Vec<T>::type;
-  using H = typename HalfVec<T>::type;
-  using Lanes = typename LaneMask<T>::type;
-  constexpr auto halves = std::make_index_sequence<HalfVec<T>::kLanes>{};
-  constexpr auto lanes = std::make_index_sequence<Vec<T>::kLanes>{};
+  using P = PoolVec<T, LANES>;
+  using V = typename P::type;
+  using H = typename P::half;
+  using Lanes = typename P::lanes;
+  constexpr auto halves = std::make_index_sequence<P::kHalf>{};
+  constexpr auto lanes = std::make_index_sequence<P::kLanes>{};
   const int64_t w = s.conv.out_w;
   const H zero{};
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
@@ -232,15 +253,15 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
     uint8_t* mask_top = mask + 2 * ph * w;
     uint8_t* mask_bottom = mask_top + w;
     T* out = output + ph * s.pooled_w;
-    for_each_block(s.pooled_w, HalfVec<T>::kLanes, [&](int64_t first) __attribute__((always_inline)) {
+    for_each_block(s.pooled_w, P::kHalf, [&](int64_t first) __attribute__((always_inline)) {
       V top_v, bottom_v;
       load_vec(top_v, top + 2 * first);
       load_vec(bottom_v, bottom + 2 * first);
       H pooled;
       if (MAX_POOL) {
         H top_left, top_right, bottom_left, bottom_right;
-        split_columns<T>(top_v, top_left, top_right, halves);
-        split_columns<T>(bottom_v, bottom_left, bottom_right, halves);
+        split_columns<P>(top_v, top_left, top_right, halves);
+        split_columns<P>(bottom_v, bottom_left, bottom_right, halves);
         using HalfLanes = decltype(top_left < zero);
         H best = top_left;
         HalfLanes tap{};
@@ -258,16 +279,16 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
         Lanes top_mask, bottom_mask;
         interleave_columns(HalfLanes(winner == 0), HalfLanes(winner == 1), top_mask, lanes);
         interleave_columns(HalfLanes(winner == 2), HalfLanes(winner == 3), bottom_mask, lanes);
-        store_masks<T>(mask_top + 2 * first, mask_bottom + 2 * first, top_mask, bottom_mask);
+        store_masks<P>(mask_top + 2 * first, mask_bottom + 2 * first, top_mask, bottom_mask);
       } else {
         // relu and the columns' sums on whole vectors, then one split: the same additions in the
         // same order as splitting first, in fewer instructions.
         const V vzero{};
         H left, right;
-        split_columns<T>((top_v < vzero ? vzero : top_v) + (bottom_v < vzero ? vzero : bottom_v), left, right,
+        split_columns<P>((top_v < vzero ? vzero : top_v) + (bottom_v < vzero ? vzero : bottom_v), left, right,
                          halves);
         pooled = (left + right) / T(4);
-        store_masks<T>(mask_top + 2 * first, mask_bottom + 2 * first, !(top_v <= vzero), !(bottom_v <= vzero));
+        store_masks<P>(mask_top + 2 * first, mask_bottom + 2 * first, !(top_v <= vzero), !(bottom_v <= vzero));
       }
       store_vec(out + first, pooled);
     });
@@ -276,13 +297,14 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
 }
 
 // unpool_plane for 2x2 windows.
-template <typename T, bool MAX_POOL>
+template <typename T, bool MAX_POOL, int LANES>
 void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict mask,
                       T* __restrict grad_conv, const ConvReluPoolShape& s) {
-  using V = typename Vec<T>::type;
-  using H = typename HalfVec<T>::type;
-  using Lanes = typename LaneMask<T>::type;
-  constexpr auto lanes = std::make_index_sequence<Vec<T>::kLanes>{};
+  using P = PoolVec<T, LANES>;
+  using V = typename P::type;
+  using H = typename P::half;
+  using Lanes = typename P::lanes;
+  constexpr auto lanes = std::make_index_sequence<P::kLanes>{};
   const int64_t w = s.conv.out_w;
   const T divisor = MAX_POOL ? T(1) : T(4);
   // A row pair at a time: both rows take the same windows' shares.
@@ -290,14 +312,14 @@ void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict
     T* rows = grad_conv + 2 * ph * w;
     const uint8_t* passes = mask + 2 * ph * w;
     const T* go = grad_output + ph * s.pooled_w;
-    for_each_block(s.pooled_w, HalfVec<T>::kLanes, [&](int64_t first) __attribute__((always_inline)) {
+    for_each_block(s.pooled_w, P::kHalf, [&](int64_t first) __attribute__((always_inline)) {
       H window_grad;
       load_vec(window_grad, go + first);
       V share;
-      spread_columns<T>(window_grad / divisor, share, lanes);
+      spread_columns<P>(window_grad / divisor, share, lanes);
       for (int64_t r = 0; r < 2; ++r) {
         Lanes passes_lanes;
-        load_mask<T>(passes + r * w + 2 * first, passes_lanes);
+        load_mask<P>(passes + r * w + 2 * first, passes_lanes);
         store_vec(rows + r * w + 2 * first, passes_lanes != 0 ? share : V{});
       }
     });
@@ -316,14 +338,18 @@ struct PoolingKernels {
   Unpool unpool;
 };
 
+template <typename T, bool MAX_POOL>
+PoolingKernels<T> pooling_kernels(const ConvReluPoolShape& s) {
+  constexpr int wide = Vec<T>::kLanes, narrow = kNarrowPoolLanes<T>;
+  if (fits_2x2_vectors<T, wide>(s)) return {pool_plane_2x2<T, MAX_POOL, wide>, unpool_plane_2x2<T, MAX_POOL, wide>};
+  if (fits_2x2_vectors<T, narrow>(s))
+    return {pool_plane_2x2<T, MAX_POOL, narrow>, unpool_plane_2x2<T, MAX_POOL, narrow>};
+  return {pool_plane<T, MAX_POOL>, unpool_plane<T, MAX_POOL>};
+}
+
 template <typename T>
 PoolingKernels<T> pooling_kernels(const ConvReluPoolShape& s, bool max_pool) {
-  const bool vectors = fits_2x2_vectors<T>(s);
-  if (max_pool)
-    return vectors ? PoolingKernels<T>{pool_plane_2x2<T, true>, unpool_plane_2x2<T, true>}
-                   : PoolingKernels<T>{pool_plane<T, true>, unpool_plane<T, true>};
-  return vectors ? PoolingKernels<T>{pool_plane_2x2<T, false>, unpool_plane_2x2<T, false>}
-                 : PoolingKernels<T>{pool_plane<T, false>, unpool_plane<T, false>};
+  return max_pool ? pooling_kernels<T, true>(s) : pooling_kernels<T, false>(s);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, const at::Tensor& weight,
