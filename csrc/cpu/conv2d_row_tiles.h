@@ -223,12 +223,12 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   });
 }
 
-// Two rows of accumulators on AVX2 where they, a kernel row's weights and the broadcast value fit
-// its 16 registers: LeNet-5's conv2 forward in tiles of 2 rows of 5 pixels ran 1.2-1.35x as fast
-// as in tiles of 1 row (benchmarks/NOTES.md, section 14). Not measured under AVX-512, which keeps
-// one row.
+// Two rows of accumulators where they, a kernel row's weights and the broadcast value fit the
+// registers: LeNet-5's conv2 forward in tiles of 2 rows of 5 pixels ran 1.2-1.35x as fast as in
+// tiles of 1 row on AVX2 (benchmarks/NOTES.md, section 14), in 2 rows of 10 about 1.04x on
+// AVX-512 (section 25).
 constexpr int row_tile_rows(int mb, int kw) {
-  return kVectorRegisters == 16 && 2 * mb + kw + 1 <= kVectorRegisters ? 2 : 1;
+  return 2 * mb + kw + 1 <= kVectorRegisters ? 2 : 1;
 }
 
 // The tile width with the fewest dropped pixels per output row, the wider on a tie, of widths
