@@ -179,7 +179,9 @@ __attribute__((always_inline)) inline void load_mask(const uint8_t* mask, typena
     return;
   }
   if constexpr (P::kAvx512Floats) {
-    lanes = Lanes(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mask))));
+    // The zero-masking forms, here and in store_masks: the plain ones' undefined source lanes set
+    // off GCC 12's -Wmaybe-uninitialized.
+    lanes = Lanes(_mm512_maskz_cvtepu8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(mask))));
     return;
   }
 #endif
@@ -211,9 +213,10 @@ __attribute__((always_inline)) inline void store_masks(uint8_t* top, uint8_t* bo
   }
   if constexpr (P::kAvx512Floats) {
     const __m512i one = _mm512_set1_epi32(1);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(top), _mm512_cvtepi32_epi8(_mm512_and_si512(__m512i(top_lanes), one)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(top),
+                     _mm512_maskz_cvtepi32_epi8(0xffff, _mm512_and_si512(__m512i(top_lanes), one)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(bottom),
-                     _mm512_cvtepi32_epi8(_mm512_and_si512(__m512i(bottom_lanes), one)));
+                     _mm512_maskz_cvtepi32_epi8(0xffff, _mm512_and_si512(__m512i(bottom_lanes), one)));
     return;
   }
 #endif

@@ -153,7 +153,14 @@ void dot_tile(const T* __restrict a, int64_t a_m, int64_t a_n, const T* __restri
     for (int64_t p = 0; p < len; p += L) {
       V rows[MB];
 #pragma GCC unroll 16
-      for (int m = 0; m < MB; ++m) load_vec(rows[m], a + m * a_m + p);
+      for (int m = 0; m < MB; ++m) {
+        load_vec(rows[m], a + m * a_m + p);
+        // Held in a register for all TB taps on AVX-512: GCC folded each row's load into every
+        // multiply-add that uses it, 21 loads against 18 multiply-adds for 6 x 3, and LeNet-5's
+        // fused conv1 backward ran 1.1x as long. On AVX2, whose 3 x 4 tile fills all 16
+        // registers, holding them ran it 1.1x longer (NOTES, section 25).
+        if constexpr (kVectorRegisters == 32 && sizeof(V) == kVectorBytes) asm("" : "+v"(rows[m]));
+      }
 #pragma GCC unroll 8
       for (int t = 0; t < TB; ++t) {
         V x;
