@@ -42,23 +42,37 @@ struct PaddedPlanes {
   int64_t h, w, plane;
 };
 
-// count values of src into dst, which do not overlap, a vector at a time where count fills one
-// (the last vector ending at count): std::copy_n calls memmove, whose call for each row of 28
-// values took about as long as the copying, and for_each_in_blocks_of_8's element loop left the
-// fused backwards 5 % slower than these vectors (NOTES, section 22).
-template <typename T>
-__attribute__((always_inline)) inline void copy_row(const T* __restrict src, int64_t count, T* __restrict dst) {
+// dst[i] = src[i] after f changes it in place (f takes a value and a vector alike: a vector
+// returned by value, wider than the ISA's registers, would change the ABI), for count values that
+// do not overlap, a vector at a time where count fills one (the last vector ending at count):
+// std::copy_n calls memmove, whose call for each row of 28 values took about as long as the
+// copying, for_each_in_blocks_of_8's element loop left the fused backwards 5 % slower than these
+// vectors (NOTES, section 22), and GCC's own vector loop ran AVX-512's rows of 28 as 16 lanes,
+// 8 lanes and 4 scalar steps (section 25).
+template <typename T, typename F>
+__attribute__((always_inline)) inline void map_row(const T* __restrict src, int64_t count, T* __restrict dst,
+                                                   const F& f) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   if (count < L) {
-    for (int64_t i = 0; i < count; ++i) dst[i] = src[i];
+    for (int64_t i = 0; i < count; ++i) {
+      T x = src[i];
+      f(x);
+      dst[i] = x;
+    }
     return;
   }
   for_each_block(count, L, [&](int64_t start) __attribute__((always_inline)) {
     V v;
     load_vec(v, src + start);
+    f(v);
     store_vec(dst + start, v);
   });
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void copy_row(const T* __restrict src, int64_t count, T* __restrict dst) {
+  map_row(src, count, dst, [](auto&) __attribute__((always_inline)) {});
 }
 
 // One h x w plane written into `dst` inside a zero border of pad_h rows and pad_w columns.

@@ -74,11 +74,9 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
         const int64_t oc = g * ocg + b * MB + m;
         const T shift = bias ? bias[oc] : T(0);
         T* out = output + (n * s.out_channels + oc) * out_plane;
-        for (int64_t oh = first_row; oh < end_row; ++oh) {
-          const T* src = rows.get() + m * rows_n + (oh - first_row) * padded_w;
-          T* dst = out + oh * s.out_w;
-          for (int64_t c = 0; c < s.out_w; ++c) dst[c] = src[c] + shift;
-        }
+        for (int64_t oh = first_row; oh < end_row; ++oh)
+          map_row(rows.get() + m * rows_n + (oh - first_row) * padded_w, s.out_w, out + oh * s.out_w,
+                  [shift](auto& v) __attribute__((always_inline)) { v += shift; });
       }
     }
   });
