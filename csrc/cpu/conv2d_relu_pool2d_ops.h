@@ -94,31 +94,6 @@ void pool_plane(const T* conv, T* output, uint8_t* mask, const ConvReluPoolShape
   clear_uncovered_mask(mask, s);
 }
 
-// The gradient of one plane of the convolution's output: each window's grad_output (divided by
-// the window's size for average pooling) where the mask lets it through, zero elsewhere.
-template <typename T, bool MAX_POOL>
-void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const ConvReluPoolShape& s) {
-  const int64_t h = s.conv.out_h, w = s.conv.out_w;
-  const int64_t pool_h = s.pool_h, pool_w = s.pool_w;
-  const int64_t covered_w = s.pooled_w * pool_w;
-  const T divisor = MAX_POOL ? T(1) : static_cast<T>(pool_h * pool_w);
-  for (int64_t r = 0; r < h; ++r) {
-    T* row = grad_conv + r * w;
-    const uint8_t* passes = mask + r * w;
-    const int64_t ph = r / pool_h;
-    if (ph >= s.pooled_h) {
-      std::fill_n(row, w, T(0));
-      continue;
-    }
-    const T* go = grad_output + ph * s.pooled_w;
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      const T share = go[pw] / divisor;
-      for (int64_t kw = 0; kw < pool_w; ++kw) row[pw * pool_w + kw] = passes[pw * pool_w + kw] ? share : T(0);
-    }
-    std::fill(row + covered_w, row + w, T(0));
-  }
-}
-
 // The 2x2 windows' kernels below take a row pair's windows half a vector at a time: one vector of
 // convolution columns holds the two columns of half a vector of windows. The last block of a row
 // ends at its last window and may redo windows of the block before (the same values), so no
@@ -232,6 +207,51 @@ __attribute__((always_inline)) inline void interleave_columns(const Half& left, 
                                                               std::index_sequence<I...>) {
   constexpr std::size_t kHalf = sizeof...(I) / 2;
   v = __builtin_shufflevector(left, right, (I % 2 ? kHalf + I / 2 : I / 2)...);
+}
+
+// row[c] = passes[c] ? shares[c] : 0 for c < count (count >= P::kLanes), a vector at a time, the
+// last block ending at count: idempotent, so row may be shares itself.
+template <typename P, typename T>
+void select_row(const T* shares, const uint8_t* passes, int64_t count, T* row) {
+  for_each_block(count, P::kLanes, [&](int64_t c) __attribute__((always_inline)) {
+    typename P::type values;
+    load_vec(values, shares + c);
+    typename P::lanes lanes;
+    load_mask<P>(passes + c, lanes);
+    store_vec(row + c, lanes != 0 ? values : typename P::type{});
+  });
+}
+
+// The gradient of one plane of the convolution's output: each window's grad_output (divided by
+// the window's size for average pooling) where the mask lets it through, zero elsewhere. A row of
+// windows' shares is spread over its last convolution row first, then each of its rows is
+// selected by the mask in vectors: a branch per mask byte (random in training) made this kernel
+// 44 % of a fused backward with 3x3 windows (NOTES, section 25).
+template <typename T, bool MAX_POOL>
+void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const ConvReluPoolShape& s) {
+  constexpr int wide = Vec<T>::kLanes, narrow = kNarrowPoolLanes<T>;
+  const int64_t h = s.conv.out_h, w = s.conv.out_w;
+  const int64_t pool_h = s.pool_h, pool_w = s.pool_w;
+  const int64_t covered_w = s.pooled_w * pool_w;
+  const T divisor = MAX_POOL ? T(1) : static_cast<T>(pool_h * pool_w);
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    T* shares = grad_conv + ((ph + 1) * pool_h - 1) * w;
+    const T* go = grad_output + ph * s.pooled_w;
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) std::fill_n(shares + pw * pool_w, pool_w, go[pw] / divisor);
+    // The last row selects from itself, after the rows above it.
+    for (int64_t r = ph * pool_h; r < (ph + 1) * pool_h; ++r) {
+      T* row = grad_conv + r * w;
+      const uint8_t* passes = mask + r * w;
+      if (covered_w >= wide)
+        select_row<PoolVec<T, wide>>(shares, passes, covered_w, row);
+      else if (covered_w >= narrow)
+        select_row<PoolVec<T, narrow>>(shares, passes, covered_w, row);
+      else
+        for (int64_t c = 0; c < covered_w; ++c) row[c] = passes[c] ? shares[c] : T(0);
+      std::fill(row + covered_w, row + w, T(0));
+    }
+  }
+  std::fill(grad_conv + s.pooled_h * pool_h * w, grad_conv + h * w, T(0));
 }
 
 // pool_plane for 2x2 windows. Average pooling adds each column's two relu'd rows, then the pair of
