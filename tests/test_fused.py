@@ -96,6 +96,31 @@ def test_ties_zeros_infinities_and_nan_as_torch(max_pool, dtype, width):
         torch.testing.assert_close(ours, theirs, equal_nan=True)
 
 
+@pytest.mark.parametrize("width", [7, 14, 35], ids=lambda w: f"width{w}")
+@pytest.mark.parametrize("pool_size", [(3, 3), (2, 1)], ids=lambda p: f"pool{p[0]}x{p[1]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_other_windows_pass_infinite_and_nan_gradients_as_torch(max_pool, dtype, pool_size, width, generator):
+    # Windows other than 2x2 unpool a row at a time, selected by the mask in vectors as wide as
+    # the ISA's, in 8 lanes, or a value at a time, by the row's length: infinite and NaN gradients
+    # reach only the values relu and the pooling let through, and the windows past the last
+    # whole one get none.
+    input = torch.randn(2, 1, 7, width, generator=generator, dtype=dtype)
+    input[0, 0, 0, :4] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0], dtype=dtype)
+    pool = dict(pool_size=pool_size, max_pool=max_pool)
+    results = []
+    for function in (lambda x, w: LF.conv2d_relu_pool2d(x, w, **pool),
+                     lambda x, w: torch_reference(x, w, None, **pool)):
+        x, w = input.clone().requires_grad_(), torch.ones(1, 1, 1, 1, dtype=dtype, requires_grad=True)
+        out = function(x, w)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        upstream.view(-1)[::3] = float("nan")
+        upstream.view(-1)[1::5] = float("inf")
+        results.append((out, *torch.autograd.grad(out, (x, w), upstream)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
 @pytest.mark.parametrize("width", [9, 21, 40], ids=lambda w: f"width{w}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_mask_marks_where_the_gradient_reaches_the_convolution(dtype, width, generator):

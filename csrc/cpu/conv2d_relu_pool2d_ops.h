@@ -116,7 +116,7 @@ struct PoolVec {
   static constexpr bool kAvx512Floats = std::is_same_v<T, float> && LANES == 16 && kVectorBytes == 64;
 };
 
-// The narrowest vectors that PoolVec offers for T.
+// The narrower width of the pooling kernels' vectors, for rows too short for Vec<T>'s.
 template <typename T>
 constexpr int kNarrowPoolLanes = std::min(Vec<T>::kLanes, 8);
 
@@ -209,10 +209,10 @@ __attribute__((always_inline)) inline void interleave_columns(const Half& left, 
   v = __builtin_shufflevector(left, right, (I % 2 ? kHalf + I / 2 : I / 2)...);
 }
 
-// row[c] = passes[c] ? shares[c] : 0 for c < count (count >= P::kLanes), a vector at a time, the
-// last block ending at count: idempotent, so row may be shares itself.
+// row[c] = passes[c] ? shares[c] : 0 for c < count: in vectors of P's width, the last block
+// ending at count, so that row may be shares itself (a block redone selects the same values).
 template <typename P, typename T>
-void select_row(const T* shares, const uint8_t* passes, int64_t count, T* row) {
+void select_row_in_vectors(const T* shares, const uint8_t* passes, int64_t count, T* row) {
   for_each_block(count, P::kLanes, [&](int64_t c) __attribute__((always_inline)) {
     typename P::type values;
     load_vec(values, shares + c);
@@ -222,6 +222,18 @@ void select_row(const T* shares, const uint8_t* passes, int64_t count, T* row) {
   });
 }
 
+// The same, in Vec's width or 8 lanes where count fills them, else a value at a time.
+template <typename T>
+void select_row(const T* shares, const uint8_t* passes, int64_t count, T* row) {
+  constexpr int wide = Vec<T>::kLanes, narrow = kNarrowPoolLanes<T>;
+  if (count >= wide)
+    select_row_in_vectors<PoolVec<T, wide>>(shares, passes, count, row);
+  else if (count >= narrow)
+    select_row_in_vectors<PoolVec<T, narrow>>(shares, passes, count, row);
+  else
+    for (int64_t c = 0; c < count; ++c) row[c] = passes[c] ? shares[c] : T(0);
+}
+
 // The gradient of one plane of the convolution's output: each window's grad_output (divided by
 // the window's size for average pooling) where the mask lets it through, zero elsewhere. A row of
 // windows' shares is spread over its last convolution row first, then each of its rows is
@@ -229,7 +241,6 @@ void select_row(const T* shares, const uint8_t* passes, int64_t count, T* row) {
 // 44 % of a fused backward with 3x3 windows (NOTES, section 25).
 template <typename T, bool MAX_POOL>
 void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const ConvReluPoolShape& s) {
-  constexpr int wide = Vec<T>::kLanes, narrow = kNarrowPoolLanes<T>;
   const int64_t h = s.conv.out_h, w = s.conv.out_w;
   const int64_t pool_h = s.pool_h, pool_w = s.pool_w;
   const int64_t covered_w = s.pooled_w * pool_w;
@@ -241,13 +252,7 @@ void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const
     // The last row selects from itself, after the rows above it.
     for (int64_t r = ph * pool_h; r < (ph + 1) * pool_h; ++r) {
       T* row = grad_conv + r * w;
-      const uint8_t* passes = mask + r * w;
-      if (covered_w >= wide)
-        select_row<PoolVec<T, wide>>(shares, passes, covered_w, row);
-      else if (covered_w >= narrow)
-        select_row<PoolVec<T, narrow>>(shares, passes, covered_w, row);
-      else
-        for (int64_t c = 0; c < covered_w; ++c) row[c] = passes[c] ? shares[c] : T(0);
+      select_row(shares, mask + r * w, covered_w, row);
       std::fill(row + covered_w, row + w, T(0));
     }
   }
