@@ -195,49 +195,66 @@ constexpr const ConstantMatrix<Tile, Size>& winograd_tile_matrix() {
     return kWinogradFilter<Tile, Size>;
 }
 
+// A pointer the compiler must treat as unknown after each step: a transform's 64 loads and 64
+// stores at runtime strides otherwise each got an offset of its own, hoisted out of the loops
+// and spilled: moving those offsets between the stack and registers took 56 % of the 8x8 input
+// transform's samples (benchmarks/NOTES.md, section 26).
+template <typename P>
+__attribute__((always_inline)) inline void step_opaque(P*& pointer, int64_t step) {
+  pointer += step;
+  asm("" : "+r"(pointer));
+}
+
 // transformed[tap][t][c] = (X d X^T)[tap], X = winograd_tile_matrix<Tile, Size>(), for the Size x Size
 // tile d of tile t < tiles, whose top left corner is at row t / tiles_w * step, column
 // t % tiles_w * step of `band`, channels-last rows of `row_width` pixels of `channels` values;
 // `tile_stride` tiles per tap. B^T goes through winograd_input_rows; G is a constant here, so
-// that its zeros cost nothing.
+// that its zeros cost nothing. A column of d at a time into X d, then a row of X d at a time
+// into the taps, in order.
 template <typename T, int Tile, int Size>
 void winograd_tile_transform(const T* band, int64_t row_width, int64_t channels, int64_t step,
                              int64_t tiles, int64_t tiles_w, int64_t tile_stride, T* transformed) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
+  const int64_t row_stride = row_width * channels, tap_stride = tile_stride * channels;
+  const auto transform = [](const V (&in)[Size], V (&out)[Tile]) __attribute__((always_inline)) {
+    if constexpr (Size == Tile) {
+      winograd_input_rows<V, T>(in, out);
+    } else {
+      multiply_constant<Tile, Size, 1, V>(
+          winograd_tile_matrix<Tile, Size>(), [&](int k, int) -> const V& { return in[k]; },
+          [&](int i, int, const V& v) { out[i] = v; });
+    }
+  };
   for (int64_t t = 0; t < tiles; ++t) {
     const T* corner = band + ((t / tiles_w) * step * row_width + (t % tiles_w) * step) * channels;
     for (int64_t c = 0; c < channels; c += L) {
-      V d[Size][Size], xd[Tile][Size];
+      V xd[Tile][Size];
+      const T* column = corner + c;
 #pragma GCC unroll 8
-      for (int i = 0; i < Size; ++i)
+      for (int j = 0; j < Size; ++j) {
+        V d[Size], x_column[Tile];
+        const T* value = column;
 #pragma GCC unroll 8
-        for (int j = 0; j < Size; ++j) load_vec(d[i][j], corner + (i * row_width + j) * channels + c);
-      const auto store = [&](int i, int j, const V& v) __attribute__((always_inline)) {
-        store_vec(transformed + ((j * Tile + i) * tile_stride + t) * channels + c, v);
-      };
-      if constexpr (Size == Tile) {
-#pragma GCC unroll 8
-        for (int j = 0; j < Size; ++j) {
-          V column[Tile], rows[Tile];
-#pragma GCC unroll 8
-          for (int k = 0; k < Size; ++k) column[k] = d[k][j];
-          winograd_input_rows<V, T>(column, rows);
-#pragma GCC unroll 8
-          for (int i = 0; i < Tile; ++i) xd[i][j] = rows[i];
+        for (int k = 0; k < Size; ++k) {
+          load_vec(d[k], value);
+          if (k + 1 < Size) step_opaque(value, row_stride);
         }
+        transform(d, x_column);
 #pragma GCC unroll 8
-        for (int j = 0; j < Tile; ++j) {
-          V rows[Tile];
-          winograd_input_rows<V, T>(xd[j], rows);
+        for (int i = 0; i < Tile; ++i) xd[i][j] = x_column[i];
+        step_opaque(column, channels);
+      }
+      T* tap = transformed + t * channels + c;
 #pragma GCC unroll 8
-          for (int i = 0; i < Tile; ++i) store(i, j, rows[i]);
+      for (int j = 0; j < Tile; ++j) {
+        V taps[Tile];
+        transform(xd[j], taps);
+#pragma GCC unroll 8
+        for (int i = 0; i < Tile; ++i) {
+          store_vec(tap, taps[i]);
+          step_opaque(tap, tap_stride);
         }
-      } else {
-        constexpr const auto& x = winograd_tile_matrix<Tile, Size>();
-        multiply_constant<Tile, Size, Size, V>(
-            x, [&](int k, int j) -> const V& { return d[k][j]; }, [&](int i, int j, const V& v) { xd[i][j] = v; });
-        multiply_constant<Tile, Size, Tile, V>(x, [&](int k, int j) -> const V& { return xd[j][k]; }, store);
       }
     }
   }
@@ -381,7 +398,10 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
   const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
   const int64_t ic_stride = blocks_of(ic_n, L) * L, panels = blocks_of(oc_n, N), oc_stride = panels * N;
   const WinogradTiling tiling = WinogradTiling::of<T, R>(s, ic_stride, oc_stride);
-  const int64_t tile_blocks = blocks_of(tiling.band_tiles, MB), tile_stride = tile_blocks * MB;
+  // One tile of slack per tap, as in winograd_grad_weight: the improved LeNet's grad_input (16
+  // tiles of 32 channels) put a tile's 64 taps 2 KB apart, half of them into one of L1's sets,
+  // and its input transform took 1.9x as long (benchmarks/NOTES.md, section 26).
+  const int64_t tile_blocks = blocks_of(tiling.band_tiles, MB), tile_stride = tile_blocks * MB + 1;
 
   std::vector<T> u(Taps * ic_n * oc_stride);
   parallel_for(ic_n, oc_stride * Taps * R, [&](int64_t ic) {
