@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -121,42 +122,48 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   const ChunkPartials<T> partials(chunks, s.out_channels * depth, grad_weight);
   T* partial = partials.data();
   parallel_for_ranges(chunks * s.groups * blocks, kImagesPerPartial * len * MB * depth, [&](int64_t first, int64_t last) {
-    // One chunk's grad_output for one block of channels, as [image][MB][len] (zero past the
-    // block's channels), packed here so that it stays in cache for every tap block. Zeroed once:
-    // the copies write only the first out_w columns of each row, so the columns after them and
-    // the positions past the rows stay zero.
-    const std::unique_ptr<T[]> go(new T[kImagesPerPartial * MB * len]());
+    using V = typename Vec<T>::type;
+    // One image's grad_output for one block of channels, as [MB][len] (zero past the block's
+    // channels), packed here so that it stays in L1 for every tap block. Zeroed once: the
+    // copies write only the first out_w columns of each row, so the columns after them and the
+    // positions past the rows stay zero.
+    const std::unique_ptr<T[]> go(new T[MB * len]());
+    // Each tap block's MB x TB vectors of sums over the chunk's images.
+    const std::unique_ptr<V[]> sums(new V[tap_blocks * MB * TB]);
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item % blocks, g = item / blocks % s.groups, chunk = item / (blocks * s.groups);
       const int64_t oc0 = g * ocg + b * MB, channels = std::min<int64_t>(MB, ocg - b * MB);
       const int64_t n0 = chunk * kImagesPerPartial, images = std::min(kImagesPerPartial, s.batch - n0);
-      for (int64_t i = 0; i < images; ++i)
-        for (int64_t m = 0; m < MB; ++m) {
-          T* dst = go.get() + (i * MB + m) * len;
-          if (m >= channels) {
-            std::fill_n(dst, len, T(0));
-            continue;
-          }
+      std::fill_n(go.get() + channels * len, (MB - channels) * len, T(0));
+      std::fill_n(sums.get(), tap_blocks * MB * TB, V{});
+      const auto block = [&](int64_t j) { return std::pair{j * depth / tap_blocks, (j + 1) * depth / tap_blocks}; };
+      for (int64_t i = 0; i < images; ++i) {
+        for (int64_t m = 0; m < channels; ++m) {
           const T* src = grad_output + ((n0 + i) * s.out_channels + oc0 + m) * s.out_h * s.out_w;
-          for (int64_t oh = 0; oh < s.out_h; ++oh) copy_row(src + oh * s.out_w, s.out_w, dst + oh * x.w);
+          for (int64_t oh = 0; oh < s.out_h; ++oh) copy_row(src + oh * s.out_w, s.out_w, go.get() + m * len + oh * x.w);
         }
-      const T* in = x.data + (n0 * s.in_channels + g * icg) * x.plane;
+        const T* in = x.data + ((n0 + i) * s.in_channels + g * icg) * x.plane;
+        for (int64_t j = 0; j < tap_blocks; ++j) {
+          const auto [k0, k1] = block(j);
+          V* block_sums = sums.get() + j * MB * TB;
+          const auto dots = [&]<int TW>() { dot_tile<T, MB, TW>(go.get(), len, in, taps_at.data() + k0, len, block_sums); };
+          switch (k1 - k0) {
+            case 1: dots.template operator()<1>(); break;
+            case 2: dots.template operator()<2>(); break;
+            case 3: dots.template operator()<3>(); break;
+            default: dots.template operator()<TB>(); break;
+          }
+        }
+      }
       for (int64_t j = 0; j < tap_blocks; ++j) {
-        const int64_t k0 = j * depth / tap_blocks, count = (j + 1) * depth / tap_blocks - k0;
-        T sums[MB * TB];
-        const auto dots = [&]<int TW>() {
-          dot_tile<T, MB, TW>(go.get(), len, MB * len, in, s.in_channels * x.plane, taps_at.data() + k0, len,
-                              images, sums);
-        };
-        switch (count) {
-          case 1: dots.template operator()<1>(); break;
-          case 2: dots.template operator()<2>(); break;
-          case 3: dots.template operator()<3>(); break;
-          default: dots.template operator()<TB>(); break;
-        }
+        const auto [k0, k1] = block(j);
+        const V* block_sums = sums.get() + j * MB * TB;
         for (int64_t m = 0; m < channels; ++m)
-          for (int64_t t = 0; t < count; ++t)
-            partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = sums[m * count + t];
+          for (int64_t t = 0; t < k1 - k0; ++t) {
+            T total = 0;
+            for (int l = 0; l < L; ++l) total += block_sums[m * (k1 - k0) + t][l];
+            partial[(chunk * s.out_channels + oc0 + m) * depth + k0 + t] = total;
+          }
       }
     }
   });

@@ -131,51 +131,49 @@ void gemm_tile(const ARows& a, const T* __restrict b, const int64_t* __restrict 
     for (int v = 0; v < NV; ++v) store_vec(c + m * c_row + v * L, acc[m][v]);
 }
 
-// sums[m * TB + t] = sum over images i < `images` and p < len of a[i * a_n + m * a_m + p] times
-// b[i * b_n + b_offsets[t] + p], len a multiple of Vec<T>::kLanes: MB x TB dot products at once,
-// vectorized along p. The vectors run over every image before their lanes are added, once, in a
-// fixed order.
+// acc[m * TB + t] += a[m * a_m + p] * b[b_offsets[t] + p] for p < len, a multiple of
+// Vec<T>::kLanes, lane by lane: MB x TB dot products at once, vectorized along p, whose lanes the
+// caller adds once all its images have run, in a fixed order. The sums stay in memory between
+// calls, so that a caller can run every tap block over one image while that image's rows of a
+// are in L1: run the other way round, with the sums in registers over all the images of a chunk,
+// LeNet-5's fused conv1 backward read 172 KB of a from L2 once per tap block
+// (benchmarks/NOTES.md, section 26).
 template <typename T, int MB, int TB>
-void dot_tile(const T* __restrict a, int64_t a_m, int64_t a_n, const T* __restrict b,
-              int64_t b_n, const int64_t* __restrict b_offsets, int64_t len,
-              int64_t images, T* __restrict sums) {
+void dot_tile(const T* __restrict a, int64_t a_m, const T* __restrict b, const int64_t* __restrict b_offsets,
+              int64_t len, typename Vec<T>::type* __restrict acc_memory) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[MB][TB];
+  const T* b_tap[TB];
 #pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 8
-    for (int t = 0; t < TB; ++t) acc[m][t] = V{};
-  for (int64_t i = 0; i < images; ++i, a += a_n, b += b_n) {
-    const T* b_tap[TB];
+    for (int t = 0; t < TB; ++t) acc[m][t] = acc_memory[m * TB + t];
 #pragma GCC unroll 8
-    for (int t = 0; t < TB; ++t) b_tap[t] = b + b_offsets[t];
-    for (int64_t p = 0; p < len; p += L) {
-      V rows[MB];
+  for (int t = 0; t < TB; ++t) b_tap[t] = b + b_offsets[t];
+  for (int64_t p = 0; p < len; p += L) {
+    V rows[MB];
 #pragma GCC unroll 16
-      for (int m = 0; m < MB; ++m) {
-        load_vec(rows[m], a + m * a_m + p);
-        // Held in a register for all TB taps on AVX-512: GCC folded each row's load into every
-        // multiply-add that uses it, 21 loads against 18 multiply-adds for 6 x 3, and LeNet-5's
-        // fused conv1 backward ran 1.1x as long. On AVX2, whose 3 x 4 tile fills all 16
-        // registers, holding them ran it 1.1x longer (NOTES, section 25).
-        if constexpr (kVectorRegisters == 32 && sizeof(V) == kVectorBytes) asm("" : "+v"(rows[m]));
-      }
+    for (int m = 0; m < MB; ++m) {
+      load_vec(rows[m], a + m * a_m + p);
+      // Held in a register for all TB taps on AVX-512: GCC folded each row's load into every
+      // multiply-add that uses it, 21 loads against 18 multiply-adds for 6 x 3, and LeNet-5's
+      // fused conv1 backward ran 1.1x as long. On AVX2, whose 3 x 4 tile fills all 16
+      // registers, holding them ran it 1.1x longer (NOTES, section 25).
+      if constexpr (kVectorRegisters == 32 && sizeof(V) == kVectorBytes) asm("" : "+v"(rows[m]));
+    }
 #pragma GCC unroll 8
-      for (int t = 0; t < TB; ++t) {
-        V x;
-        load_vec(x, b_tap[t] + p);
+    for (int t = 0; t < TB; ++t) {
+      V x;
+      load_vec(x, b_tap[t] + p);
 #pragma GCC unroll 16
-        for (int m = 0; m < MB; ++m) acc[m][t] += rows[m] * x;
-      }
+      for (int m = 0; m < MB; ++m) acc[m][t] += rows[m] * x;
     }
   }
+#pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
-    for (int t = 0; t < TB; ++t) {
-      T total = 0;
-      for (int l = 0; l < L; ++l) total += acc[m][t][l];
-      sums[m * TB + t] = total;
-    }
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) acc_memory[m * TB + t] = acc[m][t];
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA
