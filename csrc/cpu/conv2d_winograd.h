@@ -426,11 +426,25 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
       for (int64_t tap = 0; tap < Taps; ++tap)
         for (int64_t block = 0; block < blocks_of(tiles, MB); ++block)
           with_count<MB>(std::min<int64_t>(MB, tiles - block * MB), [&]<int Rows>() {
-            RowPointers<T, Rows> rows;
-            for (int m = 0; m < Rows; ++m) rows.row[m] = transformed.data() + (tap * tile_stride + block * MB + m) * ic_stride;
-            for (int64_t panel = 0; panel < panels; ++panel)
-              gemm_tile<T, Rows, NV>(rows, u.data() + tap * ic_n * oc_stride + panel * N, u_rows.data(), ic_n,
-                                     products.data() + ((block * panels + panel) * Taps + tap) * MB * N);
+            // A block's tiles lie ic_stride apart: with one or two vectors of channels (the
+            // improved conv2's forward and grad_input), read from one pointer at constant
+            // displacements, as 8 rows of 2 vectors instead of 6, 6 and 4 (benchmarks/NOTES.md,
+            // section 27).
+            const T* first_row = transformed.data() + (tap * tile_stride + block * MB) * ic_stride;
+            const auto products_by = [&](const auto& rows) __attribute__((always_inline)) {
+              for (int64_t panel = 0; panel < panels; ++panel)
+                gemm_tile<T, Rows, NV>(rows, u.data() + tap * ic_n * oc_stride + panel * N, u_rows.data(), ic_n,
+                                       products.data() + ((block * panels + panel) * Taps + tap) * MB * N);
+            };
+            if (ic_stride == L) {
+              products_by(StridedRows<T, Rows, L>{first_row});
+            } else if (ic_stride == 2 * L) {
+              products_by(StridedRows<T, Rows, 2 * L>{first_row});
+            } else {
+              RowPointers<T, Rows> rows;
+              for (int m = 0; m < Rows; ++m) rows.row[m] = first_row + m * ic_stride;
+              products_by(rows);
+            }
           });
       const auto tile_products = [&](int64_t t, int64_t oc0) {
         return products.data() + ((t / MB * panels + oc0 / N) * Taps * MB + t % MB) * N + oc0 % N;
@@ -549,7 +563,9 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
 
 // The register tile of the products: rows of MB tiles (forward) or input channels
 // (grad_weight) against NV vectors of output channels. Not with_tile's choice, which takes 12 or
-// 16 rows for one or two vectors: rows read in place take a register each, and more than 8 spill.
+// 16 rows for one or two vectors: rows read in place through their own pointers take a register
+// each, and more than 8 spill. On AVX-512, 8 rows of 2 vectors: grad_weight's rows (ColumnsOf)
+// and the forward's of up to 2 vectors of channels (StridedRows) come from one pointer.
 // AVX2's 16 vector registers hold half the accumulators; 4 vectors or more run there in 6x2
 // tiles over panels of 2 vectors, 1.2-1.3x as fast as 3x4 tiles (benchmarks/NOTES.md, section 14).
 template <typename T, typename Fn>
@@ -565,7 +581,7 @@ void with_winograd_tile(const Conv2dShape& s, const Fn& fn) {
   if (vectors == 1)
     by_kernel.template operator()<8, 1>();
   else if (vectors == 2)
-    by_kernel.template operator()<6, 2>();
+    by_kernel.template operator()<wide ? 8 : 6, 2>();
   else if (vectors == 3)
     by_kernel.template operator()<wide ? 8 : 4, 3>();
   else if (wide)

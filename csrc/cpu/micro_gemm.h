@@ -82,6 +82,14 @@ struct RowPointers {
   T operator()(int m, int64_t k) const { return row[m][k]; }
 };
 
+// A's rows Stride values apart, steps contiguous: one pointer with constant displacements, as
+// PackedRows, for rows read in place.
+template <typename T, int MB, int Stride>
+struct StridedRows {
+  const T* a;
+  T operator()(int m, int64_t k) const { return a[m * Stride + k]; }
+};
+
 // A's rows for one tile each at its own address, every row read at the same offset per step:
 // a window of the input per output pixel, read through the offsets of the kernel's taps.
 template <typename T, int MB>
