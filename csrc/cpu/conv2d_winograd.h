@@ -428,8 +428,8 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
           with_count<MB>(std::min<int64_t>(MB, tiles - block * MB), [&]<int Rows>() {
             // A block's tiles lie ic_stride apart: with one or two vectors of channels (the
             // improved conv2's forward and grad_input), read from one pointer at constant
-            // displacements, as 8 rows of 2 vectors instead of 6, 6 and 4 (benchmarks/NOTES.md,
-            // section 27).
+            // displacements, which leaves the forward's 16 tiles per image room for 2 blocks
+            // of 8 rows instead of 6, 6 and 4 (benchmarks/NOTES.md, section 27).
             const T* first_row = transformed.data() + (tap * tile_stride + block * MB) * ic_stride;
             const auto products_by = [&](const auto& rows) __attribute__((always_inline)) {
               for (int64_t panel = 0; panel < panels; ++panel)
@@ -437,9 +437,9 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
                                        products.data() + ((block * panels + panel) * Taps + tap) * MB * N);
             };
             if (ic_stride == L) {
-              products_by(StridedRows<T, Rows, L>{first_row});
+              products_by(StridedRows<T, L>{first_row});
             } else if (ic_stride == 2 * L) {
-              products_by(StridedRows<T, Rows, 2 * L>{first_row});
+              products_by(StridedRows<T, 2 * L>{first_row});
             } else {
               RowPointers<T, Rows> rows;
               for (int m = 0; m < Rows; ++m) rows.row[m] = first_row + m * ic_stride;

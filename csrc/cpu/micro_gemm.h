@@ -84,7 +84,7 @@ struct RowPointers {
 
 // A's rows Stride values apart, steps contiguous: one pointer with constant displacements, as
 // PackedRows, for rows read in place.
-template <typename T, int MB, int Stride>
+template <typename T, int Stride>
 struct StridedRows {
   const T* a;
   T operator()(int m, int64_t k) const { return a[m * Stride + k]; }
