@@ -41,9 +41,10 @@ inline bool worth_grad_input_transposed(const Conv2dShape& s) {
 // masked off by masks[chunk][kw]), so that `columns` is read as the product wrote it. The rows
 // of `columns` lie N apart between margins that cover the loads' overhang. A vector past the end
 // of a row runs into the rows after it, which overwrite it; one that would run past the plane
-// goes through `last`. CB channels from ic0 and two vectors of a row at once: one vector's sum is
-// a chain of dependent additions, which left fold_pixels waiting on their latency (41 % of its
-// samples on the instruction after the add, by perf annotate, with one channel and one vector).
+// goes through `last`. CB channels from ic0, and two vectors at once: two of a row, or where a
+// row is one vector (LeNet-5's conv2 under AVX-512), two rows'. One vector's sum is a chain of
+// dependent additions, which left fold_pixels waiting on their latency (41 % of its samples on
+// the instruction after the add, by perf annotate, with one channel and one vector).
 template <typename T, int CB>
 void fold_channels(const T* __restrict columns, int64_t N, const typename LaneMask<T>::Lane* masks,
                    const Conv2dShape& s, int64_t ic0, T* __restrict grad_input) {
@@ -51,48 +52,60 @@ void fold_channels(const T* __restrict columns, int64_t N, const typename LaneMa
   using Mask = typename LaneMask<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t chunks = blocks_of(s.in_w, L), taps = s.kernel_h * s.kernel_w, plane = s.in_h * s.in_w;
-  for (int64_t ih = 0; ih < s.in_h; ++ih) {
-    // Chunks [chunk0, chunk0 + CK) of row ih, stored in order.
-    const auto fold = [&]<int CK>(int64_t chunk0) __attribute__((always_inline)) {
-      V sums[CK][CB] = {};
-      for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-        const int64_t oh = ih + s.pad_h - kh * s.dilation_h;
-        if (oh < 0 || oh >= s.out_h) continue;
-        for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-          const T* row = columns + (ic0 * taps + kh * s.kernel_w + kw) * N + oh * s.out_w + chunk0 * L + s.pad_w -
-                         kw * s.dilation_w;
+  // Rows [ih0, ih0 + RK), chunks [chunk0, chunk0 + CK) of each, stored in order.
+  const auto fold = [&]<int RK, int CK>(int64_t ih0, int64_t chunk0) __attribute__((always_inline)) {
+    V sums[RK][CK][CB] = {};
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      const int64_t oh0 = ih0 + s.pad_h - kh * s.dilation_h;
+      if (oh0 + RK <= 0 || oh0 >= s.out_h) continue;
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        const T* row0 = columns + (ic0 * taps + kh * s.kernel_w + kw) * N + oh0 * s.out_w + chunk0 * L + s.pad_w -
+                        kw * s.dilation_w;
 #pragma GCC unroll 2
-          for (int k = 0; k < CK; ++k) {
-            Mask inside;
-            load_vec(inside, masks + ((chunk0 + k) * s.kernel_w + kw) * L);
+        for (int k = 0; k < CK; ++k) {
+          Mask inside;
+          load_vec(inside, masks + ((chunk0 + k) * s.kernel_w + kw) * L);
+#pragma GCC unroll 2
+          for (int r = 0; r < RK; ++r) {
+            if (oh0 + r < 0 || oh0 + r >= s.out_h) continue;
 #pragma GCC unroll 4
             for (int c = 0; c < CB; ++c) {
               V v;
-              load_vec(v, row + k * L + c * taps * N);
-              sums[k][c] += inside ? v : V{};
+              load_vec(v, row0 + r * s.out_w + k * L + c * taps * N);
+              sums[r][k][c] += inside ? v : V{};
             }
           }
         }
       }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < RK; ++r)
 #pragma GCC unroll 2
       for (int k = 0; k < CK; ++k) {
-        const int64_t at = ih * s.in_w + (chunk0 + k) * L;
+        const int64_t at = (ih0 + r) * s.in_w + (chunk0 + k) * L;
 #pragma GCC unroll 4
         for (int c = 0; c < CB; ++c) {
           T* dst = grad_input + (ic0 + c) * plane + at;
           if (at + L <= plane) {
-            store_vec(dst, sums[k][c]);
+            store_vec(dst, sums[r][k][c]);
           } else {
             alignas(64) T last[L];
-            store_vec(last, sums[k][c]);
+            store_vec(last, sums[r][k][c]);
             std::copy_n(last, std::min(L, s.in_w - (chunk0 + k) * L), dst);
           }
         }
       }
-    };
+  };
+  if (chunks == 1) {
+    int64_t ih = 0;
+    for (; ih + 2 <= s.in_h; ih += 2) fold.template operator()<2, 1>(ih, 0);
+    if (ih < s.in_h) fold.template operator()<1, 1>(ih, 0);
+    return;
+  }
+  for (int64_t ih = 0; ih < s.in_h; ++ih) {
     int64_t chunk = 0;
-    for (; chunk + 2 <= chunks; chunk += 2) fold.template operator()<2>(chunk);
-    if (chunk < chunks) fold.template operator()<1>(chunk);
+    for (; chunk + 2 <= chunks; chunk += 2) fold.template operator()<1, 2>(ih, chunk);
+    if (chunk < chunks) fold.template operator()<1, 1>(ih, chunk);
   }
 }
 
