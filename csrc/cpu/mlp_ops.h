@@ -68,14 +68,28 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_mlp_backward", [&] {
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
       const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-      linear_grad_weight<scalar_t>(rows, in, out, g, out, x_data, in, grad_weights[l].mutable_data_ptr<scalar_t>());
+      scalar_t* gw = grad_weights[l].mutable_data_ptr<scalar_t>();
+      scalar_t* gi = grad_x ? grad_in.mutable_data_ptr<scalar_t>() : nullptr;
+      const auto input_product = [&] {
+        linear_grad_input<scalar_t>(rows, in, out, g, out, w.const_data_ptr<scalar_t>(), gi, in);
+        if (l > 0) relu_backward_in_place<scalar_t>(gi, x_data, rows * in);
+      };
+      const auto weight_product = [&] { linear_grad_weight<scalar_t>(rows, in, out, g, out, x_data, in, gw); };
+      // On two threads the layer's two products run side by side, one on each: as products of the
+      // team one after the other, the threads waited on each other at every product, and the
+      // backward ran 1.2x as fast as on one thread (benchmarks/NOTES.md, section 28). On more,
+      // each product takes the whole team. gemm's sums do not depend on the threads.
+      if (grad_x && at::get_num_threads() == 2) {
+        parallel_for_ranges(2, rows * in * out, [&](int64_t first, int64_t last) {
+          for (int64_t task = first; task < last; ++task) task == 0 ? weight_product() : input_product();
+        });
+      } else {
+        weight_product();
+        if (grad_x) input_product();
+      }
       // Each bias gradient the sum of its column, in order of the rows, as the fused operator
       // sums the images' grad_bias.
       sum_chunk_partials<scalar_t>(g, rows, out, grad_biases[l].mutable_data_ptr<scalar_t>());
-      if (!grad_x) return;
-      scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
-      linear_grad_input<scalar_t>(rows, in, out, g, out, w.const_data_ptr<scalar_t>(), gi, in);
-      if (l > 0) relu_backward_in_place<scalar_t>(gi, x_data, rows * in);
     });
     if (l > 0)
       grad = grad_in;
