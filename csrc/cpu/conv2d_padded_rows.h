@@ -18,18 +18,29 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
+// A band of a convolution's output over padded rows, as the register tiles leave it: `channels`
+// output channels from oc0 of image `image`, without the bias; channel m's output rows
+// [first_row, end_row) from rows + m * channel_step on, row_step apart, each row's first out_w
+// values its outputs.
+template <typename T>
+struct PaddedRowsBand {
+  const T* rows;
+  int64_t channel_step, row_step, image, oc0, channels, first_row, end_row;
+};
+
 // Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
 // (kh, kw) of input channel ic at p + ic * plane + kh * dilation_h * padded_w + kw * dilation_w:
 // the same offset for every position, so a run of positions is a contiguous load. Columns
-// ow >= out_w of that numbering are computed and dropped.
-template <typename T, int MB, int NV>
-void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* output,
-                           const Conv2dShape& s) {
+// ow >= out_w of that numbering are computed and dropped. Each band, of a multiple of band_unit
+// rows but the plane's last, goes to store_band(const PaddedRowsBand<T>&) while it is in cache.
+template <typename T, int MB, int NV, typename StoreBand>
+void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, const Conv2dShape& s,
+                           const StoreBand& store_band) {
   constexpr int64_t N = NV * Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
-  const int64_t blocks = blocks_of(ocg, MB), out_plane = s.out_h * s.out_w;
+  const int64_t blocks = blocks_of(ocg, MB);
   // Weights as [group][block][ic, kh, kw][MB output channels], zero past ocg.
   std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
@@ -39,10 +50,10 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
   }
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, icg, s);
   // Work items are RowBands of the (image, group, block of output channels) planes. A band's
-  // tiles run along its padded rows into a buffer laid out as those rows, copied out a row at a
-  // time: copied out of each tile, whose positions straddle rows, they took more time than the
-  // tiles themselves in the improved LeNet's conv1 (benchmarks/NOTES.md, section 16).
-  const RowBands bands(s.batch * s.groups * blocks, s.out_h, 1);
+  // tiles run along its padded rows into a buffer laid out as those rows, stored from there:
+  // copied out of each tile, whose positions straddle rows, they took more time than the tiles
+  // themselves in the improved LeNet's conv1 (benchmarks/NOTES.md, section 16).
+  const RowBands bands(s.batch * s.groups * blocks, s.out_h, band_unit);
   const int64_t band_tiles = blocks_of(bands.rows * padded_w, N);
   // The last tile of the last band reads up to N positions and kernel_w columns past the planes.
   const int64_t slack = N + s.kernel_w * s.dilation_w;
@@ -70,24 +81,33 @@ void correlate_padded_rows(const T* input, const T* weight, const T* bias, T* ou
       const T* band_input = x.get() + first_row * padded_w;
       for (int64_t p = 0; p < (end_row - first_row) * padded_w; p += N)
         gemm_tile<T, MB, NV>(PackedRows<T, MB>{a}, band_input + p, taps_at.data(), depth, rows.get() + p, rows_n);
-      const int64_t channels = std::min<int64_t>(MB, ocg - b * MB);
-      for (int64_t m = 0; m < channels; ++m) {
-        const int64_t oc = g * ocg + b * MB + m;
-        const T shift = bias ? bias[oc] : T(0);
-        T* out = output + (n * s.out_channels + oc) * out_plane;
-        for (int64_t oh = first_row; oh < end_row; ++oh)
-          map_row(rows.get() + m * rows_n + (oh - first_row) * padded_w, s.out_w, out + oh * s.out_w,
-                  [shift](auto& v) __attribute__((always_inline)) { v += shift; });
-      }
+      store_band(PaddedRowsBand<T>{rows.get(), rows_n, padded_w, n, g * ocg + b * MB,
+                                   std::min<int64_t>(MB, ocg - b * MB), first_row, end_row});
     }
   });
 }
 
-template <typename T>
-void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* output,
-                        const Conv2dShape& s) {
+// correlate_padded_rows in the register tile with_tile picks.
+template <typename T, typename StoreBand>
+void conv2d_padded_row_bands(const T* input, const T* weight, int64_t band_unit, const Conv2dShape& s,
+                             const StoreBand& store_band) {
   with_tile<T>(s.out_channels_per_group(), s.out_h * (s.in_w + 2 * s.pad_w), [&]<int MB, int NV>() {
-    correlate_padded_rows<T, MB, NV>(input, weight, bias, output, s);
+    correlate_padded_rows<T, MB, NV>(input, weight, band_unit, s, store_band);
+  });
+}
+
+template <typename T>
+void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const int64_t out_plane = s.out_h * s.out_w;
+  conv2d_padded_row_bands<T>(input, weight, 1, s, [&](const PaddedRowsBand<T>& band) {
+    for (int64_t m = 0; m < band.channels; ++m) {
+      const int64_t oc = band.oc0 + m;
+      const T shift = bias ? bias[oc] : T(0);
+      T* out = output + (band.image * s.out_channels + oc) * out_plane;
+      for (int64_t oh = band.first_row; oh < band.end_row; ++oh)
+        map_row(band.rows + m * band.channel_step + (oh - band.first_row) * band.row_step, s.out_w,
+                out + oh * s.out_w, [shift](auto& v) __attribute__((always_inline)) { v += shift; });
+    }
   });
 }
 
@@ -96,11 +116,13 @@ void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* outpu
 // rows, with zeros in the columns past out_w, so that every tap is a dot product of two contiguous
 // runs. For any number of output channels: at 16 and 32, the channel-vector kernel took 1.1-1.15x
 // as long (benchmarks/NOTES.md, section 16). Those zeros meet real input values, which is exact
-// only for finite input: an input with an infinity or NaN goes to the channel-vector kernel
-// instead.
-template <typename T>
-void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight,
-                                const Conv2dShape& s) {
+// only for finite input: an input with an infinity or NaN returns false, having done nothing.
+// grad_output's rows come from load_rows(image, oc0, channels, rows, channel_step, row_step),
+// which writes the out_w values of each of the out_h rows of `channels` output channels from oc0
+// of that image (of this batch), channel m's row oh at rows + m * channel_step + oh * row_step,
+// and leaves the rest of the buffer as it is (zero).
+template <typename T, typename LoadRows>
+bool grad_weight_by_rows(const LoadRows& load_rows, const T* input, T* grad_weight, const Conv2dShape& s) {
   // MB output channels by TB taps of accumulators, beside MB rows of grad_output and a vector of
   // input. On AVX2 those are all 16 registers: 3 x 4 ran LeNet-5's fused conv1 backward in 329-343
   // us against 377-426 for 3 x 3 (benchmarks/NOTES.md, section 24).
@@ -111,7 +133,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   bool finite = true;
   const PaddedPlanes<T> x = pad_planes(input, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h,
                                        s.pad_w, (s.kernel_w - 1) * s.dilation_w + L, &finite);
-  if (!finite) return conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
+  if (!finite) return false;
   const int64_t positions = s.out_h * x.w, len = blocks_of(positions, L) * L;
   const std::vector<int64_t> taps_at = tap_offsets(x.plane, x.w, icg, s);
   const int64_t chunks = blocks_of(s.batch, kImagesPerPartial), blocks = blocks_of(ocg, MB);
@@ -124,8 +146,8 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
   parallel_for_ranges(chunks * s.groups * blocks, kImagesPerPartial * len * MB * depth, [&](int64_t first, int64_t last) {
     using V = typename Vec<T>::type;
     // One image's grad_output for one block of channels, as [MB][len] (zero past the block's
-    // channels), packed here so that it stays in L1 for every tap block. Zeroed once: the
-    // copies write only the first out_w columns of each row, so the columns after them and the
+    // channels), packed here so that it stays in L1 for every tap block. Zeroed once: load_rows
+    // writes only the first out_w columns of each row, so the columns after them and the
     // positions past the rows stay zero.
     const std::unique_ptr<T[]> go(new T[MB * len]());
     // Each tap block's MB x TB vectors of sums over the chunk's images.
@@ -138,10 +160,7 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
       std::fill_n(sums.get(), tap_blocks * MB * TB, V{});
       const auto block = [&](int64_t j) { return std::pair{j * depth / tap_blocks, (j + 1) * depth / tap_blocks}; };
       for (int64_t i = 0; i < images; ++i) {
-        for (int64_t m = 0; m < channels; ++m) {
-          const T* src = grad_output + ((n0 + i) * s.out_channels + oc0 + m) * s.out_h * s.out_w;
-          for (int64_t oh = 0; oh < s.out_h; ++oh) copy_row(src + oh * s.out_w, s.out_w, go.get() + m * len + oh * x.w);
-        }
+        load_rows(n0 + i, oc0, channels, go.get(), len, x.w);
         const T* in = x.data + ((n0 + i) * s.in_channels + g * icg) * x.plane;
         for (int64_t j = 0; j < tap_blocks; ++j) {
           const auto [k0, k1] = block(j);
@@ -168,6 +187,21 @@ void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_we
     }
   });
   partials.sum();
+  return true;
+}
+
+template <typename T>
+void conv2d_grad_weight_by_rows(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
+  const auto copy_rows = [&](int64_t n, int64_t oc0, int64_t channels, T* rows, int64_t channel_step,
+                             int64_t row_step) {
+    for (int64_t m = 0; m < channels; ++m) {
+      const T* src = grad_output + (n * s.out_channels + oc0 + m) * s.out_h * s.out_w;
+      for (int64_t oh = 0; oh < s.out_h; ++oh)
+        copy_row(src + oh * s.out_w, s.out_w, rows + m * channel_step + oh * row_step);
+    }
+  };
+  if (!grad_weight_by_rows<T>(copy_rows, input, grad_weight, s))
+    conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA

@@ -52,24 +52,56 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
-// The sums of P planes of `count` values, `stride` apart: each plane's x[i] into its running sum
-// i % 8, the 8 added in a fixed order at the end. A vector loop, whose order (unlike an omp simd
-// reduction's, which GCC may start with scalar steps up to an aligned address) does not depend on
-// where x lies, so that the fused operator's grad_bias, summed from a thread's buffer, equals
-// conv2d_grad_bias's bit for bit. P planes at once, each summed as alone: one plane's running sums
-// are a chain of dependent additions, which the fused conv1's backward waited on (NOTES,
+// The sums of P planes `stride` apart, each of `rows` rows of `count` values, row_step apart: each
+// plane's values, numbered along its rows, x[i] into its running sum i % 8, the 8 added in a fixed
+// order at the end. A vector loop, whose order (unlike an omp simd reduction's, which GCC may
+// start with scalar steps up to an aligned address) depends neither on where x lies nor on the
+// row step, so that the fused operator's grad_bias, summed from a thread's buffer, equals
+// conv2d_grad_bias's bit for bit. P planes at once, each summed as alone: one plane's running
+// sums are a chain of dependent additions, which the fused conv1's backward waited on (NOTES,
 // section 22).
 template <typename T, int P>
-void plane_sums(const T* __restrict x, int64_t stride, int64_t count, T* __restrict out) {
-  T sums[P][8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8)
+void plane_sums(const T* __restrict x, int64_t stride, int64_t rows, int64_t count, int64_t row_step,
+                T* __restrict out) {
+  typedef T Sums __attribute__((vector_size(8 * sizeof(T))));
+  typedef typename LaneMask<T>::Lane Lane;
+  typedef Lane Lanes __attribute__((vector_size(8 * sizeof(T))));
+  const Lanes lane_index = {0, 1, 2, 3, 4, 5, 6, 7};
+  // A value added as zero leaves a running sum as it is: started at +0.0, none is ever -0.0.
+  const auto add_lanes = [&](Sums& sums, const T* from, const Lanes& source, const Lanes& take)
+                             __attribute__((always_inline)) {
+    Sums v;
+    load_vec(v, from);
+    sums += take ? __builtin_shuffle(v, source) : Sums{};
+  };
+  Sums sums[P] = {};
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = x + r * row_step;
+    // The row's first values finish the round of the running sums that the row before left open,
+    // its last ones open the next: in vectors where the row fills one (shuffled from its first
+    // or last 8 values), else one at a time.
+    const Lane lane = static_cast<Lane>(r * count % 8);
+    int64_t i = lane == 0 ? 0 : std::min<int64_t>(8 - lane, count);
+    if (i > 0 && count >= 8)
+      for (int p = 0; p < P; ++p) add_lanes(sums[p], row + p * stride, (lane_index - lane) & 7, lane_index >= lane);
+    else
+      for (int p = 0; p < P; ++p)
+        for (int64_t j = 0; j < i; ++j) sums[p][lane + j] += row[p * stride + j];
+    for (; i + 8 <= count; i += 8)
 #pragma GCC unroll 4
-    for (int p = 0; p < P; ++p)
-#pragma omp simd
-      for (int j = 0; j < 8; ++j) sums[p][j] += x[p * stride + i + j];
-  for (int j = 0; i < count; ++i, ++j)
-    for (int p = 0; p < P; ++p) sums[p][j] += x[p * stride + i];
+      for (int p = 0; p < P; ++p) {
+        Sums v;
+        load_vec(v, row + p * stride + i);
+        sums[p] += v;
+      }
+    const Lane rest = static_cast<Lane>(count - i);
+    if (rest > 0 && count >= 8)
+      for (int p = 0; p < P; ++p)
+        add_lanes(sums[p], row + p * stride + count - 8, (lane_index + 8 - rest) & 7, lane_index < rest);
+    else
+      for (int p = 0; p < P; ++p)
+        for (int64_t j = 0; j < rest; ++j) sums[p][j] += row[p * stride + i + j];
+  }
   for (int p = 0; p < P; ++p)
     out[p] = ((sums[p][0] + sums[p][1]) + (sums[p][2] + sums[p][3])) +
              ((sums[p][4] + sums[p][5]) + (sums[p][6] + sums[p][7]));
@@ -94,7 +126,7 @@ void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t 
     for (int64_t c = 0; c < last - first; c += kPlanes)
       with_count<kPlanes>(std::min<int64_t>(kPlanes, last - first - c), [&]<int P>() {
         T sums[P];
-        plane_sums<T, P>(go + c * plane, plane, plane, sums);
+        plane_sums<T, P>(go + c * plane, plane, 1, plane, plane, sums);
         for (int p = 0; p < P; ++p) totals[c + p] += sums[p];
       });
   }
@@ -123,33 +155,46 @@ bool forward_is_tiled(const Conv2dShape& s) {
   return worth_winograd<T>(s) || forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
 }
 
-// The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
+enum class ForwardPath { fully_connected, channel_vector, winograd, unfolded, padded_rows, row_tiles, pixel_tiles };
+
+// The path conv2d_forward takes for a shape and weight; without Winograd, the one it takes where
+// Winograd turns the input down (a value that is not finite).
 template <typename T>
-void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+ForwardPath forward_path(const T* weight, const Conv2dShape& s, bool with_winograd = true) {
   const bool channel_tiles = worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s);
   // A weight that is infinite or NaN: the tiled paths multiply the zeros of a padded copy of the
   // input by every weight, which makes NaN where torch, which skips the border, has infinity or a
   // finite value (the channel-vector kernel skips it too), and Winograd's transforms would spread
   // it over a whole tile. Checked once, where either applies.
-  const bool padded = s.pad_h > 0 || s.pad_w > 0, winograd = worth_winograd<T>(s);
+  const bool padded = s.pad_h > 0 || s.pad_w > 0, winograd = with_winograd && worth_winograd<T>(s);
   const bool weight_finite =
       !(padded || winograd) || all_finite(weight, s.out_channels * s.in_channels_per_group() * s.kernel_h * s.kernel_w);
-  if (is_fully_connected(s))
-    conv2d_fully_connected<T>(input, weight, bias, output, s);
-  else if (padded && !weight_finite)
-    conv2d_channel_vector<T>(input, weight, bias, output, s);
-  else if (winograd && weight_finite && conv2d_winograd<T>(input, weight, bias, output, s))
-    return;
-  else if (forward_as_product(s))
-    conv2d_unfolded<T>(input, weight, bias, output, s);
-  else if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles))
-    conv2d_padded_rows<T>(input, weight, bias, output, s);
-  else if (worth_row_tiles<T>(s))
-    conv2d_row_tiles<T>(input, weight, bias, output, s);
-  else if (worth_pixel_tiles<T>(s))
-    conv2d_pixel_tiles<T>(input, weight, bias, output, s);
-  else
-    conv2d_channel_vector<T>(input, weight, bias, output, s);
+  if (is_fully_connected(s)) return ForwardPath::fully_connected;
+  if (padded && !weight_finite) return ForwardPath::channel_vector;
+  if (winograd && weight_finite) return ForwardPath::winograd;
+  if (forward_as_product(s)) return ForwardPath::unfolded;
+  if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles)) return ForwardPath::padded_rows;
+  if (worth_row_tiles<T>(s)) return ForwardPath::row_tiles;
+  if (worth_pixel_tiles<T>(s)) return ForwardPath::pixel_tiles;
+  return ForwardPath::channel_vector;
+}
+
+// The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
+template <typename T>
+void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  ForwardPath path = forward_path<T>(weight, s);
+  if (path == ForwardPath::winograd) {
+    if (conv2d_winograd<T>(input, weight, bias, output, s)) return;
+    path = forward_path<T>(weight, s, false);
+  }
+  switch (path) {
+    case ForwardPath::fully_connected: conv2d_fully_connected<T>(input, weight, bias, output, s); break;
+    case ForwardPath::unfolded: conv2d_unfolded<T>(input, weight, bias, output, s); break;
+    case ForwardPath::padded_rows: conv2d_padded_rows<T>(input, weight, bias, output, s); break;
+    case ForwardPath::row_tiles: conv2d_row_tiles<T>(input, weight, bias, output, s); break;
+    case ForwardPath::pixel_tiles: conv2d_pixel_tiles<T>(input, weight, bias, output, s); break;
+    default: conv2d_channel_vector<T>(input, weight, bias, output, s); break;
+  }
 }
 
 // The grad_input paths by shape.
@@ -172,25 +217,45 @@ void conv2d_grad_input_paths(const T* grad_output, const T* weight, T* grad_inpu
   }
 }
 
+enum class GradWeightPath {
+  fully_connected, winograd, unfolded, tap_rows, channels_last, by_rows, channel_vector, two_channel_vectors
+};
+
+// The path conv2d_grad_weight_paths takes for a shape; without Winograd, the one it takes where
+// Winograd turns the input down (a value that is not finite).
+template <typename T>
+GradWeightPath grad_weight_path(const Conv2dShape& s, bool with_winograd = true) {
+  if (is_fully_connected(s)) return GradWeightPath::fully_connected;
+  if (with_winograd && worth_winograd<T>(s)) return GradWeightPath::winograd;
+  if (forward_as_product(s)) return GradWeightPath::unfolded;
+  if (worth_tap_rows<T>(s)) return GradWeightPath::tap_rows;
+  if (s.in_channels_per_group() >= Vec<T>::kLanes) return GradWeightPath::channels_last;
+  if (worth_padded_rows(s)) return GradWeightPath::by_rows;
+  if (s.out_channels_per_group() <= Vec<T>::kLanes) return GradWeightPath::channel_vector;
+  return GradWeightPath::two_channel_vectors;
+}
+
 // The grad_weight paths by shape.
 template <typename T>
 void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
-  if (is_fully_connected(s))
-    conv2d_grad_weight_fully_connected<T>(grad_output, input, grad_weight, s);
-  else if (worth_winograd<T>(s) && conv2d_grad_weight_winograd<T>(grad_output, input, grad_weight, s))
-    return;
-  else if (forward_as_product(s))
-    conv2d_grad_weight_unfolded<T>(grad_output, input, grad_weight, s);
-  else if (worth_tap_rows<T>(s))
-    conv2d_grad_weight_tap_rows<T>(grad_output, input, grad_weight, s);
-  else if (s.in_channels_per_group() >= Vec<T>::kLanes)
-    conv2d_grad_weight_channels_last<T>(grad_output, input, grad_weight, s);
-  else if (worth_padded_rows(s))
-    conv2d_grad_weight_by_rows<T>(grad_output, input, grad_weight, s);
-  else if (s.out_channels_per_group() <= Vec<T>::kLanes)
-    conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s);
-  else
-    conv2d_grad_weight_impl<T, 2>(grad_output, input, grad_weight, s);
+  GradWeightPath path = grad_weight_path<T>(s);
+  if (path == GradWeightPath::winograd) {
+    if (conv2d_grad_weight_winograd<T>(grad_output, input, grad_weight, s)) return;
+    path = grad_weight_path<T>(s, false);
+  }
+  switch (path) {
+    case GradWeightPath::fully_connected:
+      conv2d_grad_weight_fully_connected<T>(grad_output, input, grad_weight, s);
+      break;
+    case GradWeightPath::unfolded: conv2d_grad_weight_unfolded<T>(grad_output, input, grad_weight, s); break;
+    case GradWeightPath::tap_rows: conv2d_grad_weight_tap_rows<T>(grad_output, input, grad_weight, s); break;
+    case GradWeightPath::channels_last:
+      conv2d_grad_weight_channels_last<T>(grad_output, input, grad_weight, s);
+      break;
+    case GradWeightPath::by_rows: conv2d_grad_weight_by_rows<T>(grad_output, input, grad_weight, s); break;
+    case GradWeightPath::channel_vector: conv2d_grad_weight_impl<T, 1>(grad_output, input, grad_weight, s); break;
+    default: conv2d_grad_weight_impl<T, 2>(grad_output, input, grad_weight, s); break;
+  }
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA

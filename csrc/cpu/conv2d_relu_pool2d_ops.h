@@ -46,32 +46,42 @@ void for_each_chunk(int64_t batch, int64_t conv_image, int64_t work_per_chunk, c
   });
 }
 
-// Rows and columns that no window covers get no gradient.
-inline void clear_uncovered_mask(uint8_t* mask, const ConvReluPoolShape& s) {
-  const int64_t w = s.conv.out_w, covered_h = s.pooled_h * s.pool_h, covered_w = s.pooled_w * s.pool_w;
-  for (int64_t r = 0; r < covered_h; ++r) std::fill(mask + r * w + covered_w, mask + (r + 1) * w, uint8_t{0});
-  std::fill(mask + covered_h * w, mask + s.conv.out_h * w, uint8_t{0});
+// Columns that no window covers get no gradient: those of `rows` mask rows from `mask` on.
+inline void clear_uncovered_columns(uint8_t* mask, int64_t rows, const ConvReluPoolShape& s) {
+  const int64_t w = s.conv.out_w, covered_w = s.pooled_w * s.pool_w;
+  for (int64_t r = 0; r < rows; ++r) std::fill(mask + r * w + covered_w, mask + (r + 1) * w, uint8_t{0});
 }
 
-// One (image, channel) plane of the convolution's output pooled after relu, as torch's
-// avg_pool2d/max_pool2d (floor mode, stride = kernel) would pool relu's output, and its mask.
-// Max pooling scans each window in torch's order with its update rule (a NaN wins), starting
-// from the first tap: what -inf becomes after one update.
+// Nor do the rows below the last row of windows, in a plane's mask.
+inline void clear_uncovered_rows(uint8_t* mask, const ConvReluPoolShape& s) {
+  std::fill(mask + s.pooled_h * s.pool_h * s.conv.out_w, mask + s.conv.out_h * s.conv.out_w, uint8_t{0});
+}
+
+// `windows` rows of windows of one (image, channel) plane of the convolution's output, pooled
+// after relu as torch's avg_pool2d/max_pool2d (floor mode, stride = kernel) would pool relu's
+// output, and their mask rows. The convolution's rows lie conv_w apart, and take *bias first
+// where bias is not null. Max pooling scans each window in torch's order with its update rule (a
+// NaN wins), starting from the first tap: what -inf becomes after one update.
 template <typename T, bool MAX_POOL>
-void pool_plane(const T* conv, T* output, uint8_t* mask, const ConvReluPoolShape& s) {
+void pool_rows(const T* conv, int64_t conv_w, const T* bias, int64_t windows, T* output, uint8_t* mask,
+               const ConvReluPoolShape& s) {
   const int64_t w = s.conv.out_w, pool_h = s.pool_h, pool_w = s.pool_w;
   const T divisor = static_cast<T>(pool_h * pool_w);
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    const T* rows = conv + ph * pool_h * w;
+  for (int64_t ph = 0; ph < windows; ++ph) {
+    const T* rows = conv + ph * pool_h * conv_w;
     uint8_t* mask_rows = mask + ph * pool_h * w;
     T* out = output + ph * s.pooled_w;
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       const int64_t corner = pw * pool_w;
-      T best = relu(rows[corner]), sum = 0;
+      const auto value_at = [&](int64_t kh, int64_t kw) {
+        const T value = rows[kh * conv_w + corner + kw];
+        return bias ? value + *bias : value;
+      };
+      T best = relu(value_at(0, 0)), sum = 0;
       int64_t best_tap = 0;
       for (int64_t kh = 0; kh < pool_h; ++kh) {
         for (int64_t kw = 0; kw < pool_w; ++kw) {
-          const T value = rows[kh * w + corner + kw];
+          const T value = value_at(kh, kw);
           if (MAX_POOL) {
             const T candidate = relu(value);
             const bool take = candidate > best || candidate != candidate;
@@ -91,7 +101,7 @@ void pool_plane(const T* conv, T* output, uint8_t* mask, const ConvReluPoolShape
       out[pw] = MAX_POOL ? best : sum / divisor;
     }
   }
-  clear_uncovered_mask(mask, s);
+  clear_uncovered_columns(mask, windows * pool_h, s);
 }
 
 // The 2x2 windows' kernels below take a row pair's windows half a vector at a time: one vector of
@@ -234,39 +244,39 @@ void select_row(const T* shares, const uint8_t* passes, int64_t count, T* row) {
     for (int64_t c = 0; c < count; ++c) row[c] = passes[c] ? shares[c] : T(0);
 }
 
-// The gradient of one plane of the convolution's output: each window's grad_output (divided by
-// the window's size for average pooling) where the mask lets it through, zero elsewhere. A row of
-// windows' shares is spread over its last convolution row first, then each of its rows is
-// selected by the mask in vectors: a branch per mask byte (random in training) made this kernel
-// 44 % of a fused backward with 3x3 windows (NOTES, section 25).
+// The gradient of one plane of the convolution's output, its rows conv_w apart: each window's
+// grad_output (divided by the window's size for average pooling) where the mask lets it through,
+// zero elsewhere. A row of windows' shares is spread over its last convolution row first, then
+// each of its rows is selected by the mask in vectors: a branch per mask byte (random in
+// training) made this kernel 44 % of a fused backward with 3x3 windows (NOTES, section 25).
 template <typename T, bool MAX_POOL>
-void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, const ConvReluPoolShape& s) {
-  const int64_t h = s.conv.out_h, w = s.conv.out_w;
+void unpool_plane(const T* grad_output, const uint8_t* mask, T* grad_conv, int64_t conv_w, const ConvReluPoolShape& s) {
+  const int64_t w = s.conv.out_w;
   const int64_t pool_h = s.pool_h, pool_w = s.pool_w;
   const int64_t covered_w = s.pooled_w * pool_w;
   const T divisor = MAX_POOL ? T(1) : static_cast<T>(pool_h * pool_w);
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    T* shares = grad_conv + ((ph + 1) * pool_h - 1) * w;
+    T* shares = grad_conv + ((ph + 1) * pool_h - 1) * conv_w;
     const T* go = grad_output + ph * s.pooled_w;
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) std::fill_n(shares + pw * pool_w, pool_w, go[pw] / divisor);
     // The last row selects from itself, after the rows above it.
     for (int64_t r = ph * pool_h; r < (ph + 1) * pool_h; ++r) {
-      T* row = grad_conv + r * w;
+      T* row = grad_conv + r * conv_w;
       select_row(shares, mask + r * w, covered_w, row);
       std::fill(row + covered_w, row + w, T(0));
     }
   }
-  std::fill(grad_conv + s.pooled_h * pool_h * w, grad_conv + h * w, T(0));
+  for (int64_t r = s.pooled_h * pool_h; r < s.conv.out_h; ++r) std::fill_n(grad_conv + r * conv_w, w, T(0));
 }
 
-// pool_plane for 2x2 windows. Average pooling adds each column's two relu'd rows, then the pair of
+// pool_rows for 2x2 windows. Average pooling adds each column's two relu'd rows, then the pair of
 // columns. Max pooling scans each window's raw values in torch's order and applies relu once,
 // after the scan: relu is monotone, so relu's maximum is at the same tap unless the maximum is
 // <= 0, and then every tap relus to zero (or -0.0), the first wins the tie and none passes the
 // gradient.
 template <typename T, bool MAX_POOL, int LANES>
-void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __restrict mask,
-                    const ConvReluPoolShape& s) {
+void pool_rows_2x2(const T* __restrict conv, int64_t conv_w, const T* bias, int64_t windows, T* __restrict output,
+                   uint8_t* __restrict mask, const ConvReluPoolShape& s) {
   using P = PoolVec<T, LANES>;
   using V = typename P::type;
   using H = typename P::half;
@@ -275,9 +285,10 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
   constexpr auto lanes = std::make_index_sequence<P::kLanes>{};
   const int64_t w = s.conv.out_w;
   const H zero{};
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    const T* top = conv + 2 * ph * w;
-    const T* bottom = top + w;
+  const V shift = V{} + (bias ? *bias : T(0));
+  for (int64_t ph = 0; ph < windows; ++ph) {
+    const T* top = conv + 2 * ph * conv_w;
+    const T* bottom = top + conv_w;
     uint8_t* mask_top = mask + 2 * ph * w;
     uint8_t* mask_bottom = mask_top + w;
     T* out = output + ph * s.pooled_w;
@@ -285,6 +296,10 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
       V top_v, bottom_v;
       load_vec(top_v, top + 2 * first);
       load_vec(bottom_v, bottom + 2 * first);
+      if (bias) {
+        top_v += shift;
+        bottom_v += shift;
+      }
       H pooled;
       if (MAX_POOL) {
         H top_left, top_right, bottom_left, bottom_right;
@@ -321,13 +336,13 @@ void pool_plane_2x2(const T* __restrict conv, T* __restrict output, uint8_t* __r
       store_vec(out + first, pooled);
     });
   }
-  clear_uncovered_mask(mask, s);
+  clear_uncovered_columns(mask, 2 * windows, s);
 }
 
 // unpool_plane for 2x2 windows.
 template <typename T, bool MAX_POOL, int LANES>
-void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict mask,
-                      T* __restrict grad_conv, const ConvReluPoolShape& s) {
+void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict mask, T* __restrict grad_conv,
+                      int64_t conv_w, const ConvReluPoolShape& s) {
   using P = PoolVec<T, LANES>;
   using V = typename P::type;
   using H = typename P::half;
@@ -337,7 +352,7 @@ void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict
   const T divisor = MAX_POOL ? T(1) : T(4);
   // A row pair at a time: both rows take the same windows' shares.
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    T* rows = grad_conv + 2 * ph * w;
+    T* rows = grad_conv + 2 * ph * conv_w;
     const uint8_t* passes = mask + 2 * ph * w;
     const T* go = grad_output + ph * s.pooled_w;
     for_each_block(s.pooled_w, P::kHalf, [&](int64_t first) __attribute__((always_inline)) {
@@ -348,20 +363,20 @@ void unpool_plane_2x2(const T* __restrict grad_output, const uint8_t* __restrict
       for (int64_t r = 0; r < 2; ++r) {
         Lanes passes_lanes;
         load_mask<P>(passes + r * w + 2 * first, passes_lanes);
-        store_vec(rows + r * w + 2 * first, passes_lanes != 0 ? share : V{});
+        store_vec(rows + r * conv_w + 2 * first, passes_lanes != 0 ? share : V{});
       }
     });
-    for (int64_t r = 0; r < 2; ++r) std::fill(rows + r * w + 2 * s.pooled_w, rows + (r + 1) * w, T(0));
+    for (int64_t r = 0; r < 2; ++r) std::fill(rows + r * conv_w + 2 * s.pooled_w, rows + r * conv_w + w, T(0));
   }
-  std::fill(grad_conv + 2 * s.pooled_h * w, grad_conv + s.conv.out_h * w, T(0));
+  for (int64_t r = 2 * s.pooled_h; r < s.conv.out_h; ++r) std::fill_n(grad_conv + r * conv_w, w, T(0));
 }
 
 // The pooling and unpooling functions for a shape: 2x2 windows in rows long enough for vectors
 // have their own.
 template <typename T>
 struct PoolingKernels {
-  using Pool = void (*)(const T*, T*, uint8_t*, const ConvReluPoolShape&);
-  using Unpool = void (*)(const T*, const uint8_t*, T*, const ConvReluPoolShape&);
+  using Pool = void (*)(const T*, int64_t, const T*, int64_t, T*, uint8_t*, const ConvReluPoolShape&);
+  using Unpool = void (*)(const T*, const uint8_t*, T*, int64_t, const ConvReluPoolShape&);
   Pool pool;
   Unpool unpool;
 };
@@ -369,10 +384,10 @@ struct PoolingKernels {
 template <typename T, bool MAX_POOL>
 PoolingKernels<T> pooling_kernels(const ConvReluPoolShape& s) {
   constexpr int wide = Vec<T>::kLanes, narrow = kNarrowPoolLanes<T>;
-  if (fits_2x2_vectors<T, wide>(s)) return {pool_plane_2x2<T, MAX_POOL, wide>, unpool_plane_2x2<T, MAX_POOL, wide>};
+  if (fits_2x2_vectors<T, wide>(s)) return {pool_rows_2x2<T, MAX_POOL, wide>, unpool_plane_2x2<T, MAX_POOL, wide>};
   if (fits_2x2_vectors<T, narrow>(s))
-    return {pool_plane_2x2<T, MAX_POOL, narrow>, unpool_plane_2x2<T, MAX_POOL, narrow>};
-  return {pool_plane<T, MAX_POOL>, unpool_plane<T, MAX_POOL>};
+    return {pool_rows_2x2<T, MAX_POOL, narrow>, unpool_plane_2x2<T, MAX_POOL, narrow>};
+  return {pool_rows<T, MAX_POOL>, unpool_plane<T, MAX_POOL>};
 }
 
 template <typename T>
@@ -402,14 +417,37 @@ std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, c
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     uint8_t* mask_data = mask.mutable_data_ptr<uint8_t>();
     const PoolingKernels<scalar_t> kernels = pooling_kernels<scalar_t>(s, max_pool);
-    for_each_chunk<scalar_t>(c.batch, c.out_channels * conv_plane, work_per_chunk,
+    // Over padded rows, each band of rows is pooled from the tiles' buffer, bias and all, while
+    // it is in L1: through a chunk's convolution output (150 KB for LeNet-5's conv1), the copy
+    // and the pooling took as long as the products (benchmarks/NOTES.md, section 28).
+    const bool pooled_bands = forward_path<scalar_t>(w_data, c) == ForwardPath::padded_rows;
+    for_each_chunk<scalar_t>(c.batch, pooled_bands ? 0 : c.out_channels * conv_plane, work_per_chunk,
                              [&](int64_t n0, int64_t images, scalar_t* conv) {
       Conv2dShape chunk = c;
       chunk.batch = images;
+      scalar_t* chunk_output = out_data + n0 * c.out_channels * pooled_plane;
+      uint8_t* chunk_mask = mask_data + n0 * c.out_channels * conv_plane;
+      if (pooled_bands) {
+        conv2d_padded_row_bands<scalar_t>(in_data + n0 * in_image, w_data, s.pool_h, chunk,
+                                          [&](const PaddedRowsBand<scalar_t>& band) {
+          const int64_t first_window = band.first_row / s.pool_h;
+          const int64_t windows = std::min(band.end_row / s.pool_h, s.pooled_h) - first_window;
+          for (int64_t m = 0; m < band.channels; ++m) {
+            const int64_t plane = band.image * c.out_channels + band.oc0 + m;
+            uint8_t* plane_mask = chunk_mask + plane * conv_plane;
+            kernels.pool(band.rows + m * band.channel_step, band.row_step, b_data ? b_data + band.oc0 + m : nullptr,
+                         windows, chunk_output + plane * pooled_plane + first_window * s.pooled_w,
+                         plane_mask + band.first_row * c.out_w, s);
+            if (band.end_row == c.out_h) clear_uncovered_rows(plane_mask, s);
+          }
+        });
+        return;
+      }
       conv2d_forward<scalar_t>(in_data + n0 * in_image, w_data, b_data, conv, chunk);
       for (int64_t p = 0; p < images * c.out_channels; ++p) {
-        const int64_t plane = n0 * c.out_channels + p;
-        kernels.pool(conv + p * conv_plane, out_data + plane * pooled_plane, mask_data + plane * conv_plane, s);
+        kernels.pool(conv + p * conv_plane, c.out_w, nullptr, s.pooled_h, chunk_output + p * pooled_plane,
+                     chunk_mask + p * conv_plane, s);
+        clear_uncovered_rows(chunk_mask + p * conv_plane, s);
       }
     });
   });
@@ -445,19 +483,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
     const ChunkPartials<scalar_t> weight_partials(blocks_of(c.batch, kImagesPerChunk), weight_count,
                                                   grad_weight.mutable_data_ptr<scalar_t>());
     std::vector<scalar_t> image_bias_sums(c.batch * c.out_channels);
+    // Without grad_input, grad_weight along padded rows takes each image's convolution gradient
+    // unpooled straight into its buffer of rows, and the bias's sums from there, while it is in
+    // L1: through a chunk's convolution gradient (150 KB for LeNet-5's conv1), unpooling it,
+    // copying it into the rows and summing it took half as long as the dot products (NOTES,
+    // section 28).
+    const bool unpool_into_rows = !input_grad && grad_weight_path<scalar_t>(c) == GradWeightPath::by_rows;
     for_each_chunk<scalar_t>(c.batch, c.out_channels * conv_plane, work_per_chunk,
                              [&](int64_t n0, int64_t images, scalar_t* grad_conv) {
       Conv2dShape chunk = c;
       chunk.batch = images;
+      scalar_t* chunk_weight_partials = weight_partials.data() + n0 / kImagesPerChunk * weight_count;
+      const auto unpool_rows = [&](int64_t n, int64_t oc0, int64_t channels, scalar_t* rows, int64_t channel_step,
+                                   int64_t row_step) {
+        const int64_t plane0 = (n0 + n) * c.out_channels + oc0;
+        for (int64_t m = 0; m < channels; ++m)
+          kernels.unpool(go_data + (plane0 + m) * pooled_plane, mask_data + (plane0 + m) * conv_plane,
+                         rows + m * channel_step, row_step, s);
+        constexpr int kPlanes = 4;
+        for (int64_t m = 0; m < channels; m += kPlanes)
+          with_count<kPlanes>(std::min<int64_t>(kPlanes, channels - m), [&]<int P>() {
+            plane_sums<scalar_t, P>(rows + m * channel_step, channel_step, c.out_h, c.out_w, row_step,
+                                    image_bias_sums.data() + plane0 + m);
+          });
+      };
+      if (unpool_into_rows &&
+          grad_weight_by_rows<scalar_t>(unpool_rows, in_data + n0 * in_image, chunk_weight_partials, chunk))
+        return;
       for (int64_t p = 0; p < images * c.out_channels; ++p) {
         const int64_t plane = n0 * c.out_channels + p;
-        kernels.unpool(go_data + plane * pooled_plane, mask_data + plane * conv_plane, grad_conv + p * conv_plane, s);
+        kernels.unpool(go_data + plane * pooled_plane, mask_data + plane * conv_plane, grad_conv + p * conv_plane,
+                       c.out_w, s);
       }
       if (input_grad)
         conv2d_grad_input_paths<scalar_t>(grad_conv, w_data, grad_input.mutable_data_ptr<scalar_t>() + n0 * in_image,
                                           chunk);
-      conv2d_grad_weight_paths<scalar_t>(grad_conv, in_data + n0 * in_image,
-                                         weight_partials.data() + n0 / kImagesPerChunk * weight_count, chunk);
+      conv2d_grad_weight_paths<scalar_t>(grad_conv, in_data + n0 * in_image, chunk_weight_partials, chunk);
       for (int64_t n = 0; n < images; ++n)
         grad_bias_channels<scalar_t>(grad_conv + n * c.out_channels * conv_plane, 1, c.out_channels,
                                      conv_plane, 0, c.out_channels,
