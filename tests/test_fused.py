@@ -155,6 +155,32 @@ def test_results_are_bit_identical_and_independent_of_the_thread_count(generator
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("finite", [True, False], ids=["finite", "infinite-input"])
+@pytest.mark.parametrize("batch", [1, 9], ids=lambda b: f"batch{b}")
+@pytest.mark.parametrize("pool_size", [(2, 2), (3, 3), (2, 1)], ids=lambda p: f"pool{p[0]}x{p[1]}")
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_a_first_layer_over_padded_rows_matches_torch(max_pool, pool_size, batch, finite, generator):
+    # One input channel, stride 1: the forward pools each band of padded rows from the tiles'
+    # buffer (a batch of one splits an image into bands), and without a gradient for the input
+    # the backward unpools the convolution's gradient straight into grad_weight's rows and sums
+    # the bias there; an input that is not finite takes the planes' way instead.
+    input = torch.randn(batch, 1, 23, 21, generator=generator, dtype=torch.float64)
+    if not finite:
+        input[0, 0, 5, 7] = float("inf")
+    weight = torch.randn(5, 1, 5, 3, generator=generator, dtype=torch.float64)
+    bias = torch.randn(5, generator=generator, dtype=torch.float64)
+    pool = dict(pool_size=pool_size, max_pool=max_pool)
+    results = []
+    for function in (lambda w, b: LF.conv2d_relu_pool2d(input, w, b, padding=(2, 1), **pool),
+                     lambda w, b: torch_reference(input, w, b, padding=(2, 1), **pool)):
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = function(w, b)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        results.append((out, *torch.autograd.grad(out, (w, b), upstream)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
 def test_grad_weight_and_bias_equal_the_unfused_operators_bit_for_bit(generator):
     # The fused backward adds the same per-chunk and per-image partial sums in the same order.
     input = torch.randn(21, 1, 32, 32, generator=generator)
