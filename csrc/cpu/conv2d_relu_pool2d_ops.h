@@ -419,7 +419,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, c
     const PoolingKernels<scalar_t> kernels = pooling_kernels<scalar_t>(s, max_pool);
     // Over padded rows, each band of rows is pooled from the tiles' buffer, bias and all, while
     // it is in L1: through a chunk's convolution output (150 KB for LeNet-5's conv1), the copy
-    // and the pooling took as long as the products (benchmarks/NOTES.md, section 28).
+    // and the pooling took four fifths as long as the products (benchmarks/NOTES.md, section 28).
     const bool pooled_bands = forward_path<scalar_t>(w_data, c) == ForwardPath::padded_rows;
     for_each_chunk<scalar_t>(c.batch, pooled_bands ? 0 : c.out_channels * conv_plane, work_per_chunk,
                              [&](int64_t n0, int64_t images, scalar_t* conv) {
@@ -486,8 +486,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
     // Without grad_input, grad_weight along padded rows takes each image's convolution gradient
     // unpooled straight into its buffer of rows, and the bias's sums from there, while it is in
     // L1: through a chunk's convolution gradient (150 KB for LeNet-5's conv1), unpooling it,
-    // copying it into the rows and summing it took half as long as the dot products (NOTES,
-    // section 28).
+    // copying it into the rows and summing it took as long as the dot products (NOTES, section
+    // 28).
     const bool unpool_into_rows = !input_grad && grad_weight_path<scalar_t>(c) == GradWeightPath::by_rows;
     for_each_chunk<scalar_t>(c.batch, c.out_channels * conv_plane, work_per_chunk,
                              [&](int64_t n0, int64_t images, scalar_t* grad_conv) {
