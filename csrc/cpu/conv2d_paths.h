@@ -107,6 +107,20 @@ void plane_sums(const T* __restrict x, int64_t stride, int64_t rows, int64_t cou
              ((sums[p][4] + sums[p][5]) + (sums[p][6] + sums[p][7]));
 }
 
+// plane_sums of `planes` planes plane_step apart (each of `rows` rows of `count` values, row_step
+// apart), a few at a time, each plane's sum handed to take(plane, sum).
+template <typename T, typename Take>
+void sum_planes(const T* x, int64_t planes, int64_t plane_step, int64_t rows, int64_t count, int64_t row_step,
+                const Take& take) {
+  constexpr int kPlanes = 4;
+  for (int64_t p = 0; p < planes; p += kPlanes)
+    with_count<kPlanes>(std::min<int64_t>(kPlanes, planes - p), [&]<int P>() {
+      T sums[P];
+      plane_sums<T, P>(x + p * plane_step, plane_step, rows, count, row_step, sums);
+      for (int q = 0; q < P; ++q) take(p + q, sums[q]);
+    });
+}
+
 // grad_bias[c] for channels [first, last): each image's plane summed in T, the images' sums added
 // in acc_type, in order. The loop runs across channels, so that a small plane (LeNet-5's conv3
 // outputs 1x1) is not a vector loop of a few values per (image, channel).
@@ -122,13 +136,7 @@ void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t 
       for (int64_t c = 0; c < last - first; ++c) totals[c] += go[c];
       continue;
     }
-    constexpr int kPlanes = 4;
-    for (int64_t c = 0; c < last - first; c += kPlanes)
-      with_count<kPlanes>(std::min<int64_t>(kPlanes, last - first - c), [&]<int P>() {
-        T sums[P];
-        plane_sums<T, P>(go + c * plane, plane, 1, plane, plane, sums);
-        for (int p = 0; p < P; ++p) totals[c + p] += sums[p];
-      });
+    sum_planes<T>(go, last - first, plane, 1, plane, plane, [&](int64_t c, T sum) { totals[c] += sum; });
   }
   for (int64_t c = first; c < last; ++c) grad_bias[c] = static_cast<T>(totals[c - first]);
 }

@@ -500,12 +500,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
         for (int64_t m = 0; m < channels; ++m)
           kernels.unpool(go_data + (plane0 + m) * pooled_plane, mask_data + (plane0 + m) * conv_plane,
                          rows + m * channel_step, row_step, s);
-        constexpr int kPlanes = 4;
-        for (int64_t m = 0; m < channels; m += kPlanes)
-          with_count<kPlanes>(std::min<int64_t>(kPlanes, channels - m), [&]<int P>() {
-            plane_sums<scalar_t, P>(rows + m * channel_step, channel_step, c.out_h, c.out_w, row_step,
-                                    image_bias_sums.data() + plane0 + m);
-          });
+        sum_planes<scalar_t>(rows, channels, channel_step, c.out_h, c.out_w, row_step,
+                             [&](int64_t m, scalar_t sum) { image_bias_sums[plane0 + m] = sum; });
       };
       if (unpool_into_rows &&
           grad_weight_by_rows<scalar_t>(unpool_rows, in_data + n0 * in_image, chunk_weight_partials, chunk))
