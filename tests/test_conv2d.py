@@ -327,6 +327,48 @@ def test_winograd_shape_with_non_finite_value_matches_torch(value, where, genera
     torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
 
 
+# 5x5 kernels over rows that fit one AVX-512 vector with fewer than 8 input channels: Winograd
+# along the rows (conv2d_winograd_rows.h) where the kernels are built for AVX-512, the direct
+# paths elsewhere; both must match torch.
+ROW_TRANSFORM_SHAPES = [
+    dict(input=(9, 6, 14, 14), weight=(16, 6, 5, 5), padding=0),  # LeNet-5's conv2, odd batch
+    dict(input=(1, 1, 12, 16), weight=(12, 1, 5, 5), padding=0),  # a row of 16, part of a vector
+    dict(input=(3, 7, 11, 10), weight=(20, 7, 5, 5), padding=1),  # padding, two output vectors
+    dict(input=(2, 3, 12, 12), weight=(16, 3, 5, 5), padding=2),  # rows padded to 16
+    dict(input=(4, 2, 30, 13), weight=(32, 2, 5, 5), padding=0),  # tall: a part-filled row block
+]
+
+
+@pytest.mark.parametrize("shape", ROW_TRANSFORM_SHAPES)
+def test_row_transform_shapes_match_torch(shape, generator):
+    input = torch.randn(shape["input"], generator=generator)
+    weight = torch.randn(shape["weight"], generator=generator)
+    bias = torch.randn(shape["weight"][0], generator=generator)
+    assert_matches_torch(lambda x, w, b: LF.conv2d(x, w, b, padding=shape["padding"]),
+                         lambda x, w, b: F.conv2d(x, w, b, padding=shape["padding"]),
+                         (input, weight, bias), torch.float32, generator)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("shape", ROW_TRANSFORM_SHAPES[:4])
+def test_row_transform_shapes_with_non_finite_input_match_torch(value, shape, generator):
+    """A row's transforms mix its values, so an image with a value that is not finite is computed
+    again by the direct paths: NaN or infinity only where torch has them, the other images as
+    before. The value sits in the last row of the batch, which a vector read straight from the
+    input would pass."""
+    input = torch.randn(shape["input"], generator=generator)
+    weight = torch.randn(shape["weight"], generator=generator)
+    input[-1, -1, -1, -1] = value
+    expected = F.conv2d(input, weight, padding=shape["padding"])
+    ours = LF.conv2d(input, weight, padding=shape["padding"])
+    assert not expected.isfinite().all()
+    torch.testing.assert_close(ours, expected, equal_nan=True, **tolerances(torch.float32, expected))
+    if len(input) > 1:
+        finite = F.conv2d(input[:-1], weight, padding=shape["padding"])
+        assert torch.equal(ours[:-1], LF.conv2d(input[:-1], weight, padding=shape["padding"]))
+        torch.testing.assert_close(ours[:-1], finite, **tolerances(torch.float32, finite))
+
+
 @pytest.mark.parametrize("shape", [
     dict(input=(20, 6, 14, 14), weight=(16, 6, 5, 5)),  # stride-1 convolution
     dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5)),  # few output channels

@@ -54,6 +54,18 @@ __attribute__((always_inline)) inline void map_row(const T* __restrict src, int6
                                                    const F& f) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
+  if (count < L && 2 * count >= L) {
+    // Half vectors: a row of 14 under AVX-512 took GCC's call to memmove for its element loop,
+    // 4 % of LeNet-5's conv2 forward by row transforms (benchmarks/NOTES.md, section 29).
+    typedef T Half __attribute__((vector_size(sizeof(V) / 2)));
+    for_each_block(count, L / 2, [&](int64_t start) __attribute__((always_inline)) {
+      Half v;
+      load_vec(v, src + start);
+      f(v);
+      store_vec(dst + start, v);
+    });
+    return;
+  }
   if (count < L) {
     for (int64_t i = 0; i < count; ++i) {
       T x = src[i];
@@ -258,6 +270,33 @@ void transpose_planes(const T* __restrict src, int64_t plane, int64_t channels, 
   }
   for (int64_t p = squares_end; p < plane; ++p)
     for (int64_t m = 0; m < width; ++m) dst[p * width + m] = m < channels ? src[m * plane + p] : T(0);
+}
+
+// out[j * out_plane + q] = gathered[q * L + j] + bias[j] (bias null: no shift) for q < count and
+// j < channels: a run of pixels of a vector of output channels, channels-last, written onto the
+// output's planes in squares of a vector of pixels by a vector of channels transposed in
+// registers. Copied out one value at a time, the row tiles' outputs took a fifth of LeNet-5's
+// conv2 forward (benchmarks/NOTES.md, section 15). The last square ends at the run's last pixel
+// and may copy pixels of the one before again.
+template <typename T>
+void store_channels_last_pixels(const T* __restrict gathered, int64_t count, int64_t channels,
+                                const T* __restrict bias, T* __restrict out, int64_t out_plane) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes;
+  T shifts[L];
+  for (int64_t j = 0; j < channels; ++j) shifts[j] = bias ? bias[j] : T(0);
+  if (count < L) {
+    for (int64_t j = 0; j < channels; ++j)
+      for (int64_t q = 0; q < count; ++q) out[j * out_plane + q] = gathered[q * L + j] + shifts[j];
+    return;
+  }
+  for_each_block(count, L, [&](int64_t p) __attribute__((always_inline)) {
+    V square[L];
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < L; ++i) load_vec(square[i], gathered + (p + i) * L);
+    transpose_square<T>(square);
+    for (int64_t j = 0; j < channels; ++j) store_vec(out + j * out_plane + p, square[j] + shifts[j]);
+  });
 }
 
 // A buffer for the partial results of grad_weight's chunks, left unset: each path writes every

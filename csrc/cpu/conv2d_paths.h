@@ -5,6 +5,9 @@
 //   or more (the improved LeNet's conv2, VGG's 32x32 to 8x8 layers), by Winograd's F(4x4, 3x3)
 //   on 6x6 tiles and F(4x4, 5x5) on 8x8, and their grad_weight by F(3x3, 4x4) and F(5x5, 4x4)
 //   on the same tiles, unless a value they read is not finite.
+// - conv2d_winograd_rows.h: 5x5 stride-1 forward correlations with fewer input channels
+//   (LeNet-5's conv2) by F(4, 5) along the rows and directly down the columns, unless a value
+//   they read is not finite.
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
@@ -47,6 +50,7 @@
 #include "conv2d_transposed.h"
 #include "conv2d_unfolded.h"
 #include "conv2d_winograd.h"
+#include "conv2d_winograd_rows.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -160,10 +164,13 @@ void conv2d_channel_vector(const T* input, const T* weight, const T* bias, T* ou
 // Whether conv2d_forward takes one of its tiled paths rather than the channel-vector kernel.
 template <typename T>
 bool forward_is_tiled(const Conv2dShape& s) {
-  return worth_winograd<T>(s) || forward_as_product(s) || worth_pixel_tiles<T>(s) || worth_row_tiles<T>(s) || worth_padded_rows(s);
+  return worth_winograd<T>(s) || worth_winograd_rows<T>(s) || forward_as_product(s) || worth_pixel_tiles<T>(s) ||
+         worth_row_tiles<T>(s) || worth_padded_rows(s);
 }
 
-enum class ForwardPath { fully_connected, channel_vector, winograd, unfolded, padded_rows, row_tiles, pixel_tiles };
+enum class ForwardPath {
+  fully_connected, channel_vector, winograd, unfolded, winograd_rows, padded_rows, row_tiles, pixel_tiles
+};
 
 // The path conv2d_forward takes for a shape and weight; without Winograd, the one it takes where
 // Winograd turns the input down (a value that is not finite).
@@ -175,25 +182,37 @@ ForwardPath forward_path(const T* weight, const Conv2dShape& s, bool with_winogr
   // finite value (the channel-vector kernel skips it too), and Winograd's transforms would spread
   // it over a whole tile. Checked once, where either applies.
   const bool padded = s.pad_h > 0 || s.pad_w > 0, winograd = with_winograd && worth_winograd<T>(s);
-  const bool weight_finite =
-      !(padded || winograd) || all_finite(weight, s.out_channels * s.in_channels_per_group() * s.kernel_h * s.kernel_w);
+  const bool winograd_rows = with_winograd && worth_winograd_rows<T>(s);
+  const bool weight_finite = !(padded || winograd || winograd_rows) ||
+                             all_finite(weight, s.out_channels * s.in_channels_per_group() * s.kernel_h * s.kernel_w);
   if (is_fully_connected(s)) return ForwardPath::fully_connected;
   if (padded && !weight_finite) return ForwardPath::channel_vector;
   if (winograd && weight_finite) return ForwardPath::winograd;
   if (forward_as_product(s)) return ForwardPath::unfolded;
+  if (winograd_rows && weight_finite) return ForwardPath::winograd_rows;
   if (worth_padded_rows(s) && (padded_rows_dense(s) || !channel_tiles)) return ForwardPath::padded_rows;
   if (worth_row_tiles<T>(s)) return ForwardPath::row_tiles;
   if (worth_pixel_tiles<T>(s)) return ForwardPath::pixel_tiles;
   return ForwardPath::channel_vector;
 }
 
-// The forward paths by shape; also the grad_input of a stride-1 layer, a correlation.
+// The forward paths by shape; also the grad_input of a stride-1 layer, a correlation. Without
+// Winograd, the path its images take where Winograd's outputs are not finite.
 template <typename T>
-void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  ForwardPath path = forward_path<T>(weight, s);
+void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s,
+                    bool with_winograd = true) {
+  ForwardPath path = forward_path<T>(weight, s, with_winograd);
   if (path == ForwardPath::winograd) {
     if (conv2d_winograd<T>(input, weight, bias, output, s)) return;
     path = forward_path<T>(weight, s, false);
+  }
+  if (path == ForwardPath::winograd_rows) {
+    Conv2dShape image = s;
+    image.batch = 1;
+    const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_image = s.out_channels * s.out_h * s.out_w;
+    for (const int64_t n : conv2d_winograd_rows<T>(input, weight, bias, output, s))
+      conv2d_forward<T>(input + n * in_image, weight, bias, output + n * out_image, image, false);
+    return;
   }
   switch (path) {
     case ForwardPath::fully_connected: conv2d_fully_connected<T>(input, weight, bias, output, s); break;

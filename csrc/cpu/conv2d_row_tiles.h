@@ -136,7 +136,6 @@ bool worth_row_tiles(const Conv2dShape& s) {
 
 template <typename T, int MB, int KW, int RB>
 void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
-  using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes;
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, out_plane = s.out_h * s.out_w, vectors = blocks_of(ocg, L);
@@ -159,9 +158,7 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   // Work items are RowBands of the (image, group, vector of output channels) planes: an image's
   // bands for one vector of output channels, then the next vector's, so that its weights stay in
   // cache over a whole plane, the padded input over all the vectors. A band's tiles are gathered
-  // channels-last, then transposed onto the output's planes in squares of a vector of pixels by a
-  // vector of channels: copied out of each tile one value at a time, they took a fifth of
-  // LeNet-5's conv2 forward (benchmarks/NOTES.md, section 15).
+  // channels-last, then written onto the output's planes by store_channels_last_pixels.
   const RowBands bands(s.batch * s.groups * vectors, s.out_h, RB);
   const bool padded_input = s.pad_h > 0 || s.pad_w > 0;
   const int64_t input_size = s.batch * s.in_channels * s.in_h * s.in_w;
@@ -201,24 +198,10 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
                                   packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, rows, pixels,
                                   gathered.get() + ((oh0 - first_row) * s.out_w + ow0) * L, s.out_w * L);
         }
-      const int64_t channels = std::min<int64_t>(L, ocg - v * L), oc0 = g * ocg + v * L;
-      const int64_t count = (end_row - first_row) * s.out_w;
-      T* out = output + (n * s.out_channels + oc0) * out_plane + first_row * s.out_w;
-      T shifts[L];
-      for (int64_t j = 0; j < channels; ++j) shifts[j] = bias ? bias[oc0 + j] : T(0);
-      if (count < L) {
-        for (int64_t j = 0; j < channels; ++j)
-          for (int64_t q = 0; q < count; ++q) out[j * out_plane + q] = gathered[q * L + j] + shifts[j];
-        continue;
-      }
-      // The last square ends at the band's last pixel and may copy pixels of the one before again.
-      for_each_block(count, L, [&](int64_t p) __attribute__((always_inline)) {
-        V square[L];
-#pragma GCC unroll 16
-        for (int64_t i = 0; i < L; ++i) load_vec(square[i], gathered.get() + (p + i) * L);
-        transpose_square<T>(square);
-        for (int64_t j = 0; j < channels; ++j) store_vec(out + j * out_plane + p, square[j] + shifts[j]);
-      });
+      const int64_t oc0 = g * ocg + v * L;
+      store_channels_last_pixels(gathered.get(), (end_row - first_row) * s.out_w, std::min<int64_t>(L, ocg - v * L),
+                                 bias ? bias + oc0 : nullptr,
+                                 output + (n * s.out_channels + oc0) * out_plane + first_row * s.out_w, out_plane);
     }
   });
 }
