@@ -8,10 +8,10 @@
 // 2.5x fewer multiply-adds, on the 8x8 tiles' interpolation points (conv2d_winograd.h). Down the
 // columns it stays a direct correlation: for each of the 8 transformed taps, a 5-tall kernel slid
 // down a column of transformed segments, each broadcast value feeding 5 output rows, as the row
-// tiles feed 5 columns (conv2d_row_tiles.h). The direct path already ran LeNet-5's conv2 forward
-// at the cores' multiply-add peak, slower than the target over oneDNN (benchmarks/NOTES.md,
-// section 29). A row's transforms mix its values, so an input or weight that is not finite takes
-// the direct paths.
+// tiles feed 5 columns (conv2d_row_tiles.h). The direct path ran LeNet-5's conv2 forward at about
+// 80 % of the cores' multiply-add peak, short of the target over oneDNN (benchmarks/NOTES.md,
+// section 29). A row's transforms mix its values, so a weight that is not finite takes the
+// direct paths, and an image whose output comes out not finite is computed again by them.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -57,7 +57,8 @@ static_assert(winograd_output_rows_are_the_matrix());
 
 // Where the row transforms pay (benchmarks/NOTES.md, section 29): 5x5 stride-1 kernels with fewer
 // input channels than conv2d_winograd.h takes, output channels that fill their vectors more than
-// half (they run along the lanes), and rows of two segments or more.
+// half (they run along the lanes), outputs of two segments or more per row, and padded rows that
+// fit one vector (winograd_rows_input): float rows of up to 16 under AVX-512, never under AVX2.
 template <typename T>
 bool worth_winograd_rows(const Conv2dShape& s) {
   const int64_t vectors = blocks_of(s.out_channels, Vec<T>::kLanes);
@@ -66,12 +67,11 @@ bool worth_winograd_rows(const Conv2dShape& s) {
          2 * s.out_channels > vectors * Vec<T>::kLanes && s.out_w >= 8 && s.in_w + 2 * s.pad_w <= Vec<T>::kLanes;
 }
 
-// The register tile: RB output rows by SB segments of one vector of output channels, with a
-// kernel column's 5 transformed weights and SB broadcast values beside them (AVX-512: 15 + 5 + 3
-// registers of 32; AVX2: 6 + 5 + 2 of 16). A segment's accumulator takes a multiply-add every SB
-// x 5, which covers the multiply-adds' latency.
-constexpr int kWinogradRowsTileRows = kVectorRegisters == 32 ? 5 : 3;
-constexpr int kWinogradRowsTileSegments = kVectorRegisters == 32 ? 3 : 2;
+// The register tile: 5 output rows by 3 segments (LeNet-5's 10 outputs per row) of one vector of
+// output channels, with a kernel column's 5 transformed weights and 3 broadcast values beside
+// them: 23 of AVX-512's 32 registers, the only ISA that takes this path. A segment's accumulator
+// takes a multiply-add every 15, which covers the multiply-adds' latency.
+constexpr int kWinogradRowsTileRows = 5, kWinogradRowsTileSegments = 3;
 
 // products[(y * segments + sb) * 8 * L + tap * L] = sum over ic and kh of
 // u[(ic * 5 + kh) * L] * v[sb * segment_stride + ic * channel_stride + y + kh] for y < rows of
