@@ -15,7 +15,6 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "../shape_checks.h"
@@ -209,12 +208,12 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
 
   // u[vector][tap][ic][kh][L] = (G g)[tap] for g the kernel row weight[oc][ic][kh], zero past
-  // oc_n; the output channels innermost, so that the sums run in vectors across them.
+  // oc_n: the kernel row gathered with the output channels innermost, so that the sums run in
+  // vectors across them.
   constexpr const auto& g = kWinogradFilter<Tile, R>;
-  std::vector<T> u(vectors * Tile * ic_n * R * L, T(0));
+  std::vector<T> u(vectors * Tile * ic_n * R * L), kernel_rows(R * vectors * L, T(0));  // [k][oc]
   for (int64_t ic = 0; ic < ic_n; ++ic)
     for (int64_t kh = 0; kh < R; ++kh) {
-      std::vector<T> kernel_rows(R * vectors * L, T(0));  // [k][oc]
       for (int64_t oc = 0; oc < oc_n; ++oc)
         for (int64_t k = 0; k < R; ++k) kernel_rows[k * vectors * L + oc] = weight[((oc * ic_n + ic) * R + kh) * R + k];
       for (int64_t oc0 = 0; oc0 < oc_n; oc0 += L)
