@@ -369,6 +369,33 @@ def test_row_transform_shapes_with_non_finite_input_match_torch(value, shape, ge
         torch.testing.assert_close(ours[:-1], finite, **tolerances(torch.float32, finite))
 
 
+# Stride-1 rows of one or two vectors where the kernels are built for AVX-512 (float rows of 16 to
+# 32, double rows of 8 to 16) go through conv2d_padded_rows.h's row vectors: the last vector of a
+# row overlaps the one before where the row is not a multiple of the vector, and so does the
+# plane's last block of rows; a tile taller than the output takes the padded rows instead.
+ROW_VECTOR_SHAPES = [
+    dict(input=(5, 1, 28, 28), weight=(16, 1, 3, 3), padding=1),  # the improved LeNet's conv1
+    dict(input=(3, 1, 32, 32), weight=(6, 1, 5, 5), padding=0),  # LeNet-5's conv1
+    dict(input=(2, 3, 32, 32), weight=(10, 3, 3, 3), padding=1),  # rows of two vectors, a part-filled block
+    dict(input=(2, 2, 18, 20), weight=(7, 2, 3, 3), padding=0),  # 18 wide: vectors overlapping by 14
+    dict(input=(3, 1, 16, 16), weight=(5, 1, 3, 3), padding=1),  # float rows of one vector, double of two
+    dict(input=(1, 2, 19, 21), weight=(9, 2, 3, 3), padding=2, dilation=2),
+    dict(input=(2, 1, 4, 30), weight=(4, 1, 3, 3), padding=0),  # 2 rows, fewer than the tile's 3
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", ROW_VECTOR_SHAPES)
+def test_row_vector_shapes_match_torch(shape, dtype, generator):
+    input = torch.randn(shape["input"], generator=generator, dtype=dtype)
+    weight = torch.randn(shape["weight"], generator=generator, dtype=dtype)
+    bias = torch.randn(shape["weight"][0], generator=generator, dtype=dtype)
+    options = dict(padding=shape["padding"], dilation=shape.get("dilation", 1))
+    assert_matches_torch(lambda x, w, b: LF.conv2d(x, w, b, **options),
+                         lambda x, w, b: F.conv2d(x, w, b, **options),
+                         (input, weight, bias), dtype, generator)
+
+
 @pytest.mark.parametrize("shape", [
     dict(input=(20, 6, 14, 14), weight=(16, 6, 5, 5)),  # stride-1 convolution
     dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5)),  # few output channels

@@ -96,8 +96,132 @@ void conv2d_padded_row_bands(const T* input, const T* weight, int64_t band_unit,
   });
 }
 
+// A register tile of conv2d_row_vectors: MB output channels by R output rows by V vectors along
+// each row, the last vector at column last_col, so that it overlaps the one before where out_w is
+// not a multiple of the vector. Stored in place with the channels' shifts added (past `channels`,
+// nothing). Sums over k in order, starting from the first products, as gemm_tile's: the same bits
+// as the tiles along the padded rows.
+template <typename T, int MB, int R, int V>
+void row_vectors_tile(const T* __restrict a, const T* __restrict in, const int64_t* __restrict taps_at, int64_t depth,
+                      int64_t in_row, int64_t last_col, const T* shift, int64_t channels, T* __restrict out,
+                      int64_t out_plane, int64_t out_w) {
+  using Vt = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  const auto column = [last_col](int v) __attribute__((always_inline)) {
+    return v + 1 == V ? last_col : int64_t{v} * L;
+  };
+  Vt acc[MB][R][V];
+  const auto step = [&](int64_t k, auto accumulate) __attribute__((always_inline)) {
+    const T* at = in + taps_at[k];
+    Vt x[R][V];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) load_vec(x[r][v], at + r * in_row + column(v));
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m) {
+      const T scale = a[k * MB + m];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) accumulate(acc[m][r][v], scale * x[r][v]);
+    }
+  };
+  step(0, [](Vt& sum, const Vt& product) __attribute__((always_inline)) { sum = product; });
+  for (int64_t k = 1; k < depth; ++k)
+    step(k, [](Vt& sum, const Vt& product) __attribute__((always_inline)) { sum += product; });
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m) {
+    if (m == channels) break;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) store_vec(out + m * out_plane + r * out_w + column(v), acc[m][r][v] + shift[m]);
+  }
+}
+
+// Stride-1 convolution whose output rows are one or two vectors long, or a little less: each row
+// as whole vectors loaded from a padded plane at each tap's offset and stored in place, the last
+// one overlapping the one before (the columns between computed twice, to the same bits), and the
+// plane's last block of rows overlapping the block before the same way. Along the padded rows,
+// the tiles' positions straddle rows and go through a buffer and a copy onto the planes: the
+// improved LeNet's conv1 took 1.4-1.6x as long that way (benchmarks/NOTES.md, section 30).
+template <typename T, int MB, int R, int V>
+void conv2d_row_vectors(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const int64_t depth = s.in_channels * s.kernel_h * s.kernel_w;
+  const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
+  const int64_t blocks = blocks_of(s.out_channels, MB), row_blocks = blocks_of(s.out_h, R);
+  // Weights as [block][ic, kh, kw][MB output channels] and the bias as [block][MB], zero past
+  // out_channels.
+  std::vector<T> packed(blocks * depth * MB, T(0)), shifts(blocks * MB, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    for (int64_t k = 0; k < depth; ++k) packed[((oc / MB) * depth + k) * MB + oc % MB] = weight[oc * depth + k];
+    if (bias) shifts[oc] = bias[oc];
+  }
+  const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, s.in_channels, s);
+  const int64_t out_plane = s.out_h * s.out_w, last_col = s.out_w - Vec<T>::kLanes;
+  // Work items are the (image, block of output channels, block of rows) tiles, in that order.
+  parallel_for_ranges(s.batch * blocks * row_blocks, MB * R * V * Vec<T>::kLanes * depth,
+                      [&](int64_t first, int64_t last) {
+    const std::unique_ptr<T[]> x(new T[s.in_channels * plane]);
+    int64_t row_block = first % row_blocks, b = first / row_blocks % blocks, n = first / (row_blocks * blocks);
+    int64_t padded = -1;
+    for (int64_t item = first; item < last; ++item) {
+      if (n != padded) {
+        for (int64_t ic = 0; ic < s.in_channels; ++ic)
+          pad_plane(input + (n * s.in_channels + ic) * s.in_h * s.in_w, s.in_h, s.in_w, s.pad_h, s.pad_w,
+                    x.get() + ic * plane);
+        padded = n;
+      }
+      const int64_t row0 = std::min(row_block * R, s.out_h - R);
+      row_vectors_tile<T, MB, R, V>(packed.data() + b * depth * MB, x.get() + row0 * padded_w, taps_at.data(), depth,
+                                    padded_w, last_col, shifts.data() + b * MB,
+                                    std::min<int64_t>(MB, s.out_channels - b * MB),
+                                    output + (n * s.out_channels + b * MB) * out_plane + row0 * s.out_w, out_plane,
+                                    s.out_w);
+      // The next item without a division per item: three of them took about a third of a tile's
+      // time on the improved LeNet's conv1.
+      if (++row_block == row_blocks) {
+        row_block = 0;
+        if (++b == blocks) b = 0, ++n;
+      }
+    }
+  });
+}
+
+// conv2d_row_vectors' tile for a shape, as fn.template operator()<MB, R, V>(): rows of one or two
+// vectors on AVX-512, whose 32 registers hold 24 accumulators beside the loaded vectors. Of two
+// shapes, the one that computes fewer padding channels (LeNet-5's conv1, 6 channels: 156 us
+// against 201-212 for 4 x 3 x 2 and 8 x 1 x 2 at batch 64). Returns false, having called
+// nothing, for other shapes, and where the tile has more rows than the output.
+template <typename T, typename Fn>
+bool with_row_vectors_tile(const Conv2dShape& s, const Fn& fn) {
+  if constexpr (kVectorRegisters == 32) {
+    constexpr int64_t L = Vec<T>::kLanes;
+    if (s.groups != 1 || s.out_w < L || s.out_w > 2 * L) return false;
+    const auto channel_waste = [&](int64_t mb) { return blocks_of(s.out_channels, mb) * mb - s.out_channels; };
+    const auto pick = [&]<int V, int M1, int R1, int M2, int R2>() {
+      if (channel_waste(M2) < channel_waste(M1)) {
+        if (s.out_h < R2) return false;
+        fn.template operator()<M2, R2, V>();
+      } else {
+        if (s.out_h < R1) return false;
+        fn.template operator()<M1, R1, V>();
+      }
+      return true;
+    };
+    return s.out_w > L ? pick.template operator()<2, 4, 3, 6, 2>() : pick.template operator()<1, 8, 3, 6, 4>();
+  } else {
+    return false;
+  }
+}
+
 template <typename T>
 void conv2d_padded_rows(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
+  const auto row_vectors = [&]<int MB, int R, int V>() {
+    conv2d_row_vectors<T, MB, R, V>(input, weight, bias, output, s);
+  };
+  if (with_row_vectors_tile<T>(s, row_vectors)) return;
   const int64_t out_plane = s.out_h * s.out_w;
   conv2d_padded_row_bands<T>(input, weight, 1, s, [&](const PaddedRowsBand<T>& band) {
     for (int64_t m = 0; m < band.channels; ++m) {
