@@ -145,7 +145,7 @@ void row_vectors_tile(const T* __restrict a, const T* __restrict in, const int64
 // one overlapping the one before (the columns between computed twice, to the same bits), and the
 // plane's last block of rows overlapping the block before the same way. Along the padded rows,
 // the tiles' positions straddle rows and go through a buffer and a copy onto the planes: the
-// improved LeNet's conv1 took 1.4-1.6x as long that way (benchmarks/NOTES.md, section 30).
+// improved LeNet's conv1 took 1.3-1.6x as long that way (benchmarks/NOTES.md, section 30).
 template <typename T, int MB, int R, int V>
 void conv2d_row_vectors(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   const int64_t depth = s.in_channels * s.kernel_h * s.kernel_w;
@@ -179,8 +179,8 @@ void conv2d_row_vectors(const T* input, const T* weight, const T* bias, T* outpu
                                     std::min<int64_t>(MB, s.out_channels - b * MB),
                                     output + (n * s.out_channels + b * MB) * out_plane + row0 * s.out_w, out_plane,
                                     s.out_w);
-      // The next item without a division per item: three of them took about a third of a tile's
-      // time on the improved LeNet's conv1.
+      // The next item by counting rather than by dividing its index: three 64-bit divisions an
+      // item against a tile of 144 to 216 multiply-adds on the LeNets' conv1s.
       if (++row_block == row_blocks) {
         row_block = 0;
         if (++b == blocks) b = 0, ++n;

@@ -21,7 +21,8 @@
 //   outputs (padded_rows_dense). Positions are numbered along the rows of a zero-padded copy
 //   of the input, so each kernel tap reads one contiguous run and micro_gemm.h's register tile
 //   multiplies a block of output channels by a run of positions; grad_weight with few output
-//   channels is dot products along the same rows.
+//   channels is dot products along the same rows. On AVX-512 a plain forward whose output rows
+//   are one or two vectors long computes each row as whole vectors, stored in place.
 // - conv2d_transposed.h: grad_input of a stride-1 layer whose input has at least 1.5 times its
 //   output's pixels (LeNet-5's conv2), as a transposed convolution: a product per image of the
 //   weight's rows by grad_output's planes, folded back onto the input.
