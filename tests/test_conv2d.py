@@ -396,6 +396,27 @@ def test_row_vector_shapes_match_torch(shape, dtype, generator):
                          (input, weight, bias), dtype, generator)
 
 
+@pytest.mark.parametrize("size,kernel,padding,stride", [
+    (28, 3, 1, 1),  # rows of two vectors under AVX-512 (conv2d_padded_rows.h's row vectors)
+    (16, 3, 1, 1),  # rows of one vector
+    (14, 5, 0, 1),  # LeNet-5's conv2 shape
+    (9, 3, 1, 2),  # strided
+])
+def test_no_input_channels_give_the_bias_on_every_path(size, kernel, padding, stride):
+    """An empty sum over input channels: the output is the bias, as lenetx's fake kernel says,
+    on every path, with gradients. (torch returns no output channels there instead; lenetx keeps
+    the formula.)"""
+    input = torch.randn(2, 0, size, size, requires_grad=True)
+    weight = torch.randn(16, 0, kernel, kernel, requires_grad=True)
+    bias = torch.randn(16, requires_grad=True)
+    output = LF.conv2d(input, weight, bias, stride=stride, padding=padding)
+    meta = LF.conv2d(input.to("meta"), weight.to("meta"), bias.to("meta"), stride=stride, padding=padding)
+    assert output.shape == meta.shape
+    assert torch.equal(output, bias.detach().view(1, -1, 1, 1).expand_as(output))
+    output.sum().backward()
+    assert torch.equal(bias.grad, torch.full_like(bias, output[0, 0].numel() * 2))
+
+
 @pytest.mark.parametrize("shape", [
     dict(input=(20, 6, 14, 14), weight=(16, 6, 5, 5)),  # stride-1 convolution
     dict(input=(20, 1, 32, 32), weight=(6, 1, 5, 5)),  # few output channels

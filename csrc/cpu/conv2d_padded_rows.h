@@ -193,12 +193,13 @@ void conv2d_row_vectors(const T* input, const T* weight, const T* bias, T* outpu
 // vectors on AVX-512, whose 32 registers hold 24 accumulators beside the loaded vectors. Of two
 // shapes, the one that computes fewer padding channels (LeNet-5's conv1, 6 channels: 156 us
 // against 201-212 for 4 x 3 x 2 and 8 x 1 x 2 at batch 64). Returns false, having called
-// nothing, for other shapes, and where the tile has more rows than the output.
+// nothing, for other shapes, where the tile has more rows than the output, and without input
+// channels (the tile starts its sums from the first products).
 template <typename T, typename Fn>
 bool with_row_vectors_tile(const Conv2dShape& s, const Fn& fn) {
   if constexpr (kVectorRegisters == 32) {
     constexpr int64_t L = Vec<T>::kLanes;
-    if (s.groups != 1 || s.out_w < L || s.out_w > 2 * L) return false;
+    if (s.groups != 1 || s.in_channels == 0 || s.out_w < L || s.out_w > 2 * L) return false;
     const auto channel_waste = [&](int64_t mb) { return blocks_of(s.out_channels, mb) * mb - s.out_channels; };
     const auto pick = [&]<int V, int M1, int R1, int M2, int R2>() {
       if (channel_waste(M2) < channel_waste(M1)) {
