@@ -33,6 +33,21 @@ struct PaddedRowsBand {
 // the same offset for every position, so a run of positions is a contiguous load. Columns
 // ow >= out_w of that numbering are computed and dropped. Each band, of a multiple of band_unit
 // rows but the plane's last, goes to store_band(const PaddedRowsBand<T>&) while it is in cache.
+// The weight as [group][block of MB output channels][ic, kh, kw][MB], zero past each group's
+// output channels: a block's MB weights of one tap side by side, as the register tiles read them.
+template <typename T, int MB>
+std::vector<T> pack_output_channel_blocks(const T* weight, const Conv2dShape& s) {
+  const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
+  const int64_t blocks = blocks_of(ocg, MB);
+  std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+    const int64_t g = oc / ocg, o = oc % ocg;
+    for (int64_t k = 0; k < depth; ++k)
+      packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
+  }
+  return packed;
+}
+
 template <typename T, int MB, int NV, typename StoreBand>
 void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, const Conv2dShape& s,
                            const StoreBand& store_band) {
@@ -41,13 +56,7 @@ void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, c
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
   const int64_t blocks = blocks_of(ocg, MB);
-  // Weights as [group][block][ic, kh, kw][MB output channels], zero past ocg.
-  std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
-  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
-    const int64_t g = oc / ocg, o = oc % ocg;
-    for (int64_t k = 0; k < depth; ++k)
-      packed[((g * blocks + o / MB) * depth + k) * MB + o % MB] = weight[oc * depth + k];
-  }
+  const std::vector<T> packed = pack_output_channel_blocks<T, MB>(weight, s);
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, icg, s);
   // Work items are RowBands of the (image, group, block of output channels) planes. A band's
   // tiles run along its padded rows into a buffer laid out as those rows, stored from there:
@@ -151,13 +160,10 @@ void conv2d_row_vectors(const T* input, const T* weight, const T* bias, T* outpu
   const int64_t depth = s.in_channels * s.kernel_h * s.kernel_w;
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
   const int64_t blocks = blocks_of(s.out_channels, MB), row_blocks = blocks_of(s.out_h, R);
-  // Weights as [block][ic, kh, kw][MB output channels] and the bias as [block][MB], zero past
-  // out_channels.
-  std::vector<T> packed(blocks * depth * MB, T(0)), shifts(blocks * MB, T(0));
-  for (int64_t oc = 0; oc < s.out_channels; ++oc) {
-    for (int64_t k = 0; k < depth; ++k) packed[((oc / MB) * depth + k) * MB + oc % MB] = weight[oc * depth + k];
-    if (bias) shifts[oc] = bias[oc];
-  }
+  const std::vector<T> packed = pack_output_channel_blocks<T, MB>(weight, s);
+  // The bias as [block][MB], zero past out_channels.
+  std::vector<T> shifts(blocks * MB, T(0));
+  if (bias) std::copy_n(bias, s.out_channels, shifts.begin());
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, s.in_channels, s);
   const int64_t out_plane = s.out_h * s.out_w, last_col = s.out_w - Vec<T>::kLanes;
   // Work items are the (image, block of output channels, block of rows) tiles, in that order.
