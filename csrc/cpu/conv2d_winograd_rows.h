@@ -19,6 +19,7 @@
 
 #include "../shape_checks.h"
 #include "conv2d_common.h"
+#include "conv2d_row_tiles.h"
 #include "conv2d_winograd.h"
 #include "micro_gemm.h"
 #include "parallel.h"
@@ -66,47 +67,13 @@ bool worth_winograd_rows(const Conv2dShape& s) {
          2 * s.out_channels > vectors * Vec<T>::kLanes && s.out_w >= 8 && s.in_w + 2 * s.pad_w <= Vec<T>::kLanes;
 }
 
-// The register tile: 5 output rows by 3 segments (LeNet-5's 10 outputs per row) of one vector of
-// output channels, with a kernel column's 5 transformed weights and 3 broadcast values beside
-// them: 23 of AVX-512's 32 registers, the only ISA that takes this path. A segment's accumulator
-// takes a multiply-add every 15, which covers the multiply-adds' latency.
+// The register tile, conv2d_row_tiles.h's row_tile turned down the columns: for one transformed
+// tap, 5 output rows (its pixels) by 3 segments (its rows; LeNet-5's 10 outputs per row) of one
+// vector of output channels, the input channels' columns of transformed segments slid past a
+// kernel column's 5 transformed weights. With 3 broadcast values beside them, 23 of AVX-512's 32
+// registers, the only ISA that takes this path. A segment's accumulator takes a multiply-add
+// every 15, which covers the multiply-adds' latency.
 constexpr int kWinogradRowsTileRows = 5, kWinogradRowsTileSegments = 3;
-
-// products[(y * segments + sb) * 8 * L + tap * L] = sum over ic and kh of
-// u[(ic * 5 + kh) * L] * v[sb * segment_stride + ic * channel_stride + y + kh] for y < rows of
-// RB output rows and the SB segments: one transformed tap of RB x SB segments, the input channels'
-// columns of transformed segments (v) slid past the kernel's column of transformed weights (u).
-template <typename T, int RB, int SB>
-void winograd_rows_tile(const T* __restrict v, int64_t segment_stride, int64_t channel_stride, int64_t channels,
-                        const T* __restrict u, int64_t rows, int64_t segments, T* __restrict products) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::kLanes, R = kWinogradRowsKernel, Tile = kWinogradRowsTile;
-  V acc[RB][SB];
-#pragma GCC unroll 8
-  for (int y = 0; y < RB; ++y)
-#pragma GCC unroll 4
-    for (int sb = 0; sb < SB; ++sb) acc[y][sb] = V{};
-  for (int64_t ic = 0; ic < channels; ++ic) {
-    const T* column = v + ic * channel_stride;
-    V weights[R];
-#pragma GCC unroll 8
-    for (int kh = 0; kh < R; ++kh) load_vec(weights[kh], u + (ic * R + kh) * L);
-#pragma GCC unroll 16
-    for (int r = 0; r < RB + R - 1; ++r)
-#pragma GCC unroll 4
-      for (int sb = 0; sb < SB; ++sb) {
-        const T value = column[sb * segment_stride + r];
-#pragma GCC unroll 8
-        for (int kh = 0; kh < R; ++kh)
-          if (r - kh >= 0 && r - kh < RB) acc[r - kh][sb] += value * weights[kh];
-      }
-  }
-#pragma GCC unroll 8
-  for (int y = 0; y < RB; ++y)
-#pragma GCC unroll 4
-    for (int sb = 0; sb < SB; ++sb)
-      if (y < rows) store_vec(products + (y * segments + sb) * Tile * L, acc[y][sb]);
-}
 
 // transformed[(segment * 8 + tap) * rows + q] = (B^T d)[tap] for the 8 values d from column
 // segment * 4 of padded row q, whose values lie in the image from row_offsets[q] (negative: a
@@ -158,7 +125,7 @@ void winograd_rows_input(const T* image, const T* end, const int64_t* row_offset
 }
 
 // gathered[(y * out_w + x) * L] = output pixel (y, x) of a vector of output channels, from its
-// segments' products[((y * segments + segment) * 8 + tap) * L] by A^T; false where one is not
+// segments' products[((tap * segments + segment) * out_h + y) * L] by A^T; false where one is not
 // finite. Every transformed value and product feeds some output with a coefficient that is not
 // zero, so an input that is not finite always makes one.
 template <typename T>
@@ -171,7 +138,7 @@ bool winograd_rows_outputs(const T* __restrict products, int64_t out_h, int64_t 
     for (int64_t segment = 0; segment < segments; ++segment) {
       V m[Tile], out[M];
 #pragma GCC unroll 8
-      for (int tap = 0; tap < Tile; ++tap) load_vec(m[tap], products + ((y * segments + segment) * Tile + tap) * L);
+      for (int tap = 0; tap < Tile; ++tap) load_vec(m[tap], products + ((tap * segments + segment) * out_h + y) * L);
       winograd_output_rows<V, T>(m, out);
       zero_if_finite += ((out[0] + out[1]) + (out[2] + out[3])) * T(0);
       T* pixels = gathered + (y * out_w + segment * M) * L;
@@ -231,7 +198,7 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
   std::vector<uint8_t> not_finite(s.batch, 0);
   parallel_for_ranges(s.batch, oc_n * out_plane * ic_n * R * R, [&](int64_t first, int64_t last) {
     // The transformed segments as [segment][tap][padded row]; one vector of output channels'
-    // products as [output row][segment][tap][L]; its outputs channels-last.
+    // products as [tap][segment][output row][L]; its outputs channels-last.
     std::vector<T> transformed(Tile * segments * rows), products(s.out_h * segments * Tile * L);
     std::vector<T> gathered(out_plane * L);
     for (int64_t n = first; n < last; ++n) {
@@ -244,10 +211,13 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
           for (int64_t block = 0; block < row_blocks; ++block)
             for (int64_t segment0 = 0; segment0 < segments; segment0 += SB)
               with_count<SB>(std::min<int64_t>(SB, segments - segment0), [&]<int Segments>() {
-                winograd_rows_tile<T, RB, Segments>(
-                    transformed.data() + (segment0 * Tile + tap) * rows + block * RB, Tile * rows, channel_rows, ic_n,
-                    u.data() + (vector * Tile + tap) * ic_n * R * L, std::min<int64_t>(RB, s.out_h - block * RB),
-                    segments, products.data() + ((block * RB * segments + segment0) * Tile + tap) * L);
+                // A row tile whose pixels are output rows, whose rows are segments and whose one
+                // kernel row is the kernel column of this tap's transformed weights, u's [ic][kh].
+                const T* column = transformed.data() + (segment0 * Tile + tap) * rows + block * RB;
+                const T* weights = u.data() + (vector * Tile + tap) * ic_n * R * L;
+                T* tap_products = products.data() + ((tap * segments + segment0) * s.out_h + block * RB) * L;
+                row_tile<T, RB, R, Segments>(column, channel_rows, 0, Tile * rows, weights, 1, ic_n, Segments,
+                                             std::min<int64_t>(RB, s.out_h - block * RB), tap_products, s.out_h * L);
               });
         if (!winograd_rows_outputs(products.data(), s.out_h, s.out_w, segments, gathered.data())) not_finite[n] = 1;
         const int64_t oc0 = vector * L;
