@@ -328,14 +328,16 @@ def test_winograd_shape_with_non_finite_value_matches_torch(value, where, genera
 
 
 # 5x5 kernels over rows that fit one AVX-512 vector with fewer than 8 input channels: Winograd
-# along the rows (conv2d_winograd_rows.h) where the kernels are built for AVX-512, the direct
-# paths elsewhere; both must match torch.
+# along the rows (conv2d_winograd_rows.h) where the kernels are built for AVX-512, in segments of
+# 5 outputs where a row has 9 or 10 and of 4 otherwise, the direct paths elsewhere; both must
+# match torch.
 ROW_TRANSFORM_SHAPES = [
     dict(input=(9, 6, 14, 14), weight=(16, 6, 5, 5), padding=0),  # LeNet-5's conv2, odd batch
     dict(input=(1, 1, 12, 16), weight=(12, 1, 5, 5), padding=0),  # a row of 16, part of a vector
     dict(input=(3, 7, 11, 10), weight=(20, 7, 5, 5), padding=1),  # padding, two output vectors
     dict(input=(2, 3, 12, 12), weight=(16, 3, 5, 5), padding=2),  # rows padded to 16
-    dict(input=(4, 2, 30, 13), weight=(32, 2, 5, 5), padding=0),  # tall: a part-filled row block
+    dict(input=(4, 2, 30, 13), weight=(32, 2, 5, 5), padding=0),  # tall rows of 9: part-filled blocks
+    dict(input=(2, 5, 8, 9), weight=(16, 5, 5, 5), padding=2),  # rows of 9, padded; 8 output rows
 ]
 
 

@@ -36,7 +36,7 @@ template <int Tile>
 constexpr int kWinogradTaps = Tile * Tile;
 
 // The finite interpolation points, the first Tile - 1 of them; the last point is infinity.
-constexpr double kWinogradPoints[] = {0, 1, -1, 0.5, -2, 2, -0.5};
+constexpr double kWinogradPoints[] = {0, 1, -1, 0.5, -2, 2, -0.5, -0.25};
 
 template <int Rows, int Columns>
 using ConstantMatrix = std::array<std::array<double, Columns>, Rows>;
@@ -156,6 +156,24 @@ __attribute__((always_inline)) constexpr void winograd_input_rows(const X (&x)[8
   y[7] = (x[7] - x[1]) + (x[3] - x[5]) * Scalar(5.25);
 }
 
+// The same for the 9 values of conv2d_winograd_rows.h's segments of 5 outputs, whose finite
+// points are the 8x8 tile's and -1/4: a finite point's row is its row of the 8x8 tile's B^T
+// times x + 1/4 (as polynomials), which is that row applied to x'_m = x_{m+1} + x_m / 4; -1/4's
+// row is the 8x8 tile's infinity row, and infinity's that row times x + 1/4. 37 additions and
+// multiply-adds where the matrix has 62 terms.
+template <typename X, typename Scalar>
+__attribute__((always_inline)) constexpr void winograd_input_rows(const X (&x)[9], X (&y)[9]) {
+  static_assert(kWinogradPoints[7] == -0.25);
+  X shifted[8], rows[8];
+#pragma GCC unroll 8
+  for (int m = 0; m < 8; ++m) shifted[m] = x[m + 1] + x[m] * Scalar(0.25);
+  winograd_input_rows<X, Scalar>(shifted, rows);
+#pragma GCC unroll 8
+  for (int j = 0; j < 7; ++j) y[j] = rows[j];
+  y[7] = (x[7] - x[1]) + (x[3] - x[5]) * Scalar(5.25);
+  y[8] = rows[7];
+}
+
 // winograd_input_rows is kWinogradInput: equal on each unit column, and linear.
 template <int Tile>
 constexpr bool winograd_input_rows_are_the_matrix() {
@@ -170,6 +188,7 @@ constexpr bool winograd_input_rows_are_the_matrix() {
 }
 static_assert(winograd_input_rows_are_the_matrix<6>());
 static_assert(winograd_input_rows_are_the_matrix<8>());
+static_assert(winograd_input_rows_are_the_matrix<9>());
 
 // The 3x3 and 5x5 stride-1 correlations that Winograd's algorithm computes faster than the
 // direct paths (benchmarks/NOTES.md, section 11): enough channels to fill the products, and

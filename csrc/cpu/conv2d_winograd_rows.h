@@ -1,17 +1,19 @@
 #pragma once
 // Stride-1 correlation with 5x5 kernels and few input channels (LeNet-5's conv2: 6 of them, too
-// few for conv2d_winograd.h's tiles) by Winograd's F(4, 5) along the rows only. Each output row
-// is cut into segments of 4 pixels; per input channel and kernel row, a segment's 4 x 5
-// multiply-adds become 8 products of the transformed input segment (B^T d, 8 values) by the
-// transformed kernel row (G g):
+// few for conv2d_winograd.h's tiles) by Winograd's F(M, 5) along the rows only. Each output row
+// is cut into segments of M pixels; per input channel and kernel row, a segment's M x 5
+// multiply-adds become M + 4 products of the transformed input segment (B^T d, M + 4 values) by
+// the transformed kernel row (G g):
 //   output segment = A^T [ sum over input channels and kernel rows of (G g) * (B^T d) ],
-// 2.5x fewer multiply-adds, on the 8x8 tiles' interpolation points (conv2d_winograd.h). Down the
-// columns it stays a direct correlation: for each of the 8 transformed taps, a 5-tall kernel slid
-// down a column of transformed segments, each broadcast value feeding 5 output rows, as the row
-// tiles feed 5 columns (conv2d_row_tiles.h). The direct path ran LeNet-5's conv2 forward at about
-// 80 % of the cores' multiply-add peak, short of the target over oneDNN (benchmarks/NOTES.md,
-// section 29). A row's transforms mix its values, so a weight that is not finite takes the
-// direct paths, and an image whose output comes out not finite is computed again by them.
+// on the 8x8 tiles' interpolation points (conv2d_winograd.h) for M = 4, 2.5x fewer multiply-adds,
+// and on those and -1/4 for M = 5, 2.8x fewer, whose rounding is about four times as large (3-5e-6
+// of LeNet-5's conv2's largest output against 0.7-1.3e-6; benchmarks/NOTES.md, section 31). Down
+// the columns it stays a direct correlation: for each transformed tap, a 5-tall kernel slid down
+// a column of transformed segments, each broadcast value feeding 5 output rows, as the row tiles
+// feed 5 columns (conv2d_row_tiles.h). The direct path ran LeNet-5's conv2 forward at about 80 %
+// of the cores' multiply-add peak, short of the target over oneDNN (section 29). A row's
+// transforms mix its values, so a weight that is not finite takes the direct paths, and an image
+// whose output comes out not finite is computed again by them.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -26,7 +28,7 @@
 
 namespace lenetx::cpu::LENETX_ISA {
 
-constexpr int kWinogradRowsKernel = 5, kWinogradRowsTile = kWinogradTile<kWinogradRowsKernel>;
+constexpr int kWinogradRowsKernel = 5;
 
 // y = A^T m for the 8 products m of a segment's 4 outputs, through the sums and differences of
 // the products at paired points (1 and -1, 1/2 and -1/2, 2 and -2): 16 additions and
@@ -42,18 +44,38 @@ __attribute__((always_inline)) constexpr void winograd_output_rows(const X (&m)[
   y[3] = ((difference1 + difference_half * Scalar(0.125)) + difference2 * Scalar(8)) + m[7];
 }
 
+// The same for the 9 products of a segment of 5 outputs (-1/4 the eighth finite point): 23
+// additions and multiply-adds where the matrix has 37 terms.
+template <typename X, typename Scalar>
+__attribute__((always_inline)) constexpr void winograd_output_rows(const X (&m)[9], X (&y)[5]) {
+  static_assert(kWinogradPoints[7] == -0.25);
+  const X sum1 = m[1] + m[2], difference1 = m[1] - m[2];
+  const X sum_half = m[3] + m[6], difference_half = m[3] - m[6];
+  const X sum2 = m[5] + m[4], difference2 = m[5] - m[4];
+  y[0] = (((m[0] + sum1) + sum_half) + sum2) + m[7];
+  y[1] = ((difference1 + difference_half * Scalar(0.5)) + difference2 * Scalar(2)) - m[7] * Scalar(0.25);
+  y[2] = ((sum1 + sum_half * Scalar(0.25)) + sum2 * Scalar(4)) + m[7] * Scalar(0.0625);
+  y[3] = ((difference1 + difference_half * Scalar(0.125)) + difference2 * Scalar(8)) - m[7] * Scalar(0.015625);
+  y[4] = (((sum1 + sum_half * Scalar(0.0625)) + sum2 * Scalar(16)) + m[7] * Scalar(0.00390625)) + m[8];
+}
+
 // winograd_output_rows is kWinogradOutput: equal on each unit vector, and linear.
+template <int Tile, int M>
 constexpr bool winograd_output_rows_are_the_matrix() {
-  for (int k = 0; k < 8; ++k) {
-    double m[8] = {}, y[4] = {};
+  for (int k = 0; k < Tile; ++k) {
+    double m[Tile] = {}, y[M] = {};
     m[k] = 1;
     winograd_output_rows<double, double>(m, y);
-    for (int i = 0; i < 4; ++i)
-      if (y[i] != kWinogradOutput<8, 4>[i][k]) return false;
+    for (int i = 0; i < M; ++i)
+      if (y[i] != kWinogradOutput<Tile, M>[i][k]) return false;
   }
   return true;
 }
-static_assert(winograd_output_rows_are_the_matrix());
+static_assert(winograd_output_rows_are_the_matrix<8, 4>() && winograd_output_rows_are_the_matrix<9, 5>());
+
+// A segment of M outputs reads M + 4 input values (the kernel's 5 taps).
+template <int M>
+constexpr int kWinogradRowsTile = M + kWinogradRowsKernel - 1;
 
 // Where the row transforms pay (benchmarks/NOTES.md, section 29): 5x5 stride-1 kernels with fewer
 // input channels than conv2d_winograd.h takes, output channels that fill their vectors more than
@@ -68,26 +90,30 @@ bool worth_winograd_rows(const Conv2dShape& s) {
 }
 
 // The register tile, conv2d_row_tiles.h's row_tile turned down the columns: for one transformed
-// tap, 5 output rows (its pixels) by 3 segments (its rows; LeNet-5's 10 outputs per row) of one
-// vector of output channels, the input channels' columns of transformed segments slid past a
-// kernel column's 5 transformed weights. With 3 broadcast values beside them, 23 of AVX-512's 32
-// registers, the only ISA that takes this path. A segment's accumulator takes a multiply-add
-// every 15, which covers the multiply-adds' latency.
-constexpr int kWinogradRowsTileRows = 5, kWinogradRowsTileSegments = 3;
+// tap, output rows (its pixels) by segments (its rows) of one vector of output channels, the
+// input channels' columns of transformed segments slid past a kernel column's 5 transformed
+// weights. Segments of 4: 5 rows by 3 segments, 15 accumulators, each taking a multiply-add
+// every 15, which covers the multiply-adds' latency. Segments of 5 (2 per row): 10 rows by 2,
+// 20 accumulators and 5 weights of AVX-512's 32 registers, the only ISA that takes this path;
+// LeNet-5's conv2 forward ran faster than with 5 rows or 7 (section 31).
+template <int M>
+constexpr int kWinogradRowsTileRows = M == 4 ? 5 : 10;
+template <int M>
+constexpr int kWinogradRowsTileSegments = M == 4 ? 3 : 2;
 
-// transformed[(segment * 8 + tap) * rows + q] = (B^T d)[tap] for the 8 values d from column
-// segment * 4 of padded row q, whose values lie in the image from row_offsets[q] (negative: a
+// transformed[(segment * (M + 4) + tap) * rows + q] = (B^T d)[tap] for the M + 4 values d from
+// column segment * M of padded row q, whose values lie in the image from row_offsets[q] (negative: a
 // row of zeros, padding or past the channels) inside pad_w zero columns on its left. A vector of
 // rows at a time, transposed in registers; a padded row fits one vector (worth_winograd_rows),
 // loaded straight from the image where the vector stays inside the input (which ends at `end`),
 // its columns past the row (read from the next) cleared once transposed. Copied into padded rows
 // first, then transposed through memory, the input took 0.6 times as long as the products
 // (benchmarks/NOTES.md, section 29).
-template <typename T>
+template <typename T, int M>
 void winograd_rows_input(const T* image, const T* end, const int64_t* row_offsets, const Conv2dShape& s, int64_t rows,
                          int64_t segments, T* __restrict transformed) {
   using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::kLanes, Tile = kWinogradRowsTile, M = kWinogradOutputs;
+  constexpr int L = Vec<T>::kLanes, Tile = kWinogradRowsTile<M>;
   const int64_t row_end = s.pad_w + s.in_w;
   for (int64_t row0 = 0; row0 < rows; row0 += L) {
     V square[L];
@@ -128,11 +154,11 @@ void winograd_rows_input(const T* image, const T* end, const int64_t* row_offset
 // segments' products[((tap * segments + segment) * out_h + y) * L] by A^T; false where one is not
 // finite. Every transformed value and product feeds some output with a coefficient that is not
 // zero, so an input that is not finite always makes one.
-template <typename T>
+template <typename T, int M>
 bool winograd_rows_outputs(const T* __restrict products, int64_t out_h, int64_t out_w, int64_t segments,
                            T* __restrict gathered) {
   using V = typename Vec<T>::type;
-  constexpr int64_t L = Vec<T>::kLanes, Tile = kWinogradRowsTile, M = kWinogradOutputs;
+  constexpr int64_t L = Vec<T>::kLanes, Tile = kWinogradRowsTile<M>;
   V zero_if_finite{};  // x * 0 is NaN for an infinite or NaN x
   for (int64_t y = 0; y < out_h; ++y)
     for (int64_t segment = 0; segment < segments; ++segment) {
@@ -140,7 +166,10 @@ bool winograd_rows_outputs(const T* __restrict products, int64_t out_h, int64_t 
 #pragma GCC unroll 8
       for (int tap = 0; tap < Tile; ++tap) load_vec(m[tap], products + ((tap * segments + segment) * out_h + y) * L);
       winograd_output_rows<V, T>(m, out);
-      zero_if_finite += ((out[0] + out[1]) + (out[2] + out[3])) * T(0);
+      V sum = out[0];
+#pragma GCC unroll 8
+      for (int i = 1; i < M; ++i) sum += out[i];
+      zero_if_finite += sum * T(0);
       T* pixels = gathered + (y * out_w + segment * M) * L;
       if (segment * M + M <= out_w) {
 #pragma GCC unroll 4
@@ -157,12 +186,12 @@ bool winograd_rows_outputs(const T* __restrict products, int64_t out_h, int64_t 
 // conv2d_forward's path for worth_winograd_rows, for a weight it found finite. Returns the images
 // whose output came out not finite (an input value not finite, or an overflow in the transforms),
 // left for the direct paths to compute again.
-template <typename T>
-std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const T* bias, T* output,
-                                          const Conv2dShape& s) {
+template <typename T, int M>
+std::vector<int64_t> winograd_rows_correlate(const T* input, const T* weight, const T* bias, T* output,
+                                             const Conv2dShape& s) {
   using V = typename Vec<T>::type;
-  constexpr int64_t L = Vec<T>::kLanes, R = kWinogradRowsKernel, Tile = kWinogradRowsTile, M = kWinogradOutputs;
-  constexpr int RB = kWinogradRowsTileRows, SB = kWinogradRowsTileSegments;
+  constexpr int64_t L = Vec<T>::kLanes, R = kWinogradRowsKernel, Tile = kWinogradRowsTile<M>;
+  constexpr int RB = kWinogradRowsTileRows<M>, SB = kWinogradRowsTileSegments<M>;
   const int64_t ic_n = s.in_channels, oc_n = s.out_channels, vectors = blocks_of(oc_n, L);
   const int64_t segments = blocks_of(s.out_w, M), row_blocks = blocks_of(s.out_h, RB);
   // Each channel's padded rows, then zero rows down to the last row block's last kernel row, then
@@ -204,8 +233,8 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
     for (int64_t n = first; n < last; ++n) {
       const T* image = input + n * ic_n * in_plane;
       T* image_output = output + n * oc_n * out_plane;
-      winograd_rows_input(image, input + s.batch * ic_n * in_plane, row_offsets.data(), s, rows, segments,
-                          transformed.data());
+      winograd_rows_input<T, M>(image, input + s.batch * ic_n * in_plane, row_offsets.data(), s, rows, segments,
+                                transformed.data());
       for (int64_t vector = 0; vector < vectors; ++vector) {
         for (int64_t tap = 0; tap < Tile; ++tap)
           for (int64_t block = 0; block < row_blocks; ++block)
@@ -219,7 +248,8 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
                 row_tile<T, RB, R, Segments>(column, channel_rows, 0, Tile * rows, weights, 1, ic_n, Segments,
                                              std::min<int64_t>(RB, s.out_h - block * RB), tap_products, s.out_h * L);
               });
-        if (!winograd_rows_outputs(products.data(), s.out_h, s.out_w, segments, gathered.data())) not_finite[n] = 1;
+        if (!winograd_rows_outputs<T, M>(products.data(), s.out_h, s.out_w, segments, gathered.data()))
+          not_finite[n] = 1;
         const int64_t oc0 = vector * L;
         store_channels_last_pixels(gathered.data(), out_plane, std::min<int64_t>(L, oc_n - oc0),
                                    bias ? bias + oc0 : nullptr, image_output + oc0 * out_plane, out_plane);
@@ -230,6 +260,17 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
   for (int64_t n = 0; n < s.batch; ++n)
     if (not_finite[n]) redo.push_back(n);
   return redo;
+}
+
+// Segments of 5 outputs where a row is 9 or 10 long (LeNet-5's conv2): 2 segments of 9 transformed
+// values instead of 3 of 8, 25 % fewer products. Longer rows would need a third segment, which
+// reads past the padded row's vector.
+template <typename T>
+std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const T* bias, T* output,
+                                          const Conv2dShape& s) {
+  if constexpr (Vec<T>::kLanes >= kWinogradRowsTile<5>)
+    if (s.out_w == 9 || s.out_w == 10) return winograd_rows_correlate<T, 5>(input, weight, bias, output, s);
+  return winograd_rows_correlate<T, kWinogradOutputs>(input, weight, bias, output, s);
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA
