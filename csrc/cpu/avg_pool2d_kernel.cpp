@@ -11,6 +11,7 @@
 #include "../pooling_windows.h"
 #include "../shape_checks.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu {
@@ -185,7 +186,7 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
     }
     const auto plane_kernel = relu_input ? forward_plane<scalar_t, true> : forward_plane<scalar_t, false>;
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
-      std::vector<scalar_t> row_sum(s.in_w);
+      Scratch<scalar_t> row_sum(s.in_w, scalar_t(0));
       for (int64_t plane = first; plane < last; ++plane)
         plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * s.out_h * s.out_w, row_sum.data(), s,
                      plan);
@@ -219,7 +220,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
       return;
     }
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
-      std::vector<scalar_t> spread(s.in_w);
+      Scratch<scalar_t> spread(s.in_w, scalar_t(0));
       for (int64_t plane = first; plane < last; ++plane)
         backward_plane<scalar_t>(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w,
                                  spread.data(), s, plan, relu_input ? relu_of + plane * s.in_h * s.in_w : nullptr);

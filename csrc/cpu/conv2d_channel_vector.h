@@ -13,6 +13,7 @@
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -21,10 +22,10 @@ namespace lenetx::cpu::LENETX_ISA {
 inline int channel_block(int64_t channels) { return channels <= 8 ? 8 : channels <= 16 ? 16 : 32; }
 // Weights as [group][out block][in channel][kh][kw][out lane], zero-padded past out_channels.
 template <typename T>
-std::vector<T> pack_weight_by_output(const T* w, const Conv2dShape& s, int block) {
+Scratch<T> pack_weight_by_output(const T* w, const Conv2dShape& s, int block) {
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, nblocks = blocks_of(ocg, block);
-  std::vector<T> packed(s.groups * nblocks * icg * taps * block, T(0));
+  Scratch<T> packed(s.groups * nblocks * icg * taps * block, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
     const int64_t g = oc / ocg, b = oc % ocg / block, lane = oc % ocg % block;
     for (int64_t ic = 0; ic < icg; ++ic)
@@ -36,10 +37,10 @@ std::vector<T> pack_weight_by_output(const T* w, const Conv2dShape& s, int block
 
 // Weights as [group][in block][out channel][kh][kw][in lane], zero-padded past in_channels.
 template <typename T>
-std::vector<T> pack_weight_by_input(const T* w, const Conv2dShape& s, int block) {
+Scratch<T> pack_weight_by_input(const T* w, const Conv2dShape& s, int block) {
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t taps = s.kernel_h * s.kernel_w, nblocks = blocks_of(icg, block);
-  std::vector<T> packed(s.groups * nblocks * ocg * taps * block, T(0));
+  Scratch<T> packed(s.groups * nblocks * ocg * taps * block, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
     const int64_t g = oc / ocg, o = oc % ocg;
     for (int64_t ic = 0; ic < icg; ++ic)
@@ -171,7 +172,7 @@ void pack_grad_output(const T* __restrict grad_output, T* __restrict packed,
 
 template <typename T, int B, int PW>
 void conv2d_forward_impl(const T* in, const T* w, const T* bias, T* out, const Conv2dShape& s) {
-  const std::vector<T> packed = pack_weight_by_output(w, s, B);
+  const Scratch<T> packed = pack_weight_by_output(w, s, B);
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t nblocks = blocks_of(ocg, B), taps = s.kernel_h * s.kernel_w;
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
@@ -188,7 +189,7 @@ void conv2d_forward_impl(const T* in, const T* w, const T* bias, T* out, const C
 
 template <typename T, int B, int PW>
 void conv2d_grad_input_impl(const T* go, const T* w, T* gi, const Conv2dShape& s) {
-  const std::vector<T> packed = pack_weight_by_input(w, s, B);
+  const Scratch<T> packed = pack_weight_by_input(w, s, B);
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t nblocks = blocks_of(icg, B), taps = s.kernel_h * s.kernel_w;
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
@@ -285,19 +286,19 @@ void conv2d_grad_weight_impl(const T* go, const T* in, T* gw, const Conv2dShape&
   const PaddedPlanes<T> x = pad_planes(in, s.batch * s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, 0);
   // partial[chunk][group][block][ic][tap][lane]
   const int64_t per_chunk = s.groups * nblocks * icg * taps * B;
-  const std::unique_ptr<T[]> partial = chunk_partials<T>(chunks * per_chunk);
+  const Scratch<T> partial = chunk_partials<T>(chunks * per_chunk);
   parallel_for(chunks * s.groups * nblocks, kImagesPerPartial * out_plane * icg * taps * B, [&](int64_t item) {
     const int64_t b = item % nblocks, g = item / nblocks % s.groups, chunk = item / (nblocks * s.groups);
     const int64_t first = chunk * kImagesPerPartial;
     const int64_t images = std::min(kImagesPerPartial, s.batch - first);
     const int64_t oc = g * ocg + b * B;
-    const std::unique_ptr<T[]> packed_go(new T[images * out_plane * B]);  // all written by the packing
-    pack_grad_output<T, NV>(go + first * s.out_channels * out_plane, packed_go.get(), images, oc,
+    const Scratch<T> packed_go(images * out_plane * B);  // all written by the packing
+    pack_grad_output<T, NV>(go + first * s.out_channels * out_plane, packed_go.data(), images, oc,
                             std::min<int64_t>(B, ocg - b * B), s);
     for (int64_t ic = 0; ic < icg; ++ic) {
       grad_weight_partial<T, NV>(x.data + (first * s.in_channels + g * icg + ic) * x.plane,
-                                 s.in_channels * x.plane, x, packed_go.get(),
-                                 partial.get() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
+                                 s.in_channels * x.plane, x, packed_go.data(),
+                                 partial.data() + chunk * per_chunk + ((g * nblocks + b) * icg + ic) * taps * B,
                                  images, s);
     }
   });

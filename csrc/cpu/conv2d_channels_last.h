@@ -13,6 +13,7 @@
 #include "conv2d_unfolded.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -54,11 +55,11 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
     const std::vector<int64_t> pixel_rows = ChannelWindows<T>(nullptr, chunk_shape, 0).pixel_start;
     // partial[chunk][tap][oc][ic]: a tile's rows are stored whole.
     const int64_t per_tap = s.out_channels * icg;
-    std::vector<T> by_tap(taps * per_tap);
+    Scratch<T> by_tap(taps * per_tap, T(0));
     const ChunkPartials<T> partials(chunks, taps * per_tap, by_tap.data());
     parallel_for_ranges(chunks * s.groups * blocks * taps * tiles, chunk_images * out_plane * MB * N, [&](int64_t first, int64_t last) {
-      std::vector<T> x(chunk_images * image + N, T(0));  // the border stays zero
-      const std::unique_ptr<T[]> go(new T[go_chunk]);
+      Scratch<T> x(chunk_images * image + N, T(0));  // the border stays zero
+      const Scratch<T> go(go_chunk);
       int64_t copied_chunk = -1;
       alignas(64) T tile[MB * N];
       for (int64_t item = first; item < last; ++item) {
@@ -69,12 +70,12 @@ void conv2d_grad_weight_channels_last(const T* grad_output, const T* input, T* g
         const int64_t n0 = chunk * chunk_images, images = std::min(chunk_images, s.batch - n0);
         if (chunk != copied_chunk) {
           channels_last_images(input, n0, images, s, x.data());
-          pack_grad_output(n0, images, go.get());
+          pack_grad_output(n0, images, go.data());
           copied_chunk = chunk;
         }
         const int64_t kh = tap / s.kernel_w, kw = tap % s.kernel_w;
         const int64_t oc0 = g * ocg + b * MB, ic0 = t * N;
-        gemm_tile<T, MB, NV>(PackedRows<T, MB>{go.get() + (g * blocks + b) * go_block},
+        gemm_tile<T, MB, NV>(PackedRows<T, MB>{go.data() + (g * blocks + b) * go_block},
                              x.data() + (kh * s.dilation_h * padded_w + kw * s.dilation_w) * C + g * icg + ic0,
                              pixel_rows.data(), images * out_plane, tile);
         T* dst = partials.data() + (chunk * taps + tap) * per_tap + oc0 * icg + ic0;

@@ -14,6 +14,7 @@
 #include "block_loops.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -37,7 +38,7 @@ void with_count(int64_t count, const Fn& fn) {
 // to back, then `slack` zeros. Without border or slack the input itself serves, uncopied.
 template <typename T>
 struct PaddedPlanes {
-  std::unique_ptr<T[]> storage;
+  Scratch<T> storage;
   const T* data;
   int64_t h, w, plane;
 };
@@ -126,10 +127,10 @@ template <typename T>
 PaddedPlanes<T> pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t pad_h,
                            int64_t pad_w, int64_t slack, bool* all_finite = nullptr) {
   const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, plane = padded_h * padded_w;
-  if (pad_h == 0 && pad_w == 0 && slack == 0 && !all_finite) return {nullptr, x, h, w, plane};
+  if (pad_h == 0 && pad_w == 0 && slack == 0 && !all_finite) return {Scratch<T>(), x, h, w, plane};
   // Uninitialized, then each value written once: border zeros, copied rows, slack zeros.
-  std::unique_ptr<T[]> storage(new T[planes * plane + slack]);
-  T* out = storage.get();
+  Scratch<T> storage(planes * plane + slack);
+  T* out = storage.data();
   std::atomic<bool> finite{true};
   parallel_for(planes, h * w, [&](int64_t p) {
     const T* src = x + p * h * w;
@@ -159,10 +160,10 @@ void channels_last_rows(const T* x, int64_t C, int64_t h, int64_t w, int64_t pad
 // Planes [n][C][h][w] channels-last inside a zero border, [n][h + 2 pad_h][w + 2 pad_w][C], then
 // `slack` zeros: the channels one pixel reads are one contiguous run.
 template <typename T>
-std::vector<T> channels_last(const T* x, int64_t batch, int64_t C, int64_t h, int64_t w, int64_t pad_h,
+Scratch<T> channels_last(const T* x, int64_t batch, int64_t C, int64_t h, int64_t w, int64_t pad_h,
                              int64_t pad_w, int64_t slack) {
   const int64_t image = (h + 2 * pad_h) * (w + 2 * pad_w) * C;
-  std::vector<T> out(batch * image + slack, T(0));
+  Scratch<T> out(batch * image + slack, T(0));
   parallel_for(batch * h, C * w, [&](int64_t row) {
     const int64_t n = row / h, r = row % h;
     channels_last_rows(x + n * C * h * w, C, h, w, pad_h, pad_w, r, r + 1, out.data() + n * image);
@@ -173,7 +174,7 @@ std::vector<T> channels_last(const T* x, int64_t batch, int64_t C, int64_t h, in
 // The input channels-last inside the layer's padding: what a pixel reads through one tap is one
 // contiguous run of channels.
 template <typename T>
-std::vector<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_t slack) {
+Scratch<T> channels_last_padded(const T* input, const Conv2dShape& s, int64_t slack) {
   return channels_last(input, s.batch, s.in_channels, s.in_h, s.in_w, s.pad_h, s.pad_w, slack);
 }
 
@@ -303,8 +304,8 @@ void store_channels_last_pixels(const T* __restrict gathered, int64_t count, int
 // value it later adds (checked by filling it with NaN under the tests), and zeroing it wrote
 // 154 KB on one thread per call of LeNet-5's conv2 at batch 128 (benchmarks/NOTES.md, section 21).
 template <typename T>
-std::unique_ptr<T[]> chunk_partials(int64_t count) {
-  return std::unique_ptr<T[]>(new T[count]);
+Scratch<T> chunk_partials(int64_t count) {
+  return Scratch<T>(count);
 }
 
 // grad_weight[i] = sum over chunks, in order, of partial[chunk * count + i], for the grad_weight
@@ -336,8 +337,8 @@ template <typename T>
 class ChunkPartials {
  public:
   ChunkPartials(int64_t chunks, int64_t count, T* destination)
-      : storage_(chunks == 1 ? nullptr : chunk_partials<T>(chunks * count)),
-        data_(chunks == 1 ? destination : storage_.get()),
+      : storage_(chunks == 1 ? Scratch<T>() : chunk_partials<T>(chunks * count)),
+        data_(chunks == 1 ? destination : storage_.data()),
         chunks_(chunks),
         count_(count),
         destination_(destination) {}
@@ -348,7 +349,7 @@ class ChunkPartials {
   }
 
  private:
-  std::unique_ptr<T[]> storage_;
+  Scratch<T> storage_;
   T* data_;
   int64_t chunks_, count_;
   T* destination_;
@@ -376,13 +377,13 @@ inline bool grad_input_is_correlation(const Conv2dShape& s) {
 // flipped[g * icg + ic][oc][kh][kw] = weight[g * ocg + oc][ic][K_h - 1 - kh][K_w - 1 - kw]: the
 // weight of grad_input_as_correlation.
 template <typename T>
-std::vector<T> flipped_kernel(const T* weight, const Conv2dShape& s) {
+Scratch<T> flipped_kernel(const T* weight, const Conv2dShape& s) {
   const int64_t icg = s.in_channels_per_group(), ocg = s.out_channels_per_group();
   const int64_t kh_n = s.kernel_h, kw_n = s.kernel_w, taps = kh_n * kw_n;
   // In squares of kBlock x kBlock channels: element by element, each value of VGG's 512 x 512
   // weight was written 18 KB (most of a page) after the one before.
   constexpr int64_t kBlock = 16;
-  std::vector<T> flipped(s.in_channels * ocg * taps);
+  Scratch<T> flipped(s.in_channels * ocg * taps, T(0));
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t oc0 = 0; oc0 < ocg; oc0 += kBlock)
       for (int64_t ic0 = 0; ic0 < icg; ic0 += kBlock)

@@ -15,6 +15,7 @@
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -36,10 +37,10 @@ struct PaddedRowsBand {
 // The weight as [group][block of MB output channels][ic, kh, kw][MB], zero past each group's
 // output channels: a block's MB weights of one tap side by side, as the register tiles read them.
 template <typename T, int MB>
-std::vector<T> pack_output_channel_blocks(const T* weight, const Conv2dShape& s) {
+Scratch<T> pack_output_channel_blocks(const T* weight, const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
   const int64_t blocks = blocks_of(ocg, MB);
-  std::vector<T> packed(s.groups * blocks * depth * MB, T(0));
+  Scratch<T> packed(s.groups * blocks * depth * MB, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc) {
     const int64_t g = oc / ocg, o = oc % ocg;
     for (int64_t k = 0; k < depth; ++k)
@@ -56,7 +57,7 @@ void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, c
   const int64_t taps = s.kernel_h * s.kernel_w, depth = icg * taps;
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
   const int64_t blocks = blocks_of(ocg, MB);
-  const std::vector<T> packed = pack_output_channel_blocks<T, MB>(weight, s);
+  const Scratch<T> packed = pack_output_channel_blocks<T, MB>(weight, s);
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, icg, s);
   // Work items are RowBands of the (image, group, block of output channels) planes. A band's
   // tiles run along its padded rows into a buffer laid out as those rows, stored from there:
@@ -70,10 +71,10 @@ void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, c
                       [&](int64_t first, int64_t last) {
     // The padded planes of the (image, group) this thread works on, copied here so that they are
     // in cache when its tiles read them (a padded copy of the whole batch was not: NOTES, section 6).
-    const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
-    std::fill_n(x.get() + icg * plane, slack, T(0));
+    const Scratch<T> x(icg * plane + slack);
+    std::fill_n(x.data() + icg * plane, slack, T(0));
     const int64_t rows_n = band_tiles * N;
-    const std::unique_ptr<T[]> rows(new T[MB * rows_n]);
+    const Scratch<T> rows(MB * rows_n);
     int64_t padded = -1;
     for (int64_t item = first; item < last; ++item) {
       const int64_t band = item % bands.count, b = item / bands.count % blocks;
@@ -81,16 +82,16 @@ void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, c
       if (n * s.groups + g != padded) {
         for (int64_t ic = 0; ic < icg; ++ic)
           pad_plane(input + ((n * s.in_channels + g * icg + ic) * s.in_h) * s.in_w, s.in_h, s.in_w, s.pad_h,
-                    s.pad_w, x.get() + ic * plane);
+                    s.pad_w, x.data() + ic * plane);
         padded = n * s.groups + g;
       }
       const int64_t first_row = bands.first_row(band), end_row = bands.end_row(band);
       if (first_row >= end_row) continue;
       const T* a = packed.data() + (g * blocks + b) * depth * MB;
-      const T* band_input = x.get() + first_row * padded_w;
+      const T* band_input = x.data() + first_row * padded_w;
       for (int64_t p = 0; p < (end_row - first_row) * padded_w; p += N)
-        gemm_tile<T, MB, NV>(PackedRows<T, MB>{a}, band_input + p, taps_at.data(), depth, rows.get() + p, rows_n);
-      store_band(PaddedRowsBand<T>{rows.get(), rows_n, padded_w, n, g * ocg + b * MB,
+        gemm_tile<T, MB, NV>(PackedRows<T, MB>{a}, band_input + p, taps_at.data(), depth, rows.data() + p, rows_n);
+      store_band(PaddedRowsBand<T>{rows.data(), rows_n, padded_w, n, g * ocg + b * MB,
                                    std::min<int64_t>(MB, ocg - b * MB), first_row, end_row});
     }
   });
@@ -160,27 +161,27 @@ void conv2d_row_vectors(const T* input, const T* weight, const T* bias, T* outpu
   const int64_t depth = s.in_channels * s.kernel_h * s.kernel_w;
   const int64_t padded_w = s.in_w + 2 * s.pad_w, plane = (s.in_h + 2 * s.pad_h) * padded_w;
   const int64_t blocks = blocks_of(s.out_channels, MB), row_blocks = blocks_of(s.out_h, R);
-  const std::vector<T> packed = pack_output_channel_blocks<T, MB>(weight, s);
+  const Scratch<T> packed = pack_output_channel_blocks<T, MB>(weight, s);
   // The bias as [block][MB], zero past out_channels.
-  std::vector<T> shifts(blocks * MB, T(0));
-  if (bias) std::copy_n(bias, s.out_channels, shifts.begin());
+  Scratch<T> shifts(blocks * MB, T(0));
+  if (bias) std::copy_n(bias, s.out_channels, shifts.data());
   const std::vector<int64_t> taps_at = tap_offsets(plane, padded_w, s.in_channels, s);
   const int64_t out_plane = s.out_h * s.out_w, last_col = s.out_w - Vec<T>::kLanes;
   // Work items are the (image, block of output channels, block of rows) tiles, in that order.
   parallel_for_ranges(s.batch * blocks * row_blocks, MB * R * V * Vec<T>::kLanes * depth,
                       [&](int64_t first, int64_t last) {
-    const std::unique_ptr<T[]> x(new T[s.in_channels * plane]);
+    const Scratch<T> x(s.in_channels * plane);
     int64_t row_block = first % row_blocks, b = first / row_blocks % blocks, n = first / (row_blocks * blocks);
     int64_t padded = -1;
     for (int64_t item = first; item < last; ++item) {
       if (n != padded) {
         for (int64_t ic = 0; ic < s.in_channels; ++ic)
           pad_plane(input + (n * s.in_channels + ic) * s.in_h * s.in_w, s.in_h, s.in_w, s.pad_h, s.pad_w,
-                    x.get() + ic * plane);
+                    x.data() + ic * plane);
         padded = n;
       }
       const int64_t row0 = std::min(row_block * R, s.out_h - R);
-      row_vectors_tile<T, MB, R, V>(packed.data() + b * depth * MB, x.get() + row0 * padded_w, taps_at.data(), depth,
+      row_vectors_tile<T, MB, R, V>(packed.data() + b * depth * MB, x.data() + row0 * padded_w, taps_at.data(), depth,
                                     padded_w, last_col, shifts.data() + b * MB,
                                     std::min<int64_t>(MB, s.out_channels - b * MB),
                                     output + (n * s.out_channels + b * MB) * out_plane + row0 * s.out_w, out_plane,
@@ -280,23 +281,23 @@ bool grad_weight_by_rows(const LoadRows& load_rows, const T* input, T* grad_weig
     // channels), packed here so that it stays in L1 for every tap block. Zeroed once: load_rows
     // writes only the first out_w columns of each row, so the columns after them and the
     // positions past the rows stay zero.
-    const std::unique_ptr<T[]> go(new T[MB * len]());
+    const Scratch<T> go(MB * len, T(0));
     // Each tap block's MB x TB vectors of sums over the chunk's images.
     const std::unique_ptr<V[]> sums(new V[tap_blocks * MB * TB]);
     for (int64_t item = first; item < last; ++item) {
       const int64_t b = item % blocks, g = item / blocks % s.groups, chunk = item / (blocks * s.groups);
       const int64_t oc0 = g * ocg + b * MB, channels = std::min<int64_t>(MB, ocg - b * MB);
       const int64_t n0 = chunk * kImagesPerPartial, images = std::min(kImagesPerPartial, s.batch - n0);
-      std::fill_n(go.get() + channels * len, (MB - channels) * len, T(0));
+      std::fill_n(go.data() + channels * len, (MB - channels) * len, T(0));
       std::fill_n(sums.get(), tap_blocks * MB * TB, V{});
       const auto block = [&](int64_t j) { return std::pair{j * depth / tap_blocks, (j + 1) * depth / tap_blocks}; };
       for (int64_t i = 0; i < images; ++i) {
-        load_rows(n0 + i, oc0, channels, go.get(), len, x.w);
+        load_rows(n0 + i, oc0, channels, go.data(), len, x.w);
         const T* in = x.data + ((n0 + i) * s.in_channels + g * icg) * x.plane;
         for (int64_t j = 0; j < tap_blocks; ++j) {
           const auto [k0, k1] = block(j);
           V* block_sums = sums.get() + j * MB * TB;
-          const auto dots = [&]<int TW>() { dot_tile<T, MB, TW>(go.get(), len, in, taps_at.data() + k0, len, block_sums); };
+          const auto dots = [&]<int TW>() { dot_tile<T, MB, TW>(go.data(), len, in, taps_at.data() + k0, len, block_sums); };
           switch (k1 - k0) {
             case 1: dots.template operator()<1>(); break;
             case 2: dots.template operator()<2>(); break;

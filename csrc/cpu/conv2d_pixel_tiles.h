@@ -14,6 +14,7 @@
 #include "gemm.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -45,13 +46,13 @@ void conv2d_pixel_tiles(const T* input, const T* weight, const T* bias, T* outpu
     constexpr int64_t N = NV * Vec<T>::kLanes;
     const int64_t panels = blocks_of(ocg, N), tiles = blocks_of(chunk_images * pixels, MB);
     // Weights as [group][panel][kh, kw, ic][N output channels], zero past ocg.
-    std::vector<T> packed(s.groups * panels * depth * N);
+    Scratch<T> packed(s.groups * panels * depth * N, T(0));
     for (int64_t g = 0; g < s.groups; ++g)
       pack_panels<N>(WeightsByTap<T>(weight, s, g), depth, ocg, 0, depth, 0, panels,
                      packed.data() + g * panels * depth * N);
     const std::vector<int64_t> packed_rows = evenly_spaced(depth, N);
     parallel_for_ranges(chunks * s.groups * tiles * panels, depth * MB * N, [&](int64_t first, int64_t last) {
-      std::vector<T> x(chunk_images * image, T(0));  // the border stays zero
+      Scratch<T> x(chunk_images * image, T(0));  // the border stays zero
       std::vector<ChannelWindows<T>> local = windows;
       for (ChannelWindows<T>& w : local) w.x = x.data();
       int64_t copied_chunk = -1;

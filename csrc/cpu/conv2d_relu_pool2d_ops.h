@@ -22,6 +22,7 @@
 #include "block_loops.h"
 #include "conv2d_paths.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -38,10 +39,10 @@ constexpr int64_t kImagesPerChunk = kImagesPerPartial;
 template <typename T, typename Fn>
 void for_each_chunk(int64_t batch, int64_t conv_image, int64_t work_per_chunk, const Fn& fn) {
   parallel_for_ranges(blocks_of(batch, kImagesPerChunk), work_per_chunk, [&](int64_t first, int64_t last) {
-    const std::unique_ptr<T[]> scratch(new T[std::min(kImagesPerChunk, batch) * conv_image]);
+    const Scratch<T> scratch(std::min(kImagesPerChunk, batch) * conv_image);
     for (int64_t chunk = first; chunk < last; ++chunk) {
       const int64_t n0 = chunk * kImagesPerChunk;
-      fn(n0, std::min(kImagesPerChunk, batch - n0), scratch.get());
+      fn(n0, std::min(kImagesPerChunk, batch - n0), scratch.data());
     }
   });
 }
@@ -482,7 +483,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
     const PoolingKernels<scalar_t> kernels = pooling_kernels<scalar_t>(s, max_pool);
     const ChunkPartials<scalar_t> weight_partials(blocks_of(c.batch, kImagesPerChunk), weight_count,
                                                   grad_weight.mutable_data_ptr<scalar_t>());
-    std::vector<scalar_t> image_bias_sums(c.batch * c.out_channels);
+    Scratch<scalar_t> image_bias_sums(c.batch * c.out_channels, scalar_t(0));
     // Without grad_input, grad_weight along padded rows takes each image's convolution gradient
     // unpooled straight into its buffer of rows, and the bias's sums from there, while it is in
     // L1: through a chunk's convolution gradient (150 KB for LeNet-5's conv1), unpooling it,

@@ -17,6 +17,7 @@
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -146,7 +147,7 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
   const int64_t slack = (RB - 1) * rows_apart + MB + KW;
   // Weights as [group][vector][kh][ic][kw][L output channels], zero past ocg; written in order,
   // as for the transposed grad_input's (conv2d_transposed.h).
-  std::vector<T> packed(s.groups * vectors * icg * taps * L);
+  Scratch<T> packed(s.groups * vectors * icg * taps * L, T(0));
   T* next = packed.data();
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t v = 0; v < vectors; ++v)
@@ -169,9 +170,9 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
     // planes are read in place, unless the slack would read past the input (its last image): what
     // the slack reads lands only in pixels that are dropped, and the copy took 4 % of LeNet-5's
     // conv2 forward (NOTES, section 21).
-    const std::unique_ptr<T[]> x(new T[icg * plane + slack]);
-    std::fill_n(x.get() + icg * plane, slack, T(0));
-    const std::unique_ptr<T[]> gathered(new T[bands.rows * s.out_w * L]);
+    const Scratch<T> x(icg * plane + slack);
+    std::fill_n(x.data() + icg * plane, slack, T(0));
+    const Scratch<T> gathered(bands.rows * s.out_w * L);
     const T* planes = nullptr;
     int64_t planes_of = -1;
     for (int64_t item = first; item < last; ++item) {
@@ -184,8 +185,8 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
           planes = src;
         } else {
           for (int64_t ic = 0; ic < icg; ++ic)
-            pad_plane(src + ic * s.in_h * s.in_w, s.in_h, s.in_w, s.pad_h, s.pad_w, x.get() + ic * plane);
-          planes = x.get();
+            pad_plane(src + ic * s.in_h * s.in_w, s.in_h, s.in_w, s.pad_h, s.pad_w, x.data() + ic * plane);
+          planes = x.data();
         }
         planes_of = n * s.groups + g;
       }
@@ -196,10 +197,10 @@ void correlate_row_tiles(const T* input, const T* weight, const T* bias, T* outp
           const int64_t pixels = std::min<int64_t>(MB, s.out_w - ow0), rows = std::min<int64_t>(RB, end_row - oh0);
           row_tile<T, MB, KW, RB>(planes + oh0 * rows_apart + ow0, plane, s.dilation_h * padded_w, rows_apart,
                                   packed.data() + (g * vectors + v) * icg * taps * L, s.kernel_h, icg, rows, pixels,
-                                  gathered.get() + ((oh0 - first_row) * s.out_w + ow0) * L, s.out_w * L);
+                                  gathered.data() + ((oh0 - first_row) * s.out_w + ow0) * L, s.out_w * L);
         }
       const int64_t oc0 = g * ocg + v * L;
-      store_channels_last_pixels(gathered.get(), (end_row - first_row) * s.out_w, std::min<int64_t>(L, ocg - v * L),
+      store_channels_last_pixels(gathered.data(), (end_row - first_row) * s.out_w, std::min<int64_t>(L, ocg - v * L),
                                  bias ? bias + oc0 : nullptr,
                                  output + (n * s.out_channels + oc0) * out_plane + first_row * s.out_w, out_plane);
     }

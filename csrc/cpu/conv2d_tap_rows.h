@@ -12,6 +12,7 @@
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -82,8 +83,8 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
   T* partial = partials.data();
   // Kernel-row blocks vary fastest: the copies of one (chunk, group, panel) serve them all.
   parallel_for_ranges(chunks * s.groups * panels * blocks, steps * MB * N, [&](int64_t first, int64_t last) {
-    const std::unique_ptr<T[]> x(new T[kImagesPerPartial * icg * plane]);
-    const std::unique_ptr<T[]> go(new T[steps * N]);
+    const Scratch<T> x(kImagesPerPartial * icg * plane);
+    const Scratch<T> go(steps * N);
     int64_t padded = -1, packed = -1;
     alignas(64) T tile[MB * N];
     for (int64_t item = first; item < last; ++item) {
@@ -94,14 +95,14 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
         for (int64_t i = 0; i < images; ++i)
           for (int64_t ic = 0; ic < icg; ++ic)
             pad_plane(input + ((n0 + i) * s.in_channels + g * icg + ic) * s.in_h * s.in_w, s.in_h, s.in_w, s.pad_h,
-                      s.pad_w, x.get() + (i * icg + ic) * plane);
+                      s.pad_w, x.data() + (i * icg + ic) * plane);
         padded = chunk * s.groups + g;
       }
       const int64_t channels = std::min<int64_t>(N, ocg - panel * N), oc0 = g * ocg + panel * N;
       if ((chunk * s.groups + g) * panels + panel != packed) {
         for (int64_t i = 0; i < images; ++i)
           transpose_planes(grad_output + ((n0 + i) * s.out_channels + oc0) * out_plane, out_plane, channels, N,
-                           go.get() + i * out_plane * N);
+                           go.data() + i * out_plane * N);
         packed = (chunk * s.groups + g) * panels + panel;
       }
       // Rows past the last kernel row repeat it and are dropped.
@@ -109,9 +110,9 @@ void grad_weight_tap_rows(const T* grad_output, const T* input, T* grad_weight, 
       a.offsets = offsets.data();
       for (int r = 0; r < R; ++r) {
         const int64_t kr = std::min(b * R + r, kernel_rows - 1), ic = kr / s.kernel_h, kh = kr % s.kernel_h;
-        a.row[r] = x.get() + ic * plane + kh * s.dilation_h * padded_w;
+        a.row[r] = x.data() + ic * plane + kh * s.dilation_h * padded_w;
       }
-      gemm_tile<T, MB, NV>(a, go.get(), b_rows.data(), images * out_plane, tile);
+      gemm_tile<T, MB, NV>(a, go.data(), b_rows.data(), images * out_plane, tile);
       for (int64_t m = 0; m < std::min<int64_t>(MB, depth - b * MB); ++m)
         for (int64_t n = 0; n < channels; ++n)
           partial[(chunk * s.out_channels + oc0 + n) * depth + b * MB + m] = tile[m * N + n];

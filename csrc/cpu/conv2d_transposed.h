@@ -14,6 +14,7 @@
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -147,7 +148,7 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
   // packed[g][row tile][oc][MB] = weight[g * ocg + oc][row], zero past the last row; written in
   // order, as the fused operator does once per chunk of 8 images (scattered, the writes took
   // 2.3 % of LeNet-5's fused conv2 backward: NOTES, section 22).
-  std::vector<T> packed(s.groups * row_tiles * ocg * MB);
+  Scratch<T> packed(s.groups * row_tiles * ocg * MB, T(0));
   T* next = packed.data();
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t tile = 0; tile < row_tiles; ++tile)
@@ -161,22 +162,22 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
     // them are read only by lanes that fold_pixels masks off, so they are left unset: zeroed, a
     // memset per chunk of 8 images took 1.6 % of LeNet-5's fused conv2 backward (NOTES, section
     // 21).
-    const std::unique_ptr<T[]> planes(new T[ocg * N]());
-    const std::unique_ptr<T[]> columns(new T[front + row_tiles * MB * N + back]);
+    const Scratch<T> planes(ocg * N, T(0));
+    const Scratch<T> columns(front + row_tiles * MB * N + back);
     for (int64_t item = first; item < last; ++item) {
       const int64_t n0 = item / s.groups * images, g = item % s.groups;
       const int64_t count = std::min(images, s.batch - n0);
       for (int64_t i = 0; i < count; ++i)
         for (int64_t oc = 0; oc < ocg; ++oc)
           copy_row(grad_output + ((n0 + i) * s.out_channels + g * ocg + oc) * out_plane, out_plane,
-                   planes.get() + oc * N + i * out_plane);
+                   planes.data() + oc * N + i * out_plane);
       for (int64_t tile_row = 0; tile_row < row_tiles; ++tile_row)
         for (int64_t block = 0; block < column_blocks; ++block)
           gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed.data() + (g * row_tiles + tile_row) * ocg * MB},
-                               planes.get() + block * NB, plane_rows.data(), ocg,
-                               columns.get() + front + tile_row * MB * N + block * NB, N);
+                               planes.data() + block * NB, plane_rows.data(), ocg,
+                               columns.data() + front + tile_row * MB * N + block * NB, N);
       for (int64_t i = 0; i < count; ++i)
-        fold_pixels(columns.get() + front + i * out_plane, N, masks.data(), s,
+        fold_pixels(columns.data() + front + i * out_plane, N, masks.data(), s,
                     grad_input + ((n0 + i) * s.in_channels + g * icg) * s.in_h * s.in_w);
     }
   });

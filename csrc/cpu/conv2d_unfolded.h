@@ -14,6 +14,7 @@
 #include "gemm.h"
 #include "linear.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -123,7 +124,7 @@ void conv2d_grad_weight_fully_connected(const T* grad_output, const T* input, T*
 
 // grad_output [n][oc][p] as one row per pixel, [(n, p)][oc].
 template <typename T>
-std::vector<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
+Scratch<T> pixels_by_channel(const T* grad_output, const Conv2dShape& s) {
   return channels_last(grad_output, s.batch, s.out_channels, s.out_h, s.out_w, 0, 0, 0);
 }
 
@@ -131,16 +132,16 @@ template <typename T>
 void conv2d_unfolded(const T* input, const T* weight, const T* bias, T* output, const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), pixels = s.out_h * s.out_w, rows = s.batch * pixels;
   const int64_t depth = s.in_channels_per_group() * s.kernel_h * s.kernel_w;
-  const std::vector<T> x = channels_last_padded(input, s, 0);
+  const Scratch<T> x = channels_last_padded(input, s, 0);
   // products[(n, p)][oc], then moved to [n][oc][p] with the bias.
-  const std::unique_ptr<T[]> products(new T[rows * s.out_channels]);
+  const Scratch<T> products(rows * s.out_channels);
   for (int64_t g = 0; g < s.groups; ++g)
     gemm(rows, ocg, depth, ChannelWindows<T>(x.data(), s, g), WeightsByTap<T>(weight, s, g),
-         products.get() + g * ocg, s.out_channels);
+         products.data() + g * ocg, s.out_channels);
   parallel_for(s.batch * s.out_channels, pixels, [&](int64_t plane) {
     const int64_t n = plane / s.out_channels, oc = plane % s.out_channels;
     const T shift = bias ? bias[oc] : T(0);
-    const T* src = products.get() + n * pixels * s.out_channels + oc;
+    const T* src = products.data() + n * pixels * s.out_channels + oc;
     T* dst = output + plane * pixels;
     for (int64_t p = 0; p < pixels; ++p) dst[p] = src[p * s.out_channels] + shift;
   });
@@ -154,18 +155,18 @@ void conv2d_grad_input_unfolded(const T* grad_output, const T* weight, T* grad_i
   const int64_t ocg = s.out_channels_per_group(), pixels = s.out_h * s.out_w, rows = s.batch * pixels;
   const int64_t taps = s.kernel_h * s.kernel_w, depth = s.in_channels_per_group() * taps;
   const int64_t width = s.groups * depth;
-  const std::vector<T> go = pixels_by_channel(grad_output, s);
-  const std::unique_ptr<T[]> unfolded_grad(new T[rows * width]);
+  const Scratch<T> go = pixels_by_channel(grad_output, s);
+  const Scratch<T> unfolded_grad(rows * width);
   for (int64_t g = 0; g < s.groups; ++g)
     gemm(rows, depth, ocg, RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
-         RowMajor<T>{weight + g * ocg * depth, depth, depth}, unfolded_grad.get() + g * depth, width);
+         RowMajor<T>{weight + g * ocg * depth, depth, depth}, unfolded_grad.data() + g * depth, width);
   parallel_for(s.batch * s.in_channels, pixels * taps, [&](int64_t plane) {
     const int64_t n = plane / s.in_channels, ic = plane % s.in_channels;
     T* gi = grad_input + plane * s.in_h * s.in_w;
     std::fill_n(gi, s.in_h * s.in_w, T(0));
     for (int64_t p = 0; p < pixels; ++p) {
       const int64_t oh = p / s.out_w, ow = p % s.out_w;
-      const T* src = unfolded_grad.get() + (n * pixels + p) * width + ic * taps;
+      const T* src = unfolded_grad.data() + (n * pixels + p) * width + ic * taps;
       for_each_tap_inside(s, oh, ow, [&](int64_t tap, int64_t index) { gi[index] += src[tap]; });
     }
   });
@@ -179,13 +180,13 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
                                  const Conv2dShape& s) {
   const int64_t ocg = s.out_channels_per_group(), rows = s.batch * s.out_h * s.out_w;
   const int64_t icg = s.in_channels_per_group(), taps = s.kernel_h * s.kernel_w, depth = icg * taps;
-  const std::vector<T> x = channels_last_padded(input, s, 0);
-  const std::vector<T> go = pixels_by_channel(grad_output, s);
-  const std::unique_ptr<T[]> by_tap(new T[depth * s.out_channels]);  // [kh, kw, ic][oc]
+  const Scratch<T> x = channels_last_padded(input, s, 0);
+  const Scratch<T> go = pixels_by_channel(grad_output, s);
+  const Scratch<T> by_tap(depth * s.out_channels);  // [kh, kw, ic][oc]
   for (int64_t g = 0; g < s.groups; ++g) {
     const ChannelWindows<T> windows(x.data(), s, g);
     gemm(depth, ocg, rows, transpose(windows), RowMajor<T>{go.data() + g * ocg, s.out_channels, ocg},
-         by_tap.get() + g * ocg, s.out_channels);
+         by_tap.data() + g * ocg, s.out_channels);
   }
   // Blocks of kBlock output channels, so that each read of by_tap is a run of them: an output
   // channel at a time read values 2 KB apart (VGG's 512 channels), a third of the product's time.
@@ -194,7 +195,7 @@ void conv2d_grad_weight_unfolded(const T* grad_output, const T* input, T* grad_w
     const int64_t oc0 = block * kBlock, oc1 = std::min(s.out_channels, oc0 + kBlock);
     for (int64_t tap = 0; tap < taps; ++tap)
       for (int64_t ic = 0; ic < icg; ++ic) {
-        const T* src = by_tap.get() + (tap * icg + ic) * s.out_channels;
+        const T* src = by_tap.data() + (tap * icg + ic) * s.out_channels;
         for (int64_t oc = oc0; oc < oc1; ++oc) grad_weight[(oc * icg + ic) * taps + tap] = src[oc];
       }
   });

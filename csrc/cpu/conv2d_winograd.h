@@ -25,6 +25,7 @@
 #include "gemm.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -285,7 +286,7 @@ void winograd_tile_transform(const T* band, int64_t row_width, int64_t channels,
 template <typename T, int R>
 void winograd_kernel_transform(const T* weight, int64_t ic, const Conv2dShape& s, int64_t oc_stride, T* u) {
   constexpr int taps = R * R;
-  std::vector<T> kernels(taps * oc_stride, T(0));
+  Scratch<T> kernels(taps * oc_stride, T(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc)
     for (int tap = 0; tap < taps; ++tap) kernels[tap * oc_stride + oc] = weight[(oc * s.in_channels + ic) * taps + tap];
   winograd_tile_transform<T, kWinogradTile<R>, R>(kernels.data(), R, oc_stride, R, 1, 1, s.in_channels, u + ic * oc_stride);
@@ -422,21 +423,21 @@ void winograd_correlate(const T* input, const T* weight, const T* bias, T* outpu
   // and its input transform took 1.9x as long (benchmarks/NOTES.md, section 26).
   const int64_t tile_blocks = blocks_of(tiling.band_tiles, MB), tile_stride = tile_blocks * MB + 1;
 
-  std::vector<T> u(Taps * ic_n * oc_stride);
+  Scratch<T> u(Taps * ic_n * oc_stride, T(0));
   parallel_for(ic_n, oc_stride * Taps * R, [&](int64_t ic) {
     winograd_kernel_transform<T, R>(weight, ic, s, oc_stride, u.data());
   });
   const std::vector<int64_t> u_rows = evenly_spaced(ic_n, oc_stride);
-  std::vector<T> biases(oc_stride, T(0));
-  if (bias) std::copy_n(bias, oc_n, biases.begin());
+  Scratch<T> biases(oc_stride, T(0));
+  if (bias) std::copy_n(bias, oc_n, biases.data());
 
   parallel_for_ranges(s.batch * tiling.bands, tiling.band_tiles * Taps * ic_n * oc_n,
                       [&](int64_t first, int64_t last) {
     // The band's input rows channels-last inside the zero padding, per tap the transformed tiles
     // (the rows of its product), and the products.
-    std::vector<T> band(tiling.input_rows * tiling.input_w * ic_stride);
-    std::vector<T> transformed(Taps * tile_stride * ic_stride);
-    std::vector<T> products(Taps * tile_stride * oc_stride);
+    Scratch<T> band(tiling.input_rows * tiling.input_w * ic_stride, T(0));
+    Scratch<T> transformed(Taps * tile_stride * ic_stride, T(0));
+    Scratch<T> products(Taps * tile_stride * oc_stride, T(0));
     for (int64_t item = first; item < last; ++item) {
       const int64_t n = item / tiling.bands, b = item % tiling.bands, tiles = tiling.tiles_in(b);
       winograd_input_band<T, R>(input, n, b, s, tiling, ic_stride, tile_stride, band.data(), transformed.data());
@@ -540,11 +541,11 @@ void winograd_grad_weight(const T* grad_output, const T* input, T* grad_weight, 
   const ChunkPartials<T> partials(chunks, weights, grad_weight);
   parallel_for_ranges(chunks, kImagesPerPartial * image_tiles * Taps * ic_n * oc_n,
                       [&](int64_t first, int64_t last) {
-    std::vector<T> band(tiling.input_rows * tiling.input_w * ic_stride);
-    std::vector<T> go_band(tiling.band_rows * M * tiling.tiles_w * M * oc_stride);
-    std::vector<T> transformed(Taps * tile_stride * ic_stride);
-    std::vector<T> go_transformed(Taps * tile_stride * oc_stride);
-    std::vector<T> sums(Taps * ic_n * oc_stride);
+    Scratch<T> band(tiling.input_rows * tiling.input_w * ic_stride, T(0));
+    Scratch<T> go_band(tiling.band_rows * M * tiling.tiles_w * M * oc_stride, T(0));
+    Scratch<T> transformed(Taps * tile_stride * ic_stride, T(0));
+    Scratch<T> go_transformed(Taps * tile_stride * oc_stride, T(0));
+    Scratch<T> sums(Taps * ic_n * oc_stride, T(0));
     alignas(64) T tile[MB * N];
     for (int64_t chunk = first; chunk < last; ++chunk) {
       const int64_t chunk_end = std::min(s.batch, (chunk + 1) * kImagesPerPartial);

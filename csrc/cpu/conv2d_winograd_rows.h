@@ -25,6 +25,7 @@
 #include "conv2d_winograd.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -207,7 +208,7 @@ std::vector<int64_t> winograd_rows_correlate(const T* input, const T* weight, co
   // oc_n: the kernel row gathered with the output channels innermost, so that the sums run in
   // vectors across them.
   constexpr const auto& g = kWinogradFilter<Tile, R>;
-  std::vector<T> u(vectors * Tile * ic_n * R * L), kernel_rows(R * vectors * L, T(0));  // [k][oc]
+  Scratch<T> u(vectors * Tile * ic_n * R * L, T(0)), kernel_rows(R * vectors * L, T(0));  // [k][oc]
   for (int64_t ic = 0; ic < ic_n; ++ic)
     for (int64_t kh = 0; kh < R; ++kh) {
       for (int64_t oc = 0; oc < oc_n; ++oc)
@@ -228,8 +229,8 @@ std::vector<int64_t> winograd_rows_correlate(const T* input, const T* weight, co
   parallel_for_ranges(s.batch, oc_n * out_plane * ic_n * R * R, [&](int64_t first, int64_t last) {
     // The transformed segments as [segment][tap][padded row]; one vector of output channels'
     // products as [tap][segment][output row][L]; its outputs channels-last.
-    std::vector<T> transformed(Tile * segments * rows), products(s.out_h * segments * Tile * L);
-    std::vector<T> gathered(out_plane * L);
+    Scratch<T> transformed(Tile * segments * rows, T(0)), products(s.out_h * segments * Tile * L, T(0));
+    Scratch<T> gathered(out_plane * L, T(0));
     for (int64_t n = first; n < last; ++n) {
       const T* image = input + n * ic_n * in_plane;
       T* image_output = output + n * oc_n * out_plane;

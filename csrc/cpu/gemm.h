@@ -14,6 +14,7 @@
 #include "conv2d_common.h"
 #include "micro_gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace lenetx::cpu::LENETX_ISA {
 
@@ -145,18 +146,18 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
     // 12 % of their backward's samples copying such Bs (benchmarks/NOTES.md, section 23).
     constexpr bool b_in_place = std::is_same_v<BMatrix, RowMajor<T>>;
     const int64_t packed_from = b_in_place ? columns / N : 0;
-    const std::unique_ptr<T[]> packed_b(new T[(panels - packed_from) * depth * N]);
+    const Scratch<T> packed_b((panels - packed_from) * depth * N);
     const auto pack_b = [&](int64_t first_panel, int64_t last_panel) {
       first_panel = std::max(first_panel, packed_from);
       if (first_panel < last_panel)
         pack_panels<N>(b, depth, columns, 0, depth, first_panel * N, last_panel - first_panel,
-                       packed_b.get() + (first_panel - packed_from) * depth * N);
+                       packed_b.data() + (first_panel - packed_from) * depth * N);
     };
     const std::vector<int64_t> panel_rows = evenly_spaced(depth_block, N);
     std::vector<int64_t> b_rows;
     if constexpr (b_in_place) b_rows = evenly_spaced(depth_block, b.row_stride);
     // What the rows past the last read, in place.
-    const std::vector<T> zeros(depth_block, T(0));
+    const Scratch<T> zeros(depth_block, T(0));
     // B packed by the team that runs the products: on a team of its own, too little work for a
     // second thread (LeNet-5's conv3: 192-205 KB), it ran on one thread while the other waited,
     // and the three products took 109, 100 and 118 us against 97, 90 and 97 (NOTES, section 20).
@@ -164,7 +165,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
                                  row_block * depth * blocks_of(panels, column_items) * N,
                                  [&](int64_t first, int64_t last) {
       // packed_a[row tile][k][MB]: a transposed, so that a tile's MB values of one step are adjacent.
-      const std::unique_ptr<T[]> packed_a(RowAddressable<AMatrix> ? nullptr : new T[row_block * depth_block]);
+      const Scratch<T> packed_a(RowAddressable<AMatrix> ? 0 : row_block * depth_block);
       alignas(64) T tile[MB * N];
       // Depth block [k0, k0 + steps) of one panel against each row tile of rows [row0, row0 + block_rows).
       const auto sweep = [&](int64_t row0, int64_t block_rows, int64_t panel, int64_t k0, int64_t steps) {
@@ -172,9 +173,9 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
         const bool in_place = panel < packed_from;
         const T* b_block;
         if constexpr (b_in_place)
-          b_block = in_place ? b.row(k0, j0) : packed_b.get() + ((panel - packed_from) * depth + k0) * N;
+          b_block = in_place ? b.row(k0, j0) : packed_b.data() + ((panel - packed_from) * depth + k0) * N;
         else
-          b_block = packed_b.get() + (panel * depth + k0) * N;
+          b_block = packed_b.data() + (panel * depth + k0) * N;
         const int64_t* b_block_rows = in_place ? b_rows.data() : panel_rows.data();
         for (int64_t rt = 0; rt < blocks_of(block_rows, MB); ++rt) {
           const int64_t tile_rows = std::min<int64_t>(MB, block_rows - rt * MB);
@@ -183,7 +184,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
             for (int m = 0; m < MB; ++m) a_rows.row[m] = m < tile_rows ? a.row(row0 + rt * MB + m, k0) : zeros.data();
             gemm_tile<T, MB, NV>(a_rows, b_block, b_block_rows, steps, tile);
           } else {
-            gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed_a.get() + rt * steps * MB}, b_block,
+            gemm_tile<T, MB, NV>(PackedRows<T, MB>{packed_a.data() + rt * steps * MB}, b_block,
                                  b_block_rows, steps, tile);
           }
           store_tile(tile, N, tile_rows, std::min(N, columns - j0), k0 > 0,
@@ -204,7 +205,7 @@ void gemm(int64_t rows, int64_t columns, int64_t depth, const AMatrix& a, const 
         } else {
           for (int64_t k0 = 0, steps; k0 < depth; k0 += steps) {
             steps = std::min(depth_block, depth - k0);
-            pack_panels<MB>(transpose(a), depth, rows, k0, steps, row0, blocks_of(block_rows, MB), packed_a.get());
+            pack_panels<MB>(transpose(a), depth, rows, k0, steps, row0, blocks_of(block_rows, MB), packed_a.data());
             for (int64_t panel = first_panel; panel < last_panel; ++panel) sweep(row0, block_rows, panel, k0, steps);
           }
         }
