@@ -7,10 +7,11 @@
 namespace lenetx::cpu {
 
 // The kernels' scratch memory: `count` values of T starting on a cache line, uninitialized or
-// filled with `value`. std::vector's and new[]'s memory starts 16 bytes into a line about as
-// often as not, so that every 64-byte vector loaded or stored there spans two lines: with its
-// buffers on lines, the improved LeNet's conv2 took 0.8 of the time forward and 0.75 for
-// grad_input and grad_weight (benchmarks/NOTES.md, section 31).
+// filled with `value`. std::vector's and new[]'s memory (glibc's malloc) starts on a line one
+// time in four or less, and 16, 32 or 48 bytes into it otherwise, where every 64-byte vector
+// loaded or stored spans two lines: with its buffers on lines, the improved LeNet's conv2 took
+// 0.8 of the time forward and 0.75 for grad_input and grad_weight (benchmarks/NOTES.md, section
+// 31).
 template <typename T>
 class Scratch {
  public:
