@@ -161,7 +161,7 @@ void channels_last_rows(const T* x, int64_t C, int64_t h, int64_t w, int64_t pad
 // `slack` zeros: the channels one pixel reads are one contiguous run.
 template <typename T>
 Scratch<T> channels_last(const T* x, int64_t batch, int64_t C, int64_t h, int64_t w, int64_t pad_h,
-                             int64_t pad_w, int64_t slack) {
+                         int64_t pad_w, int64_t slack) {
   const int64_t image = (h + 2 * pad_h) * (w + 2 * pad_w) * C;
   Scratch<T> out(batch * image + slack, T(0));
   parallel_for(batch * h, C * w, [&](int64_t row) {

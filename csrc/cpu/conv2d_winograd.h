@@ -11,7 +11,8 @@
 // The interpolation points are 0, 1, -1, 1/2, -2 (6x6 tiles), then 2 and -1/2 (8x8), and
 // infinity: in float32, the 6x6 tiles' rounding error was half that of Lavin's 0, 1, -1, 2, -2
 // (benchmarks/NOTES.md, section 11), a few units in the 6th digit of the output's largest value;
-// the 8x8 tiles' is about three times that (section 18). The transforms mix every value of a
+// the 8x8 tiles' is about three times that (section 18). conv2d_winograd_rows.h's segments of 9
+// values take -1/4 as their eighth finite point (section 31). The transforms mix every value of a
 // tile, so an infinite or NaN input or weight would spread NaN over outputs that never read it:
 // those take the direct paths instead.
 #include <ATen/ATen.h>

@@ -7,11 +7,11 @@
 //   output segment = A^T [ sum over input channels and kernel rows of (G g) * (B^T d) ],
 // on the 8x8 tiles' interpolation points (conv2d_winograd.h) for M = 4, 2.5x fewer multiply-adds,
 // and on those and -1/4 for M = 5, 2.8x fewer, whose rounding is about four times as large (3-5e-6
-// of LeNet-5's conv2's largest output against 0.7-1.3e-6; benchmarks/NOTES.md, section 31). Down
-// the columns it stays a direct correlation: for each transformed tap, a 5-tall kernel slid down
-// a column of transformed segments, each broadcast value feeding 5 output rows, as the row tiles
-// feed 5 columns (conv2d_row_tiles.h). The direct path ran LeNet-5's conv2 forward at about 80 %
-// of the cores' multiply-add peak, short of the target over oneDNN (section 29). A row's
+// of the largest output against 0.7-1.3e-6 on five such shapes; benchmarks/NOTES.md, section 31).
+// Down the columns it stays a direct correlation: for each transformed tap, a 5-tall kernel slid
+// down a column of transformed segments, each broadcast value feeding 5 output rows, as the row
+// tiles feed 5 columns (conv2d_row_tiles.h). The direct path ran LeNet-5's conv2 forward at about
+// 80 % of the cores' multiply-add peak, short of the target over oneDNN (section 29). A row's
 // transforms mix its values, so a weight that is not finite takes the direct paths, and an image
 // whose output comes out not finite is computed again by them.
 #include <ATen/ATen.h>
@@ -103,12 +103,12 @@ template <int M>
 constexpr int kWinogradRowsTileSegments = M == 4 ? 3 : 2;
 
 // transformed[(segment * (M + 4) + tap) * rows + q] = (B^T d)[tap] for the M + 4 values d from
-// column segment * M of padded row q, whose values lie in the image from row_offsets[q] (negative: a
-// row of zeros, padding or past the channels) inside pad_w zero columns on its left. A vector of
+// column segment * M of padded row q, whose values lie in the image from row_offsets[q] (negative:
+// a row of zeros, padding or past the channels) inside pad_w zero columns on its left. A vector of
 // rows at a time, transposed in registers; a padded row fits one vector (worth_winograd_rows),
-// loaded straight from the image where the vector stays inside the input (which ends at `end`),
-// its columns past the row (read from the next) cleared once transposed. Copied into padded rows
-// first, then transposed through memory, the input took 0.6 times as long as the products
+// loaded straight from the image where the vector stays inside the input (which ends at `end`), its
+// columns past the row (read from the next) cleared once transposed. Copied into padded rows first,
+// then transposed through memory, the input took 0.6 times as long as the products
 // (benchmarks/NOTES.md, section 29).
 template <typename T, int M>
 void winograd_rows_input(const T* image, const T* end, const int64_t* row_offsets, const Conv2dShape& s, int64_t rows,
