@@ -53,6 +53,7 @@
 #include "conv2d_winograd.h"
 #include "conv2d_winograd_rows.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace lenetx::cpu::LENETX_ISA {
@@ -133,7 +134,7 @@ template <typename T>
 void grad_bias_channels(const T* __restrict grad_output, int64_t batch, int64_t channels,
                         int64_t plane, int64_t first, int64_t last, T* __restrict grad_bias) {
   using acc_t = at::acc_type<T, /*is_cuda=*/false>;
-  std::vector<acc_t> totals(last - first, acc_t(0));
+  Scratch<acc_t> totals(last - first, acc_t(0));
   for (int64_t n = 0; n < batch; ++n) {
     const T* go = grad_output + (n * channels + first) * plane;
     if (plane == 1) {

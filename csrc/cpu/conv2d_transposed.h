@@ -137,8 +137,8 @@ void grad_input_transposed(const T* grad_output, const T* weight, T* grad_input,
   const int64_t front = blocks_of((s.kernel_w - 1) * s.dilation_w, L) * L;
   const int64_t back = (chunks + 1) * L + s.pad_w;
   // masks[chunk][kw]: lane l reads output column chunk * L + l + pad_w - kw * dilation_w. Kept as
-  // integers: as std::vector's template argument the vector type would lose its vector_size.
-  std::vector<typename LaneMask<T>::Lane> masks(chunks * s.kernel_w * L);
+  // integers: as a template argument the vector type would lose its vector_size.
+  Scratch<typename LaneMask<T>::Lane> masks(chunks * s.kernel_w * L);
   for (int64_t chunk = 0; chunk < chunks; ++chunk)
     for (int64_t kw = 0; kw < s.kernel_w; ++kw)
       for (int64_t l = 0; l < L; ++l) {
