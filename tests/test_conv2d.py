@@ -371,6 +371,28 @@ def test_row_transform_shapes_with_non_finite_input_match_torch(value, shape, ge
         torch.testing.assert_close(ours[:-1], finite, **tolerances(torch.float32, finite))
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("where", ["input", "grad_output"])
+@pytest.mark.parametrize("shape", [ROW_TRANSFORM_SHAPES[0], ROW_TRANSFORM_SHAPES[-1]])
+def test_row_transform_grad_weight_with_non_finite_value_matches_torch(value, where, shape, generator):
+    """grad_weight along the rows (segments of 5) sums every image's transforms into each weight:
+    a value that is not finite sends the whole grad_weight to the direct paths, which put NaN or
+    infinity only where torch has them."""
+    input = torch.randn(shape["input"], generator=generator)
+    weight = torch.randn(shape["weight"], generator=generator)
+    args = ([1, 1], [shape["padding"]] * 2, [1, 1])
+    upstream = torch.randn(F.conv2d(input, weight, padding=shape["padding"]).shape, generator=generator)
+    if where == "input":
+        input[-1, 0, 2, 3] = value
+    else:
+        upstream[-1, 1, 2, 3] = value
+    ours = torch.ops.lenetx.conv2d_grad_weight(upstream, input, weight, *args, 1)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, *args, False, [0, 0], 1, [False, True, False])[1]
+    assert not theirs.isfinite().all() and theirs.isfinite().any()
+    torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
+
+
 # Stride-1 rows of one or two vectors where the kernels are built for AVX-512 (float rows of 16 to
 # 32, double rows of 8 to 16) go through conv2d_padded_rows.h's row vectors: the last vector of a
 # row overlaps the one before where the row is not a multiple of the vector, and so does the

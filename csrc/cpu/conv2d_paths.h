@@ -247,7 +247,8 @@ void conv2d_grad_input_paths(const T* grad_output, const T* weight, T* grad_inpu
 }
 
 enum class GradWeightPath {
-  fully_connected, winograd, unfolded, tap_rows, channels_last, by_rows, channel_vector, two_channel_vectors
+  fully_connected, winograd, winograd_rows, unfolded, tap_rows, channels_last, by_rows, channel_vector,
+  two_channel_vectors
 };
 
 // The path conv2d_grad_weight_paths takes for a shape; without Winograd, the one it takes where
@@ -256,6 +257,7 @@ template <typename T>
 GradWeightPath grad_weight_path(const Conv2dShape& s, bool with_winograd = true) {
   if (is_fully_connected(s)) return GradWeightPath::fully_connected;
   if (with_winograd && worth_winograd<T>(s)) return GradWeightPath::winograd;
+  if (with_winograd && worth_winograd_rows_grad_weight<T>(s)) return GradWeightPath::winograd_rows;
   if (forward_as_product(s)) return GradWeightPath::unfolded;
   if (worth_tap_rows<T>(s)) return GradWeightPath::tap_rows;
   if (s.in_channels_per_group() >= Vec<T>::kLanes) return GradWeightPath::channels_last;
@@ -270,6 +272,10 @@ void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weig
   GradWeightPath path = grad_weight_path<T>(s);
   if (path == GradWeightPath::winograd) {
     if (conv2d_grad_weight_winograd<T>(grad_output, input, grad_weight, s)) return;
+    path = grad_weight_path<T>(s, false);
+  }
+  if (path == GradWeightPath::winograd_rows) {
+    if (conv2d_grad_weight_winograd_rows<T>(grad_output, input, grad_weight, s)) return;
     path = grad_weight_path<T>(s, false);
   }
   switch (path) {

@@ -151,6 +151,15 @@ void winograd_rows_input(const T* image, const T* end, const int64_t* row_offset
   }
 }
 
+// Where padded row q of winograd_rows_input's rows (channel_rows per input channel, `rows` in
+// all) lies in an image: -1 for rows of zeros (padding, or past the channels).
+inline std::vector<int64_t> winograd_rows_offsets(const Conv2dShape& s, int64_t channel_rows, int64_t rows) {
+  std::vector<int64_t> row_offsets(rows, -1);
+  for (int64_t ic = 0; ic < s.in_channels; ++ic)
+    for (int64_t r = 0; r < s.in_h; ++r) row_offsets[ic * channel_rows + s.pad_h + r] = (ic * s.in_h + r) * s.in_w;
+  return row_offsets;
+}
+
 // gathered[(y * out_w + x) * L] = output pixel (y, x) of a vector of output channels, from its
 // segments' products[((tap * segments + segment) * out_h + y) * L] by A^T; false where one is not
 // finite. Every transformed value and product feeds some output with a coefficient that is not
@@ -199,9 +208,7 @@ std::vector<int64_t> winograd_rows_correlate(const T* input, const T* weight, co
   // zero rows up to a whole vector of rows: the transform runs across L rows at a time.
   const int64_t channel_rows = std::max(s.in_h + 2 * s.pad_h, row_blocks * RB + R - 1);
   const int64_t rows = blocks_of(ic_n * channel_rows, L) * L;
-  std::vector<int64_t> row_offsets(rows, -1);
-  for (int64_t ic = 0; ic < ic_n; ++ic)
-    for (int64_t r = 0; r < s.in_h; ++r) row_offsets[ic * channel_rows + s.pad_h + r] = (ic * s.in_h + r) * s.in_w;
+  const std::vector<int64_t> row_offsets = winograd_rows_offsets(s, channel_rows, rows);
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
 
   // u[vector][tap][ic][kh][L] = (G g)[tap] for g the kernel row weight[oc][ic][kh], zero past
@@ -272,6 +279,141 @@ std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const
   if constexpr (Vec<T>::kLanes >= kWinogradRowsTile<5>)
     if (s.out_w == 9 || s.out_w == 10) return winograd_rows_correlate<T, 5>(input, weight, bias, output, s);
   return winograd_rows_correlate<T, kWinogradOutputs>(input, weight, bias, output, s);
+}
+
+// The shapes whose grad_weight runs by F(5, 5) along the rows: those whose forward takes segments
+// of 5 (float under AVX-512).
+template <typename T>
+bool worth_winograd_rows_grad_weight(const Conv2dShape& s) {
+  return worth_winograd_rows<T>(s) && Vec<T>::kLanes >= kWinogradRowsTile<5> && (s.out_w == 9 || s.out_w == 10) &&
+         s.in_channels > 0;
+}
+
+// sums[tap][kh][ic][L] += sum over rows y and segments of column[(segment * Tile + tap) * rows +
+// ic * channel_rows + y + kh] * filters[((segment * Tile + tap) * out_h + y) * L] for the ICB input
+// channels from ic0, one tap: a register tile of 5 kernel rows by ICB channels, each product a
+// broadcast value times the segment's transformed grad_output.
+template <typename T, int Tile, int ICB>
+void winograd_rows_weight_tile(const T* __restrict column, const T* __restrict filters, int64_t rows,
+                               int64_t channel_rows, int64_t out_h, int64_t segments, int64_t tap, int64_t ic0,
+                               int64_t ic_n, T* __restrict sums) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes, R = kWinogradRowsKernel;
+  V acc[R][ICB];
+#pragma GCC unroll 8
+  for (int kh = 0; kh < R; ++kh)
+#pragma GCC unroll 8
+    for (int i = 0; i < ICB; ++i) acc[kh][i] = V{};
+  for (int64_t segment = 0; segment < segments; ++segment) {
+    const T* values = column + (segment * Tile + tap) * rows + ic0 * channel_rows;
+    const T* filter = filters + (segment * Tile + tap) * out_h * L;
+    for (int64_t y = 0; y < out_h; ++y) {
+      V g;
+      load_vec(g, filter + y * L);
+#pragma GCC unroll 8
+      for (int kh = 0; kh < R; ++kh)
+#pragma GCC unroll 8
+        for (int i = 0; i < ICB; ++i) acc[kh][i] += values[i * channel_rows + y + kh] * g;
+    }
+  }
+#pragma GCC unroll 8
+  for (int kh = 0; kh < R; ++kh)
+#pragma GCC unroll 8
+    for (int i = 0; i < ICB; ++i) {
+      T* sum = sums + ((tap * R + kh) * ic_n + ic0 + i) * L;
+      V total;
+      load_vec(total, sum);
+      store_vec(sum, total + acc[kh][i]);
+    }
+}
+
+// grad_weight by F(5, 5) along the rows: per output row y, segment and kernel row kh, the 5 taps
+// kw of the sum over the segment's x of grad_output[y][x] * input[y + kh][x + kw] are a
+// correlation of its 9 input values d with its 5 grad_output values g, so that per transformed
+// tap t the sums over images, rows and segments are of (G g)[t] * (B^T d)[t], and A^T turns the 9
+// sums of each (oc, ic, kh) into its 5 weights: 9 x 2 products per row instead of 5 x 10. The
+// input's transform is the forward's (winograd_rows_input). Images are summed in chunks of
+// kImagesPerPartial, as by the other grad_weight paths. LeNet-5's conv2 grad_weight took 0.65 of
+// the time of the tap rows (conv2d_tap_rows.h), its rounding 3e-6 of the largest weight gradient
+// against 6e-7 (oneDNN's 3e-6; benchmarks/NOTES.md, section 31). False where a weight comes out
+// not finite (an input or grad_output value not finite, or an overflow in the transforms): the
+// direct paths compute them again.
+template <typename T>
+bool winograd_rows_grad_weight(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes, R = kWinogradRowsKernel, M = 5, Tile = kWinogradRowsTile<M>;
+  const int64_t ic_n = s.in_channels, oc_n = s.out_channels, vectors = blocks_of(oc_n, L);
+  const int64_t segments = blocks_of(s.out_w, M), channel_rows = s.in_h + 2 * s.pad_h;
+  const int64_t rows = blocks_of(ic_n * channel_rows, L) * L;
+  const std::vector<int64_t> row_offsets = winograd_rows_offsets(s, channel_rows, rows);
+  const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w, weights = oc_n * ic_n * R * R;
+  // Input channels in blocks of up to 5: 5 x 5 accumulators at most.
+  const int64_t ic_blocks = blocks_of(ic_n, 5), icb = blocks_of(ic_n, ic_blocks);
+  const int64_t chunks = blocks_of(s.batch, kImagesPerPartial);
+  constexpr const auto& g = kWinogradFilter<Tile, R>;
+  const ChunkPartials<T> partials(chunks, weights, grad_weight);
+  parallel_for_ranges(chunks, kImagesPerPartial * oc_n * out_plane * ic_n * R * R, [&](int64_t first, int64_t last) {
+    Scratch<T> transformed(Tile * segments * rows, T(0)), go(out_plane * L, T(0));
+    Scratch<T> filters(segments * Tile * s.out_h * L, T(0)), sums(vectors * Tile * R * ic_n * L);
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      std::fill_n(sums.data(), vectors * Tile * R * ic_n * L, T(0));
+      for (int64_t n = chunk * kImagesPerPartial; n < std::min(s.batch, (chunk + 1) * kImagesPerPartial); ++n) {
+        winograd_rows_input<T, M>(input + n * ic_n * in_plane, input + s.batch * ic_n * in_plane, row_offsets.data(),
+                                  s, rows, segments, transformed.data());
+        for (int64_t vector = 0; vector < vectors; ++vector) {
+          const int64_t oc0 = vector * L;
+          transpose_planes(grad_output + (n * oc_n + oc0) * out_plane, out_plane, std::min<int64_t>(L, oc_n - oc0), L,
+                           go.data());
+          for (int64_t y = 0; y < s.out_h; ++y)
+            for (int64_t segment = 0; segment < segments; ++segment) {
+              // The segment's grad_output, zero past the row, is the filter of this correlation.
+              V filter[R], taps[Tile];
+              for (int k = 0; k < R; ++k) {
+                const int64_t x = segment * M + k;
+                if (x < s.out_w)
+                  load_vec(filter[k], go.data() + (y * s.out_w + x) * L);
+                else
+                  filter[k] = V{};
+              }
+              multiply_constant<Tile, R, 1, V>(
+                  g, [&](int k, int) -> const V& { return filter[k]; }, [&](int i, int, const V& v) { taps[i] = v; });
+              for (int tap = 0; tap < Tile; ++tap)
+                store_vec(filters.data() + ((segment * Tile + tap) * s.out_h + y) * L, taps[tap]);
+            }
+          for (int64_t tap = 0; tap < Tile; ++tap)
+            for (int64_t ic0 = 0; ic0 < ic_n; ic0 += icb)
+              with_count<5>(std::min(icb, ic_n - ic0), [&]<int ICB>() {
+                winograd_rows_weight_tile<T, Tile, ICB>(transformed.data(), filters.data(), rows, channel_rows, s.out_h,
+                                                        segments, tap, ic0, ic_n,
+                                                        sums.data() + vector * Tile * R * ic_n * L);
+              });
+        }
+      }
+      T* partial = partials.data() + chunk * weights;
+      for (int64_t vector = 0; vector < vectors; ++vector)
+        for (int64_t ic = 0; ic < ic_n; ++ic)
+          for (int64_t kh = 0; kh < R; ++kh) {
+            V m[Tile], w[R];
+            for (int tap = 0; tap < Tile; ++tap)
+              load_vec(m[tap], sums.data() + (((vector * Tile + tap) * R + kh) * ic_n + ic) * L);
+            winograd_output_rows<V, T>(m, w);
+            alignas(64) T lanes_of[R][L];
+            for (int kw = 0; kw < R; ++kw) store_vec(lanes_of[kw], w[kw]);
+            for (int64_t l = 0; l < std::min<int64_t>(L, oc_n - vector * L); ++l)
+              for (int kw = 0; kw < R; ++kw)
+                partial[(((vector * L + l) * ic_n + ic) * R + kh) * R + kw] = lanes_of[kw][l];
+          }
+    }
+  });
+  partials.sum();
+  return values_finite(grad_weight, weights);
+}
+
+template <typename T>
+bool conv2d_grad_weight_winograd_rows(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
+  if constexpr (Vec<T>::kLanes >= kWinogradRowsTile<5>)
+    return winograd_rows_grad_weight<T>(grad_output, input, grad_weight, s);
+  return false;
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA
