@@ -6,8 +6,8 @@
 //   on 6x6 tiles and F(4x4, 5x5) on 8x8, and their grad_weight by F(3x3, 4x4) and F(5x5, 4x4)
 //   on the same tiles, unless a value they read is not finite.
 // - conv2d_winograd_rows.h: 5x5 stride-1 forward correlations with fewer input channels
-//   (LeNet-5's conv2) by F(4, 5) or F(5, 5) along the rows and directly down the columns,
-//   unless a value they read is not finite.
+//   (LeNet-5's conv2) by F(4, 5) or F(5, 5) along the rows and directly down the columns, and
+//   where the rows take F(5, 5) their grad_weight too, unless a value they read is not finite.
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
