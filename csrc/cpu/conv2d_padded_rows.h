@@ -29,11 +29,6 @@ struct PaddedRowsBand {
   int64_t channel_step, row_step, image, oc0, channels, first_row, end_row;
 };
 
-// Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
-// (kh, kw) of input channel ic at p + ic * plane + kh * dilation_h * padded_w + kw * dilation_w:
-// the same offset for every position, so a run of positions is a contiguous load. Columns
-// ow >= out_w of that numbering are computed and dropped. Each band, of a multiple of band_unit
-// rows but the plane's last, goes to store_band(const PaddedRowsBand<T>&) while it is in cache.
 // The weight as [group][block of MB output channels][ic, kh, kw][MB], zero past each group's
 // output channels: a block's MB weights of one tap side by side, as the register tiles read them.
 template <typename T, int MB>
@@ -49,6 +44,11 @@ Scratch<T> pack_output_channel_blocks(const T* weight, const Conv2dShape& s) {
   return packed;
 }
 
+// Stride-1 convolution over padded rows. Output position p = oh * padded_w + ow reads tap
+// (kh, kw) of input channel ic at p + ic * plane + kh * dilation_h * padded_w + kw * dilation_w:
+// the same offset for every position, so a run of positions is a contiguous load. Columns
+// ow >= out_w of that numbering are computed and dropped. Each band, of a multiple of band_unit
+// rows but the plane's last, goes to store_band(const PaddedRowsBand<T>&) while it is in cache.
 template <typename T, int MB, int NV, typename StoreBand>
 void correlate_padded_rows(const T* input, const T* weight, int64_t band_unit, const Conv2dShape& s,
                            const StoreBand& store_band) {

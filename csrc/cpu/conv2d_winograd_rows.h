@@ -270,23 +270,27 @@ std::vector<int64_t> winograd_rows_correlate(const T* input, const T* weight, co
   return redo;
 }
 
-// Segments of 5 outputs where a row is 9 or 10 long (LeNet-5's conv2): 2 segments of 9 transformed
-// values instead of 3 of 8, 25 % fewer products. Longer rows would need a third segment, which
-// reads past the padded row's vector.
+// Segments of 5 outputs where a row is 9 or 10 long (LeNet-5's conv2) and a vector holds their 9
+// values (float under AVX-512): 2 segments of 9 transformed values instead of 3 of 8, 25 % fewer
+// products. Longer rows would need a third segment, which reads past the padded row's vector.
+template <typename T>
+bool winograd_rows_in_fives(const Conv2dShape& s) {
+  return Vec<T>::kLanes >= kWinogradRowsTile<5> && (s.out_w == 9 || s.out_w == 10);
+}
+
 template <typename T>
 std::vector<int64_t> conv2d_winograd_rows(const T* input, const T* weight, const T* bias, T* output,
                                           const Conv2dShape& s) {
   if constexpr (Vec<T>::kLanes >= kWinogradRowsTile<5>)
-    if (s.out_w == 9 || s.out_w == 10) return winograd_rows_correlate<T, 5>(input, weight, bias, output, s);
+    if (winograd_rows_in_fives<T>(s)) return winograd_rows_correlate<T, 5>(input, weight, bias, output, s);
   return winograd_rows_correlate<T, kWinogradOutputs>(input, weight, bias, output, s);
 }
 
 // The shapes whose grad_weight runs by F(5, 5) along the rows: those whose forward takes segments
-// of 5 (float under AVX-512).
+// of 5.
 template <typename T>
 bool worth_winograd_rows_grad_weight(const Conv2dShape& s) {
-  return worth_winograd_rows<T>(s) && Vec<T>::kLanes >= kWinogradRowsTile<5> && (s.out_w == 9 || s.out_w == 10) &&
-         s.in_channels > 0;
+  return worth_winograd_rows<T>(s) && winograd_rows_in_fives<T>(s) && s.in_channels > 0;
 }
 
 // sums[tap][kh][ic][L] += sum over rows y and segments of column[(segment * Tile + tap) * rows +
