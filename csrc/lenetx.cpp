@@ -60,6 +60,15 @@ TORCH_LIBRARY(lenetx, m) {
 
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+
+  // A batch of a dataset's images (uint8 or float32 in [0, 255], N x C x H x W), as float32
+  // (value - mean[c]) / std[c]: images[index[i]], each the window of its copy zero-padded by
+  // `padding` on every side whose top left corner is (row_offsets[i], col_offsets[i]) (the
+  // unshifted window, (padding, padding), where they are None), mirrored left to right where
+  // flip[i]. CPU only: the training loop makes its batches there (lenetx.data.BatchLoader).
+  m.def(
+      "crop_normalize(Tensor images, Tensor index, Tensor? row_offsets, Tensor? col_offsets, Tensor? flip, "
+      "int padding, Tensor mean, Tensor std) -> Tensor");
 }
 
 namespace {

@@ -1,5 +1,5 @@
-"""Datasets as uint8 tensors decoded once, and a batch loader that normalises and augments whole
-batches with tensor ops (no per-sample PIL work in the training loop).
+"""Datasets as uint8 tensors decoded once, and a batch loader that gathers, augments and normalises
+each batch in one pass of a lenetx operator (no per-sample PIL work in the training loop).
 
 Datasets: MNIST, FashionMNIST, KMNIST and CIFAR-10 through torchvision (downloaded when online,
 or read from a local root in torchvision's layout), CIFAR-10 as a JPEG image folder, and any image
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 from PIL import Image
+
+from . import _extension  # noqa: F401  (loads lenetx's operators)
 
 CIFAR10_CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_FOLDER = "cifar10-jpeg"
@@ -190,44 +191,51 @@ def read_image(path, image_size, channels):
 
 
 class Normalize:
-    """uint8 (or float in [0, 255]) images to normalised float32, per channel. The constants are
-    made once: made per batch, they took half of normalising MNIST's 128 images (74 against 36 us;
-    benchmarks/NOTES.md, section 20)."""
+    """uint8 (or float in [0, 255]) images to normalised float32, per channel, on the CPU. The
+    constants are made once: made per batch, they took half of normalising MNIST's 128 images (74
+    against 36 us; benchmarks/NOTES.md, section 20). A batch's images are gathered from the
+    dataset, cropped and normalised in one pass (lenetx's crop_normalize operator): as torch's
+    operators, those were 6 passes over the batch and 5 temporaries (NOTES, section 32)."""
 
-    def __init__(self, mean, std, device="cpu"):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean, dtype=torch.float32) * 255
+        self.std = torch.tensor(std, dtype=torch.float32) * 255
 
-    def __call__(self, images):
-        return (images.float() - self.mean).div_(self.std)
-
-
-def random_crop(images, padding, generator):
-    """Each image shifted by up to `padding` pixels in each direction, zero-filled."""
-    n, c, h, w = images.shape
-    padded = F.pad(images, [padding] * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    # Every h x w window of the padded batch, one per flat offset of its top left corner, as a
-    # view; each image's window is picked by its offset. 1.6-2.4x faster than gathering with an
-    # index per pixel (benchmarks/NOTES.md, section 16), itself 5-8x faster than indexing with
-    # broadcast row, column and channel indices.
-    image_stride, channel_stride, width = padded.stride(0), padded.stride(1), w + 2 * padding
-    corners = torch.arange(n) * image_stride + dy * width + dx
-    offsets = max(0, (n - 1) * image_stride + 2 * padding * (width + 1) + 1)
-    windows = padded.as_strided((offsets, c, h, w), (1, channel_stride, width, 1))
-    return windows.index_select(0, corners)
+    def __call__(self, images, index=None, crop=None):
+        """images[index] (every image when index is None), normalised; with a Crop, each image is
+        that crop's window of its zero-padded copy."""
+        if index is None:
+            index = torch.arange(len(images))
+        crop = crop or Crop()
+        return torch.ops.lenetx.crop_normalize(images, index, crop.rows, crop.cols, crop.flip, crop.padding,
+                                               self.mean, self.std)
 
 
-def random_flip(images, generator):
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """Each image's window in its copy zero-padded by `padding` on every side: top left corner
+    (rows[i], cols[i]), mirrored left to right where flip[i]. None: the unshifted, unmirrored one."""
+    padding: int = 0
+    rows: torch.Tensor = None
+    cols: torch.Tensor = None
+    flip: torch.Tensor = None
 
 
-AUGMENTATIONS = {
-    "shift": lambda images, generator: random_crop(images, 2, generator),
-    "crop_flip": lambda images, generator: random_flip(random_crop(images, 4, generator), generator),
-}
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Random shifts of up to `padding` pixels in each direction, zero-filled, and with `flip`, a
+    left-right mirror of half the images."""
+    padding: int
+    flip: bool = False
+
+    def draw(self, count, generator):
+        """A random Crop for each of `count` images."""
+        rows, cols = (torch.randint(0, 2 * self.padding + 1, (count,), generator=generator) for _ in range(2))
+        flip = torch.rand(count, generator=generator) < 0.5 if self.flip else None
+        return Crop(self.padding, rows, cols, flip)
+
+
+AUGMENTATIONS = {"shift": Augmentation(2), "crop_flip": Augmentation(4, flip=True)}
 
 
 class BatchLoader:
@@ -235,11 +243,13 @@ class BatchLoader:
     seeded generator, so the same seed gives the same batches."""
 
     def __init__(self, data, batch_size, mean, std, augment=None, shuffle=False, seed=0, device="cpu"):
+        if augment is not None and augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be None or one of {sorted(AUGMENTATIONS)}, but got augment={augment!r}")
         self.data, self.batch_size = data, batch_size
-        self.augment, self.shuffle = augment, shuffle
+        self.augmentation, self.shuffle = AUGMENTATIONS.get(augment), shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.device = torch.device(device)
-        self.normalize = Normalize(mean, std, self.device)
+        self.normalize = Normalize(mean, std)
 
     def __len__(self):
         return (len(self.data.labels) + self.batch_size - 1) // self.batch_size
@@ -249,8 +259,6 @@ class BatchLoader:
         order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
         for start in range(0, count, self.batch_size):
             index = order[start:start + self.batch_size]
-            images = self.data.images.index_select(0, index)  # 9x faster than images[index]
-            if self.augment:
-                images = AUGMENTATIONS[self.augment](images, self.generator)
-            images = images.to(self.device, non_blocking=True)
-            yield self.normalize(images), self.data.labels[index].to(self.device)
+            crop = self.augmentation.draw(len(index), self.generator) if self.augmentation else None
+            images = self.normalize(self.data.images, index, crop)
+            yield images.to(self.device, non_blocking=True), self.data.labels[index].to(self.device)

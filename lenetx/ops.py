@@ -157,3 +157,11 @@ def _(input, output_size):
 @torch.library.register_fake("lenetx::adaptive_avg_pool2d_backward")
 def _(grad_output, input):
     return _empty(input, *input.shape)
+
+
+@torch.library.register_fake("lenetx::crop_normalize")
+def _(images, index, row_offsets, col_offsets, flip, padding, mean, std):
+    torch._check(images.dim() == 4 and index.dim() == 1,
+                 lambda: f"lenetx.crop_normalize: expected 4-D images and a 1-D index, got "
+                         f"{tuple(images.shape)} and {tuple(index.shape)}")
+    return _empty(images, index.shape[0], *images.shape[1:], dtype=torch.float32)

@@ -65,14 +65,14 @@ def predict_files(model, checkpoint, paths, top_k=1):
     """Yields (path, [(class, probability), ...] or None, error message or None) per file."""
     classes = checkpoint["classes"]
     device = next(model.parameters()).device
-    normalize = Normalize(checkpoint["mean"], checkpoint["std"], device)
+    normalize = Normalize(checkpoint["mean"], checkpoint["std"])
     for path in image_files(paths):
         try:
             image = load_for_model(path, checkpoint)
         except (OSError, UnidentifiedImageError, ValueError) as error:
             yield path, None, f"cannot read {path} as an image ({error.__class__.__name__}: {error})"
             continue
-        logits = model(normalize(image.to(device)))
+        logits = model(normalize(image).to(device))
         probabilities = logits.softmax(1)[0]
         best = probabilities.topk(min(top_k, len(classes)))
         yield path, [(classes[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist())], None

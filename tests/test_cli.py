@@ -207,20 +207,6 @@ def test_normalize_scales_each_channel_and_leaves_float_input_alone():
     assert torch.equal(images, before)
 
 
-@pytest.mark.parametrize("shape, padding", [((16, 1, 28, 28), 2), ((5, 3, 7, 9), 3)])
-def test_random_crop_takes_each_image_at_its_own_offset_in_the_zero_padded_image(shape, padding):
-    images = torch.randint(1, 256, shape, dtype=torch.uint8)
-    cropped = data.random_crop(images, padding, torch.Generator().manual_seed(4))
-    generator = torch.Generator().manual_seed(4)
-    dy, dx = (torch.randint(0, 2 * padding + 1, (shape[0],), generator=generator).tolist()
-              for _ in range(2))
-    padded = torch.nn.functional.pad(images, [padding] * 4)
-    height, width = shape[2:]
-    for i in range(shape[0]):
-        assert torch.equal(cropped[i], padded[i, :, dy[i]:dy[i] + height, dx[i]:dx[i] + width])
-    assert len(set(zip(dy, dx))) > 1
-
-
 @pytest.mark.skipif(not REAL_DATA, reason="set LENETX_DATA to the real datasets")
 def test_lenet5_learns_real_mnist_in_one_epoch(tmp_path, capsys):
     assert cli.main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-root", REAL_DATA,
