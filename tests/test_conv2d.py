@@ -393,6 +393,46 @@ def test_row_transform_grad_weight_with_non_finite_value_matches_torch(value, wh
     torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
 
 
+# grad_input by F(5, 5) along the rows (conv2d_winograd_rows.h) where the kernels are built for
+# AVX-512 (float): 5x5 stride-1 layers whose input has 1.5 times the output's pixels or more, in
+# groups of 8 images, two rows of each to a vector; the transposed convolution elsewhere. Both
+# must match torch.
+ROW_TRANSFORM_GRAD_INPUT_SHAPES = [
+    dict(input=(9, 6, 14, 14), weight=(16, 6, 5, 5)),  # LeNet-5's conv2: a group and one image
+    dict(input=(3, 13, 13, 11), weight=(5, 13, 5, 5)),  # odd rows, blocks of 6, 6 and 1 channels
+    dict(input=(17, 1, 10, 15), weight=(24, 1, 5, 5)),  # rows of three whole segments
+]
+
+
+@pytest.mark.parametrize("shape", ROW_TRANSFORM_GRAD_INPUT_SHAPES)
+def test_row_transform_grad_input_matches_torch(shape, generator):
+    input = torch.randn(shape["input"], generator=generator)
+    weight = torch.randn(shape["weight"], generator=generator)
+    upstream = torch.randn(F.conv2d(input, weight).shape, generator=generator)
+    ours = torch.ops.lenetx.conv2d_grad_input(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    torch.testing.assert_close(ours, theirs, **tolerances(torch.float32, theirs))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_row_transform_grad_input_with_non_finite_grad_output_matches_torch(value, generator):
+    """The transforms mix a row's values, so a group of images with a grad_output value that is
+    not finite is computed again by the transposed convolution: NaN or infinity only where torch
+    has them, the other groups as before."""
+    input = torch.randn(17, 6, 14, 14, generator=generator)
+    weight = torch.randn(16, 6, 5, 5, generator=generator)
+    upstream = torch.randn(17, 16, 10, 10, generator=generator)
+    finite = torch.ops.lenetx.conv2d_grad_input(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
+    upstream[9, 3, 4, 4] = value
+    ours = torch.ops.lenetx.conv2d_grad_input(upstream, input, weight, [1, 1], [0, 0], [1, 1], 1)
+    theirs = torch.ops.aten.convolution_backward(
+        upstream, input, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+    assert not theirs.isfinite().all()
+    torch.testing.assert_close(ours, theirs, equal_nan=True, **tolerances(torch.float32, theirs))
+    assert torch.equal(ours[:8], finite[:8]) and torch.equal(ours[16:], finite[16:])
+
+
 # Stride-1 rows of one or two vectors where the kernels are built for AVX-512 (float rows of 16 to
 # 32, double rows of 8 to 16) go through conv2d_padded_rows.h's row vectors: the last vector of a
 # row overlaps the one before where the row is not a multiple of the vector, and so does the

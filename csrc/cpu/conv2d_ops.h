@@ -35,7 +35,8 @@ at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& in
   const at::Tensor go = grad_output.contiguous(), w = weight.contiguous();
   at::Tensor grad_input = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_conv2d_grad_input", [&] {
-    conv2d_grad_input_paths<scalar_t>(go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+    conv2d_grad_input_paths<scalar_t>(go.const_data_ptr<scalar_t>(),
+                                      prepare_grad_input_weight<scalar_t>(w.const_data_ptr<scalar_t>(), s),
                                       grad_input.mutable_data_ptr<scalar_t>(), s);
   });
   return grad_input;

@@ -226,10 +226,43 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
   }
 }
 
+// The weight as conv2d_grad_input_paths reads it, prepared once per operator call (the fused
+// operator runs the paths once per chunk of images): for F(5, 5) along the rows, its transformed
+// kernel rows, where that path applies (a weight that is not finite takes the transposed
+// convolution).
+template <typename T>
+struct GradInputWeight {
+  const T* weight;
+  bool by_winograd_rows;
+  Scratch<T> winograd_rows;
+};
+
+template <typename T>
+GradInputWeight<T> prepare_grad_input_weight(const T* weight, const Conv2dShape& s) {
+  const bool by_winograd_rows =
+      !is_fully_connected(s) && !grad_input_as_product(s) && worth_grad_input_transposed(s) &&
+      worth_winograd_rows_grad_input<T>(s) && all_finite(weight, s.out_channels * s.in_channels * s.kernel_h * s.kernel_w);
+  return {weight, by_winograd_rows,
+          by_winograd_rows ? winograd_rows_grad_input_filters<T>(weight, s) : Scratch<T>()};
+}
+
 // The grad_input paths by shape.
 template <typename T>
-void conv2d_grad_input_paths(const T* grad_output, const T* weight, T* grad_input, const Conv2dShape& s) {
-  if (is_fully_connected(s)) {
+void conv2d_grad_input_paths(const T* grad_output, const GradInputWeight<T>& prepared, T* grad_input,
+                             const Conv2dShape& s) {
+  const T* weight = prepared.weight;
+  if (prepared.by_winograd_rows) {
+    // Groups whose grad_input came out not finite, by the transposed convolution.
+    const int64_t images = kWinogradRowsImages<T>;
+    const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_image = s.out_channels * s.out_h * s.out_w;
+    for (const int64_t group :
+         winograd_rows_grad_input<T>(grad_output, prepared.winograd_rows.data(), grad_input, s)) {
+      Conv2dShape part = s;
+      part.batch = std::min(images, s.batch - group * images);
+      conv2d_grad_input_transposed<T>(grad_output + group * images * out_image, weight,
+                                      grad_input + group * images * in_image, part);
+    }
+  } else if (is_fully_connected(s)) {
     conv2d_grad_input_fully_connected<T>(grad_output, weight, grad_input, s);
   } else if (grad_input_as_product(s)) {
     conv2d_grad_input_unfolded<T>(grad_output, weight, grad_input, s);

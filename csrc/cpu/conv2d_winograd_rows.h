@@ -420,4 +420,214 @@ bool conv2d_grad_weight_winograd_rows(const T* grad_output, const T* input, T* g
   return false;
 }
 
+
+// grad_input by F(5, 5) along the rows: the correlation of grad_output, zero-padded by 4 -
+// padding, with the flipped kernel, each grad_input row cut into segments of 5 as in the
+// forward, but with a vector's lanes holding two rows of kWinogradRowsImages images where the
+// forward's hold output channels. Here the sums run over the output channels, which in the lanes
+// would need sums across them, and the lanes would be less than half full with LeNet-5's 6 input
+// channels. A pair of grad_input rows takes only the kernel rows that reach a row of grad_output:
+// 27 of the 35 per transformed tap in LeNet-5's conv2, whose 14 rows read 10. The products are
+// 9 x 3 segments per row, kernel row and channel pair, against 5 x 10 for the transposed
+// convolution (conv2d_transposed.h), which also folds its products back. A pair of vectors of 8
+// images' rows, transposed in registers, gives a vector per column: the transform's inputs.
+template <typename T>
+constexpr int64_t kWinogradRowsImages = Vec<T>::kLanes / 2;
+
+// Where it applies: 5x5 stride-1 kernels, padding of at most 4, grad_output rows that fit a vector
+// and grad_input rows of at most 3 segments, float under AVX-512 (a vector of 16: two rows of a
+// group of 8 images); conv2d_paths.h takes it where the transposed convolution would apply.
+template <typename T>
+bool worth_winograd_rows_grad_input(const Conv2dShape& s) {
+  constexpr int64_t L = Vec<T>::kLanes;
+  return L == 16 && s.kernel_h == kWinogradRowsKernel && s.kernel_w == kWinogradRowsKernel && s.stride_h == 1 &&
+         s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 && s.groups == 1 &&
+         s.pad_h < kWinogradRowsKernel && s.pad_w < kWinogradRowsKernel && s.out_w <= L && s.in_w <= 3 * 5;
+}
+
+// u[((tap * out_channels + oc) * 5 + kh) * in_channels + ic] = (G f)[tap] for f the kernel row
+// weight[oc][ic][4 - kh] flipped, f[k] = weight[oc][ic][4 - kh][4 - k]: made once per operator
+// call, input channels innermost for the register tile's broadcasts.
+template <typename T>
+Scratch<T> winograd_rows_grad_input_filters(const T* weight, const Conv2dShape& s) {
+  constexpr int64_t R = kWinogradRowsKernel, Tile = kWinogradRowsTile<5>;
+  constexpr const auto& g = kWinogradFilter<Tile, R>;
+  const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
+  Scratch<T> u(Tile * oc_n * R * ic_n);
+  for (int64_t oc = 0; oc < oc_n; ++oc)
+    for (int64_t ic = 0; ic < ic_n; ++ic)
+      for (int64_t kh = 0; kh < R; ++kh) {
+        const T* row = weight + ((oc * ic_n + ic) * R + R - 1 - kh) * R;
+        for (int64_t tap = 0; tap < Tile; ++tap) {
+          T sum = 0;
+          for (int64_t k = 0; k < R; ++k) sum += static_cast<T>(g[tap][k]) * row[R - 1 - k];
+          u[((tap * oc_n + oc) * R + kh) * ic_n + ic] = sum;
+        }
+      }
+  return u;
+}
+
+// products[((ic0 + i) * segments + segment0 + j) * Tile + tap][L] = the sum over output channels
+// and kernel rows [kh0, kh1] of u's broadcast weight times the transformed segment column at
+// padded row kh (a vector: that row and the next, of each image), for ICB input channels by SB
+// segments: 6 x 3 accumulators, their 3 columns loaded once for 6 broadcasts.
+template <typename T, int ICB, int SB>
+void winograd_rows_grad_input_tile(const T* __restrict columns, const T* __restrict u, int64_t segments,
+                                   int64_t column_step, int64_t oc_n, int64_t ic_n, int64_t kh0, int64_t kh1,
+                                   int64_t tap, int64_t ic0, int64_t segment0, T* __restrict products) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes, I = kWinogradRowsImages<T>, R = kWinogradRowsKernel,
+                    Tile = kWinogradRowsTile<5>;
+  V acc[ICB][SB];
+#pragma GCC unroll 8
+  for (int i = 0; i < ICB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < SB; ++j) acc[i][j] = V{};
+  for (int64_t oc = 0; oc < oc_n; ++oc) {
+    const T* column = columns + ((oc * segments + segment0) * Tile + tap) * column_step;
+    const T* weights = u + ((tap * oc_n + oc) * R) * ic_n + ic0;
+    for (int64_t kh = kh0; kh <= kh1; ++kh) {
+      V v[SB];
+#pragma GCC unroll 4
+      for (int j = 0; j < SB; ++j) load_vec(v[j], column + j * Tile * column_step + kh * I);
+#pragma GCC unroll 8
+      for (int i = 0; i < ICB; ++i) {
+        const T w = weights[kh * ic_n + i];
+#pragma GCC unroll 4
+        for (int j = 0; j < SB; ++j) acc[i][j] += w * v[j];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < ICB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < SB; ++j) store_vec(products + (((ic0 + i) * segments + segment0 + j) * Tile + tap) * L, acc[i][j]);
+}
+
+// conv2d_grad_input_paths' path for worth_winograd_rows_grad_input, with u from
+// winograd_rows_grad_input_filters. Returns the groups of kWinogradRowsImages images (from image
+// group * kWinogradRowsImages) whose grad_input came out not finite, left for the transposed
+// convolution to compute again.
+template <typename T>
+std::vector<int64_t> winograd_rows_grad_input(const T* grad_output, const T* u, T* grad_input, const Conv2dShape& s) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = Vec<T>::kLanes, I = kWinogradRowsImages<T>, R = kWinogradRowsKernel, M = 5,
+                    Tile = kWinogradRowsTile<M>;
+  const int64_t ic_n = s.in_channels, oc_n = s.out_channels;
+  const int64_t pad_top = R - 1 - s.pad_h, pad_left = R - 1 - s.pad_w;
+  const int64_t segments = blocks_of(s.in_w, M), pairs = blocks_of(s.in_h, 2);
+  // Padded grad_output rows: every row a pair's kernel rows read, and the one after the last, the
+  // second row of a vector loaded at it.
+  const int64_t padded_rows = 2 * pairs + R;
+  const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
+  const int64_t groups = blocks_of(s.batch, I);
+  const T* grad_output_end = grad_output + s.batch * oc_n * out_plane;
+  std::vector<uint8_t> not_finite(groups, 0);
+  parallel_for_ranges(groups, I * oc_n * out_plane * ic_n * R * R, [&](int64_t first, int64_t last) {
+    // columns[oc][segment][tap][padded row][I]: the transformed segments, a vector at any row
+    // holding it and the next. Of the padding's rows the products read only the one before
+    // grad_output's and the one after, set to zero below; zeroing them all took 7 % of LeNet-5's
+    // fused conv2 backward. products[ic][segment][tap][L] for one pair of rows.
+    const int64_t column_step = padded_rows * I, rows_end = pad_top + s.out_h;
+    Scratch<T> columns(oc_n * segments * Tile * column_step), products(ic_n * segments * Tile * L);
+    for (int64_t column = 0; column < oc_n * segments * Tile; ++column) {
+      if (pad_top > 0) std::fill_n(columns.data() + column * column_step + (pad_top - 1) * I, I, T(0));
+      std::fill_n(columns.data() + column * column_step + rows_end * I, I, T(0));
+    }
+    for (int64_t group = first; group < last; ++group) {
+      const int64_t n0 = group * I, images = std::min(I, s.batch - n0);
+      for (int64_t oc = 0; oc < oc_n; ++oc)
+        for (int64_t r = 0; r < s.out_h; r += 2) {
+          // square[h * I + i] = grad_output row r + h of image n0 + i; transposed, square[x] =
+          // column x of the 2 x I rows.
+          V square[L];
+#pragma GCC unroll 16
+          for (int64_t lane = 0; lane < L; ++lane) {
+            const int64_t i = lane % I, row = r + lane / I;
+            square[lane] = V{};
+            if (i >= images || row >= s.out_h) continue;
+            const T* src = grad_output + ((n0 + i) * oc_n + oc) * out_plane + row * s.out_w;
+            if (src + L <= grad_output_end) {
+              load_vec(square[lane], src);
+            } else {
+              T values[L] = {};
+              std::copy_n(src, s.out_w, values);
+              load_vec(square[lane], values);
+            }
+          }
+          transpose_square<T>(square);
+          for (int64_t segment = 0; segment < segments; ++segment) {
+            V d[Tile], taps[Tile];
+#pragma GCC unroll 16
+            for (int j = 0; j < Tile; ++j) {
+              const int64_t x = segment * M + j - pad_left;
+              d[j] = x >= 0 && x < s.out_w ? square[x] : V{};
+            }
+            winograd_input_rows<V, T>(d, taps);
+            T* column = columns.data() + (oc * segments + segment) * Tile * column_step + (pad_top + r) * I;
+#pragma GCC unroll 16
+            for (int tap = 0; tap < Tile; ++tap) store_vec(column + tap * column_step, taps[tap]);
+          }
+        }
+      V zero_if_finite{};  // x * 0 is NaN for an infinite or NaN x
+      for (int64_t pair = 0; pair < pairs; ++pair) {
+        // The kernel rows for which row 2 * pair or the next reads a grad_output row.
+        const int64_t kh0 = std::max<int64_t>(0, pad_top - 1 - 2 * pair);
+        const int64_t kh1 = std::min<int64_t>(R - 1, pad_top + s.out_h - 1 - 2 * pair);
+        const T* pair_columns = columns.data() + 2 * pair * I;
+        for (int64_t tap = 0; tap < Tile; ++tap)
+          for (int64_t ic0 = 0; ic0 < ic_n; ic0 += 6)
+            with_count<6>(std::min<int64_t>(6, ic_n - ic0), [&]<int ICB>() {
+              with_count<3>(segments, [&]<int SB>() {
+                winograd_rows_grad_input_tile<T, ICB, SB>(pair_columns, u, segments, column_step, oc_n, ic_n, kh0, kh1,
+                                                          tap, ic0, 0, products.data());
+              });
+            });
+        for (int64_t ic = 0; ic < ic_n; ++ic) {
+          // square[x] = grad_input column x of the pair's rows; transposed, square[h * I + i] =
+          // row 2 * pair + h of image n0 + i.
+          V square[L];
+#pragma GCC unroll 16
+          for (int x = 0; x < L; ++x) square[x] = V{};
+          for (int64_t segment = 0; segment < segments; ++segment) {
+            V m[Tile], out[M];
+#pragma GCC unroll 16
+            for (int tap = 0; tap < Tile; ++tap)
+              load_vec(m[tap], products.data() + ((ic * segments + segment) * Tile + tap) * L);
+            winograd_output_rows<V, T>(m, out);
+#pragma GCC unroll 8
+            for (int o = 0; o < M; ++o)
+              if (segment * M + o < s.in_w) {
+                square[segment * M + o] = out[o];
+                zero_if_finite += out[o] * T(0);
+              }
+          }
+          transpose_square<T>(square);
+          for (int64_t lane = 0; lane < L; ++lane) {
+            const int64_t i = lane % I, row = 2 * pair + lane / I;
+            if (i >= images || row >= s.in_h) continue;
+            T* destination = grad_input + ((n0 + i) * ic_n + ic) * in_plane + row * s.in_w;
+            // A whole vector: past the row, it writes the start of the next, which is written after
+            // it (the pair's second row, or the next pair's first). Through memory, a copy of the
+            // row's values took 14 % of this path's samples, its loads waiting on the vector's store.
+            if (row + 1 < s.in_h) {
+              store_vec(destination, square[lane]);
+            } else {
+              alignas(64) T values[L];
+              store_vec(values, square[lane]);
+              copy_row(values, s.in_w, destination);
+            }
+          }
+        }
+      }
+      for (int64_t l = 0; l < L; ++l)
+        if (zero_if_finite[l] != T(0)) not_finite[group] = 1;
+    }
+  });
+  std::vector<int64_t> redo;
+  for (int64_t group = 0; group < groups; ++group)
+    if (not_finite[group]) redo.push_back(group);
+  return redo;
+}
+
 }  // namespace lenetx::cpu::LENETX_ISA
