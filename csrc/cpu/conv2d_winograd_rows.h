@@ -467,24 +467,20 @@ Scratch<T> winograd_rows_grad_input_filters(const T* weight, const Conv2dShape& 
   return u;
 }
 
-// products[((ic0 + i) * segments + segment0 + j) * Tile + tap][L] = the sum over output channels
-// and kernel rows [kh0, kh1] of u's broadcast weight times the transformed segment column at
-// padded row kh (a vector: that row and the next, of each image), for ICB input channels by SB
+// products[((ic0 + i) * SB + j) * Tile + tap][L] = the sum over output channels and kernel rows
+// [kh0, kh1] of u's broadcast weight times segment j's transformed column at padded row kh (a
+// vector: that row and the next, of each image), for ICB input channels by the row's SB
 // segments: 6 x 3 accumulators, their 3 columns loaded once for 6 broadcasts.
 template <typename T, int ICB, int SB>
-void winograd_rows_grad_input_tile(const T* __restrict columns, const T* __restrict u, int64_t segments,
-                                   int64_t column_step, int64_t oc_n, int64_t ic_n, int64_t kh0, int64_t kh1,
-                                   int64_t tap, int64_t ic0, int64_t segment0, T* __restrict products) {
+void winograd_rows_grad_input_tile(const T* __restrict columns, const T* __restrict u, int64_t column_step,
+                                   int64_t oc_n, int64_t ic_n, int64_t kh0, int64_t kh1, int64_t tap, int64_t ic0,
+                                   T* __restrict products) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes, I = kWinogradRowsImages<T>, R = kWinogradRowsKernel,
                     Tile = kWinogradRowsTile<5>;
-  V acc[ICB][SB];
-#pragma GCC unroll 8
-  for (int i = 0; i < ICB; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < SB; ++j) acc[i][j] = V{};
+  V acc[ICB][SB] = {};
   for (int64_t oc = 0; oc < oc_n; ++oc) {
-    const T* column = columns + ((oc * segments + segment0) * Tile + tap) * column_step;
+    const T* column = columns + (oc * SB * Tile + tap) * column_step;
     const T* weights = u + ((tap * oc_n + oc) * R) * ic_n + ic0;
     for (int64_t kh = kh0; kh <= kh1; ++kh) {
       V v[SB];
@@ -501,7 +497,7 @@ void winograd_rows_grad_input_tile(const T* __restrict columns, const T* __restr
 #pragma GCC unroll 8
   for (int i = 0; i < ICB; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < SB; ++j) store_vec(products + (((ic0 + i) * segments + segment0 + j) * Tile + tap) * L, acc[i][j]);
+    for (int j = 0; j < SB; ++j) store_vec(products + (((ic0 + i) * SB + j) * Tile + tap) * L, acc[i][j]);
 }
 
 // conv2d_grad_input_paths' path for worth_winograd_rows_grad_input, with u from
@@ -579,8 +575,8 @@ std::vector<int64_t> winograd_rows_grad_input(const T* grad_output, const T* u, 
           for (int64_t ic0 = 0; ic0 < ic_n; ic0 += 6)
             with_count<6>(std::min<int64_t>(6, ic_n - ic0), [&]<int ICB>() {
               with_count<3>(segments, [&]<int SB>() {
-                winograd_rows_grad_input_tile<T, ICB, SB>(pair_columns, u, segments, column_step, oc_n, ic_n, kh0, kh1,
-                                                          tap, ic0, 0, products.data());
+                winograd_rows_grad_input_tile<T, ICB, SB>(pair_columns, u, column_step, oc_n, ic_n, kh0, kh1, tap, ic0,
+                                                          products.data());
               });
             });
         for (int64_t ic = 0; ic < ic_n; ++ic) {
