@@ -7,7 +7,10 @@
 //   on the same tiles, unless a value they read is not finite.
 // - conv2d_winograd_rows.h: 5x5 stride-1 forward correlations with fewer input channels
 //   (LeNet-5's conv2) by F(4, 5) or F(5, 5) along the rows and directly down the columns, and
-//   where the rows take F(5, 5) their grad_weight too, unless a value they read is not finite.
+//   where the rows take F(5, 5) their grad_weight too, unless a value they read is not finite;
+//   under AVX-512, the float grad_input of 5x5 stride-1 layers where the transposed convolution
+//   would apply (LeNet-5's conv2), by F(5, 5) along the rows with two rows of 8 images to a
+//   vector, unless a weight is not finite (an image group whose grad_input is: computed again).
 // - conv2d_unfolded.h: few output pixels (VGG's 8x8 and smaller blocks) as gemm.h's blocked
 //   matrix products over the unfolded input, read in place from a channels-last copy; a kernel
 //   that covers the whole input (LeNet-5's conv3) as products over the tensors themselves.
@@ -24,8 +27,8 @@
 //   channels is dot products along the same rows. On AVX-512 a plain forward whose output rows
 //   are one or two vectors long computes each row as whole vectors, stored in place.
 // - conv2d_transposed.h: grad_input of a stride-1 layer whose input has at least 1.5 times its
-//   output's pixels (LeNet-5's conv2), as a transposed convolution: a product per image of the
-//   weight's rows by grad_output's planes, folded back onto the input.
+//   output's pixels (LeNet-5's conv2 in double or under AVX2), as a transposed convolution: a
+//   product per image of the weight's rows by grad_output's planes, folded back onto the input.
 // - The grad_input of another stride-1 layer is a forward correlation on the padded grad_output
 //   with the flipped kernel, so it takes the forward's paths.
 // - conv2d_tap_rows.h: grad_weight of 3- or 5-wide kernels with a vector of output channels or
@@ -239,9 +242,9 @@ struct GradInputWeight {
 
 template <typename T>
 GradInputWeight<T> prepare_grad_input_weight(const T* weight, const Conv2dShape& s) {
-  const bool by_winograd_rows =
-      !is_fully_connected(s) && !grad_input_as_product(s) && worth_grad_input_transposed(s) &&
-      worth_winograd_rows_grad_input<T>(s) && all_finite(weight, s.out_channels * s.in_channels * s.kernel_h * s.kernel_w);
+  const bool by_winograd_rows = !is_fully_connected(s) && !grad_input_as_product(s) &&
+                                worth_grad_input_transposed(s) && worth_winograd_rows_grad_input<T>(s) &&
+                                all_finite(weight, s.out_channels * s.in_channels * s.kernel_h * s.kernel_w);
   return {weight, by_winograd_rows,
           by_winograd_rows ? winograd_rows_grad_input_filters<T>(weight, s) : Scratch<T>()};
 }

@@ -515,8 +515,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
                        c.out_w, s);
       }
       if (input_grad)
-        conv2d_grad_input_paths<scalar_t>(grad_conv, grad_input_weight, grad_input.mutable_data_ptr<scalar_t>() + n0 * in_image,
-                                          chunk);
+        conv2d_grad_input_paths<scalar_t>(grad_conv, grad_input_weight,
+                                          grad_input.mutable_data_ptr<scalar_t>() + n0 * in_image, chunk);
       conv2d_grad_weight_paths<scalar_t>(grad_conv, in_data + n0 * in_image, chunk_weight_partials, chunk);
       for (int64_t n = 0; n < images; ++n)
         grad_bias_channels<scalar_t>(grad_conv + n * c.out_channels * conv_plane, 1, c.out_channels,
