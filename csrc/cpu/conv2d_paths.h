@@ -229,24 +229,40 @@ void conv2d_forward(const T* input, const T* weight, const T* bias, T* output, c
   }
 }
 
-// The weight as conv2d_grad_input_paths reads it, prepared once per operator call (the fused
-// operator runs the paths once per chunk of images): for F(5, 5) along the rows, its transformed
-// kernel rows, where that path applies (a weight that is not finite takes the transposed
-// convolution).
+enum class GradInputPath { fully_connected, unfolded, winograd_rows, transposed, correlation, channel_vector };
+
+// The path conv2d_grad_input_paths takes for a shape and weight. F(5, 5) along the rows where the
+// transposed convolution would apply and the weight is finite; the transposed convolution
+// computes again any group of images whose grad_input it leaves not finite.
+template <typename T>
+GradInputPath grad_input_path(const T* weight, const Conv2dShape& s) {
+  if (is_fully_connected(s)) return GradInputPath::fully_connected;
+  if (grad_input_as_product(s)) return GradInputPath::unfolded;
+  if (worth_grad_input_transposed(s))
+    return worth_winograd_rows_grad_input<T>(s) &&
+                   all_finite(weight, s.out_channels * s.in_channels * s.kernel_h * s.kernel_w)
+               ? GradInputPath::winograd_rows
+               : GradInputPath::transposed;
+  if (grad_input_is_correlation(s) && forward_is_tiled<T>(grad_input_as_correlation(s)))
+    return GradInputPath::correlation;
+  return GradInputPath::channel_vector;
+}
+
+// The weight as conv2d_grad_input_paths reads it, its path chosen and, for F(5, 5) along the rows,
+// its kernel rows transformed, once per operator call: the fused operator runs the paths once per
+// chunk of images.
 template <typename T>
 struct GradInputWeight {
   const T* weight;
-  bool by_winograd_rows;
+  GradInputPath path;
   Scratch<T> winograd_rows;
 };
 
 template <typename T>
 GradInputWeight<T> prepare_grad_input_weight(const T* weight, const Conv2dShape& s) {
-  const bool by_winograd_rows = !is_fully_connected(s) && !grad_input_as_product(s) &&
-                                worth_grad_input_transposed(s) && worth_winograd_rows_grad_input<T>(s) &&
-                                all_finite(weight, s.out_channels * s.in_channels * s.kernel_h * s.kernel_w);
-  return {weight, by_winograd_rows,
-          by_winograd_rows ? winograd_rows_grad_input_filters<T>(weight, s) : Scratch<T>()};
+  const GradInputPath path = grad_input_path<T>(weight, s);
+  return {weight, path,
+          path == GradInputPath::winograd_rows ? winograd_rows_grad_input_filters<T>(weight, s) : Scratch<T>()};
 }
 
 // The grad_input paths by shape.
@@ -254,31 +270,34 @@ template <typename T>
 void conv2d_grad_input_paths(const T* grad_output, const GradInputWeight<T>& prepared, T* grad_input,
                              const Conv2dShape& s) {
   const T* weight = prepared.weight;
-  if (prepared.by_winograd_rows) {
-    // Groups whose grad_input came out not finite, by the transposed convolution.
-    const int64_t images = kWinogradRowsImages<T>;
-    const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_image = s.out_channels * s.out_h * s.out_w;
-    for (const int64_t group :
-         winograd_rows_grad_input<T>(grad_output, prepared.winograd_rows.data(), grad_input, s)) {
-      Conv2dShape part = s;
-      part.batch = std::min(images, s.batch - group * images);
-      conv2d_grad_input_transposed<T>(grad_output + group * images * out_image, weight,
-                                      grad_input + group * images * in_image, part);
+  switch (prepared.path) {
+    case GradInputPath::winograd_rows: {
+      const int64_t images = kWinogradRowsImages<T>;
+      const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_image = s.out_channels * s.out_h * s.out_w;
+      for (const int64_t group :
+           winograd_rows_grad_input<T>(grad_output, prepared.winograd_rows.data(), grad_input, s)) {
+        Conv2dShape part = s;
+        part.batch = std::min(images, s.batch - group * images);
+        conv2d_grad_input_transposed<T>(grad_output + group * images * out_image, weight,
+                                        grad_input + group * images * in_image, part);
+      }
+      break;
     }
-  } else if (is_fully_connected(s)) {
-    conv2d_grad_input_fully_connected<T>(grad_output, weight, grad_input, s);
-  } else if (grad_input_as_product(s)) {
-    conv2d_grad_input_unfolded<T>(grad_output, weight, grad_input, s);
-  } else if (worth_grad_input_transposed(s)) {
-    conv2d_grad_input_transposed<T>(grad_output, weight, grad_input, s);
-  } else if (const Conv2dShape t = grad_input_as_correlation(s); grad_input_is_correlation(s) && forward_is_tiled<T>(t)) {
-    conv2d_forward<T>(grad_output, flipped_kernel(weight, s).data(), nullptr, grad_input, t);
-  } else {
-    switch (channel_block(s.in_channels_per_group())) {
-      case 8: conv2d_grad_input_impl<T, 8, 8>(grad_output, weight, grad_input, s); break;
-      case 16: conv2d_grad_input_impl<T, 16, 4>(grad_output, weight, grad_input, s); break;
-      default: conv2d_grad_input_impl<T, 32, 4>(grad_output, weight, grad_input, s); break;
-    }
+    case GradInputPath::fully_connected:
+      conv2d_grad_input_fully_connected<T>(grad_output, weight, grad_input, s);
+      break;
+    case GradInputPath::unfolded: conv2d_grad_input_unfolded<T>(grad_output, weight, grad_input, s); break;
+    case GradInputPath::transposed: conv2d_grad_input_transposed<T>(grad_output, weight, grad_input, s); break;
+    case GradInputPath::correlation:
+      conv2d_forward<T>(grad_output, flipped_kernel(weight, s).data(), nullptr, grad_input,
+                        grad_input_as_correlation(s));
+      break;
+    default:
+      switch (channel_block(s.in_channels_per_group())) {
+        case 8: conv2d_grad_input_impl<T, 8, 8>(grad_output, weight, grad_input, s); break;
+        case 16: conv2d_grad_input_impl<T, 16, 4>(grad_output, weight, grad_input, s); break;
+        default: conv2d_grad_input_impl<T, 32, 4>(grad_output, weight, grad_input, s); break;
+      }
   }
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -490,8 +491,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
     // copying it into the rows and summing it took as long as the dot products (NOTES, section
     // 28).
     const bool unpool_into_rows = !input_grad && grad_weight_path<scalar_t>(c) == GradWeightPath::by_rows;
-    const GradInputWeight<scalar_t> grad_input_weight =
-        input_grad ? prepare_grad_input_weight<scalar_t>(w_data, c) : GradInputWeight<scalar_t>{w_data, false, {}};
+    const std::optional<GradInputWeight<scalar_t>> grad_input_weight =
+        input_grad ? std::optional(prepare_grad_input_weight<scalar_t>(w_data, c)) : std::nullopt;
     for_each_chunk<scalar_t>(c.batch, c.out_channels * conv_plane, work_per_chunk,
                              [&](int64_t n0, int64_t images, scalar_t* grad_conv) {
       Conv2dShape chunk = c;
@@ -515,7 +516,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_pool2d_backward(
                        c.out_w, s);
       }
       if (input_grad)
-        conv2d_grad_input_paths<scalar_t>(grad_conv, grad_input_weight,
+        conv2d_grad_input_paths<scalar_t>(grad_conv, *grad_input_weight,
                                           grad_input.mutable_data_ptr<scalar_t>() + n0 * in_image, chunk);
       conv2d_grad_weight_paths<scalar_t>(grad_conv, in_data + n0 * in_image, chunk_weight_partials, chunk);
       for (int64_t n = 0; n < images; ++n)

@@ -102,6 +102,39 @@ constexpr int kWinogradRowsTileRows = M == 4 ? 5 : 10;
 template <int M>
 constexpr int kWinogradRowsTileSegments = M == 4 ? 3 : 2;
 
+// v = `count` values from src after `left` zeros: loaded straight where no zeros come first and
+// the vector stays inside the input, which ends at `end` (its lanes past the values are then the
+// next row's), else through a zeroed copy, zero past them.
+template <typename V, typename T>
+__attribute__((always_inline)) inline void load_padded_row(V& v, const T* src, int64_t count, int64_t left,
+                                                           const T* end) {
+  constexpr int64_t L = Vec<T>::kLanes;
+  if (left == 0 && src + L <= end) {
+    load_vec(v, src);
+  } else {
+    T row[L] = {};
+    std::copy_n(src, count, row + left);
+    load_vec(v, row);
+  }
+}
+
+// Whether every lane of zero_if_finite, a sum of values each times zero, is zero: whether every
+// value was finite (x * 0 is NaN for an infinite or NaN x).
+template <typename T, typename V>
+bool lanes_zero(const V& zero_if_finite) {
+  bool zero = true;
+  for (int l = 0; l < Vec<T>::kLanes; ++l) zero = zero && zero_if_finite[l] == T(0);
+  return zero;
+}
+
+// The indices whose flag is set: the images or groups a path leaves for another to compute again.
+inline std::vector<int64_t> flagged(const std::vector<uint8_t>& flags) {
+  std::vector<int64_t> indices;
+  for (int64_t i = 0; i < static_cast<int64_t>(flags.size()); ++i)
+    if (flags[i]) indices.push_back(i);
+  return indices;
+}
+
 // transformed[(segment * (M + 4) + tap) * rows + q] = (B^T d)[tap] for the M + 4 values d from
 // column segment * M of padded row q, whose values lie in the image from row_offsets[q] (negative:
 // a row of zeros, padding or past the channels) inside pad_w zero columns on its left. A vector of
@@ -123,14 +156,7 @@ void winograd_rows_input(const T* image, const T* end, const int64_t* row_offset
       square[m] = V{};
       const int64_t offset = row_offsets[row0 + m];
       if (offset < 0) continue;
-      const T* src = image + offset;
-      if (s.pad_w == 0 && src + L <= end) {
-        load_vec(square[m], src);
-      } else {
-        T row[L] = {};
-        std::copy_n(src, s.in_w, row + s.pad_w);
-        load_vec(square[m], row);
-      }
+      load_padded_row(square[m], image + offset, s.in_w, s.pad_w, end);
     }
     transpose_square<T>(square);
 #pragma GCC unroll 16
@@ -169,7 +195,7 @@ bool winograd_rows_outputs(const T* __restrict products, int64_t out_h, int64_t 
                            T* __restrict gathered) {
   using V = typename Vec<T>::type;
   constexpr int64_t L = Vec<T>::kLanes, Tile = kWinogradRowsTile<M>;
-  V zero_if_finite{};  // x * 0 is NaN for an infinite or NaN x
+  V zero_if_finite{};
   for (int64_t y = 0; y < out_h; ++y)
     for (int64_t segment = 0; segment < segments; ++segment) {
       V m[Tile], out[M];
@@ -188,9 +214,7 @@ bool winograd_rows_outputs(const T* __restrict products, int64_t out_h, int64_t 
         for (int64_t i = 0; i < out_w - segment * M; ++i) store_vec(pixels + i * L, out[i]);
       }
     }
-  bool finite = true;
-  for (int l = 0; l < L; ++l) finite = finite && zero_if_finite[l] == T(0);
-  return finite;
+  return lanes_zero<T>(zero_if_finite);
 }
 
 // conv2d_forward's path for worth_winograd_rows, for a weight it found finite. Returns the images
@@ -264,10 +288,7 @@ std::vector<int64_t> winograd_rows_correlate(const T* input, const T* weight, co
       }
     }
   });
-  std::vector<int64_t> redo;
-  for (int64_t n = 0; n < s.batch; ++n)
-    if (not_finite[n]) redo.push_back(n);
-  return redo;
+  return flagged(not_finite);
 }
 
 // Segments of 5 outputs where a row is 9 or 10 long (LeNet-5's conv2) and a vector holds their 9
@@ -303,11 +324,7 @@ void winograd_rows_weight_tile(const T* __restrict column, const T* __restrict f
                                int64_t ic_n, T* __restrict sums) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes, R = kWinogradRowsKernel;
-  V acc[R][ICB];
-#pragma GCC unroll 8
-  for (int kh = 0; kh < R; ++kh)
-#pragma GCC unroll 8
-    for (int i = 0; i < ICB; ++i) acc[kh][i] = V{};
+  V acc[R][ICB] = {};
   for (int64_t segment = 0; segment < segments; ++segment) {
     const T* values = column + (segment * Tile + tap) * rows + ic0 * channel_rows;
     const T* filter = filters + (segment * Tile + tap) * out_h * L;
@@ -419,7 +436,6 @@ bool conv2d_grad_weight_winograd_rows(const T* grad_output, const T* input, T* g
     return winograd_rows_grad_weight<T>(grad_output, input, grad_weight, s);
   return false;
 }
-
 
 // grad_input by F(5, 5) along the rows: the correlation of grad_output, zero-padded by 4 -
 // padding, with the flipped kernel, each grad_input row cut into segments of 5 as in the
@@ -542,14 +558,8 @@ std::vector<int64_t> winograd_rows_grad_input(const T* grad_output, const T* u, 
             const int64_t i = lane % I, row = r + lane / I;
             square[lane] = V{};
             if (i >= images || row >= s.out_h) continue;
-            const T* src = grad_output + ((n0 + i) * oc_n + oc) * out_plane + row * s.out_w;
-            if (src + L <= grad_output_end) {
-              load_vec(square[lane], src);
-            } else {
-              T values[L] = {};
-              std::copy_n(src, s.out_w, values);
-              load_vec(square[lane], values);
-            }
+            load_padded_row(square[lane], grad_output + ((n0 + i) * oc_n + oc) * out_plane + row * s.out_w, s.out_w,
+                            0, grad_output_end);
           }
           transpose_square<T>(square);
           for (int64_t segment = 0; segment < segments; ++segment) {
@@ -565,7 +575,7 @@ std::vector<int64_t> winograd_rows_grad_input(const T* grad_output, const T* u, 
             for (int tap = 0; tap < Tile; ++tap) store_vec(column + tap * column_step, taps[tap]);
           }
         }
-      V zero_if_finite{};  // x * 0 is NaN for an infinite or NaN x
+      V zero_if_finite{};
       for (int64_t pair = 0; pair < pairs; ++pair) {
         // The kernel rows for which row 2 * pair or the next reads a grad_output row.
         const int64_t kh0 = std::max<int64_t>(0, pad_top - 1 - 2 * pair);
@@ -616,14 +626,10 @@ std::vector<int64_t> winograd_rows_grad_input(const T* grad_output, const T* u, 
           }
         }
       }
-      for (int64_t l = 0; l < L; ++l)
-        if (zero_if_finite[l] != T(0)) not_finite[group] = 1;
+      if (!lanes_zero<T>(zero_if_finite)) not_finite[group] = 1;
     }
   });
-  std::vector<int64_t> redo;
-  for (int64_t group = 0; group < groups; ++group)
-    if (not_finite[group]) redo.push_back(group);
-  return redo;
+  return flagged(not_finite);
 }
 
 }  // namespace lenetx::cpu::LENETX_ISA
