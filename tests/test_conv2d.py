@@ -512,23 +512,44 @@ def test_results_do_not_depend_on_the_thread_count(shape, generator):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs", [
+GRADCHECK_ARGUMENTS = [
     dict(), dict(stride=2, padding=1), dict(dilation=2, padding=(2, 1)), dict(groups=2, stride=(1, 2)),
-])
-def test_gradcheck(kwargs, generator):
+]
+
+
+def gradcheck_tensors(kwargs, generator):
     input = torch.randn(2, 4, 7, 6, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(6, 4 // kwargs.get("groups", 1), 3, 2, dtype=torch.float64,
                          generator=generator, requires_grad=True)
     bias = torch.randn(6, dtype=torch.float64, generator=generator, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: LF.conv2d(x, w, b, **kwargs), (input, weight, bias))
+    return input, weight, bias
 
 
-def test_second_derivative_raises_instead_of_being_wrong(generator):
-    input = torch.randn(2, 3, 8, 8, generator=generator, requires_grad=True)
-    weight = torch.randn(4, 3, 3, 3, generator=generator, requires_grad=True)
-    (grad_input,) = torch.autograd.grad(LF.conv2d(input, weight).square().sum(), input, create_graph=True)
-    with pytest.raises(RuntimeError, match="derivative for lenetx::conv2d_grad_input is not implemented"):
-        grad_input.sum().backward()
+@pytest.mark.parametrize("kwargs", GRADCHECK_ARGUMENTS)
+def test_gradcheck(kwargs, generator):
+    assert torch.autograd.gradcheck(lambda x, w, b: LF.conv2d(x, w, b, **kwargs),
+                                    gradcheck_tensors(kwargs, generator))
+
+
+@pytest.mark.parametrize("kwargs", GRADCHECK_ARGUMENTS)
+def test_gradgradcheck(kwargs, generator):
+    # Second derivatives through conv2d_grad_input, conv2d_grad_weight and conv2d_grad_bias,
+    # and third ones through the operators their derivatives call.
+    assert torch.autograd.gradgradcheck(lambda x, w, b: LF.conv2d(x, w, b, **kwargs),
+                                        gradcheck_tensors(kwargs, generator))
+
+
+def test_second_derivatives_match_torch(generator):
+    # A gradient penalty: the gradient of |d loss / d input|^2 with respect to every tensor.
+    input, weight, bias = gradcheck_tensors(dict(stride=2, padding=1), generator)
+
+    def penalty_gradients(conv):
+        (grad_input,) = torch.autograd.grad(conv(input, weight, bias, stride=2, padding=1).sin().sum(),
+                                            input, create_graph=True)
+        return torch.autograd.grad(grad_input.square().sum(), (input, weight, bias))
+
+    for ours, theirs in zip(penalty_gradients(LF.conv2d), penalty_gradients(F.conv2d)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
 
 
 def test_course_notes_worked_example():

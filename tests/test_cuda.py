@@ -85,12 +85,20 @@ def test_cpu_and_cuda_agree(name, fn, generator):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name, fn", FUNCTIONS, ids=[n for n, _ in FUNCTIONS])
-def test_gradcheck_on_cuda(name, fn, generator):
+def gradcheck_inputs(name, generator):
     x = (torch.randperm(2 * 4 * 11 * 10, generator=generator).double().view(2, 4, 11, 10) / 100).cuda()
     w = torch.randn(6, 4, 3, 3, dtype=torch.float64, generator=generator).cuda()
-    inputs = (x.requires_grad_(), w.requires_grad_())
-    assert torch.autograd.gradcheck(fn, inputs if name == "conv2d" else inputs[:1] + (w.detach(),))
+    return (x.requires_grad_(), w.requires_grad_(name == "conv2d"))
+
+
+@pytest.mark.parametrize("name, fn", FUNCTIONS, ids=[n for n, _ in FUNCTIONS])
+def test_gradcheck_on_cuda(name, fn, generator):
+    assert torch.autograd.gradcheck(fn, gradcheck_inputs(name, generator))
+
+
+@pytest.mark.parametrize("name, fn", FUNCTIONS, ids=[n for n, _ in FUNCTIONS])
+def test_gradgradcheck_on_cuda(name, fn, generator):
+    assert torch.autograd.gradgradcheck(fn, gradcheck_inputs(name, generator))
 
 
 @pytest.mark.parametrize("name, args", opcheck_samples(), ids=lambda v: v if isinstance(v, str) else "")

@@ -248,15 +248,63 @@ def test_backward_passes_on_an_absent_gradient_as_absent(generator):
     assert grads[0] is None and torch.equal(grads[1], torch.ones_like(weight))
 
 
-@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
-def test_gradcheck(max_pool, generator):
+def gradcheck_tensors(generator):
     # Values away from relu's kink and from ties, where the finite differences are exact enough.
     input = torch.randn(3, 2, 7, 6, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(3, 2, 2, 2, dtype=torch.float64, generator=generator, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, generator=generator, requires_grad=True)
+    return input, weight, bias
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_gradcheck(max_pool, generator):
     assert torch.autograd.gradcheck(
         lambda x, w, b: LF.conv2d_relu_pool2d(x, w, b, padding=1, pool_size=2, max_pool=max_pool),
-        (input, weight, bias), eps=1e-7, atol=1e-6)
+        gradcheck_tensors(generator), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_gradgradcheck(max_pool, generator):
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: LF.conv2d_relu_pool2d(x, w, b, padding=1, pool_size=2, max_pool=max_pool),
+        gradcheck_tensors(generator), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])
+def test_second_derivatives_match_torch(max_pool, generator):
+    # Under create_graph the backward differentiates conv2d and a pooling with the forward's own
+    # mask: its first derivatives are the fused backward's, its second torch's.
+    tensors = gradcheck_tensors(generator)
+
+    def fused(x, w, b):
+        return LF.conv2d_relu_pool2d(x, w, b, padding=1, pool_size=2, max_pool=max_pool)
+
+    def unfused(x, w, b):
+        return torch_reference(x, w, b, 2, max_pool, padding=1)
+
+    def gradients(fn):
+        first = torch.autograd.grad(fn(*tensors).sin().sum(), tensors, create_graph=True)
+        return first, torch.autograd.grad(sum(g.square().sum() for g in first), tensors)
+
+    plain = torch.autograd.grad(fused(*tensors).sin().sum(), tensors)
+    ours, theirs = gradients(fused), gradients(unfused)
+    for a, b in zip(ours[0], plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_backward_operator_has_no_derivative_of_its_own(generator):
+    # The operator's own derivative goes through the composition; its backward kernel, called
+    # directly on tensors that take a gradient, raises rather than returning a wrong one.
+    input, weight, bias = (t.detach().float() for t in gradcheck_tensors(generator))
+    output, mask = ops.conv2d_relu_pool2d(input, weight, bias, [1, 1], [1, 1], [1, 1], 1, [2, 2], False)
+    grad_output = torch.randn(output.shape, generator=generator, requires_grad=True)
+    grads = ops.conv2d_relu_pool2d_backward(grad_output, mask, input, weight, [1, 1], [1, 1], [1, 1], 1,
+                                            [2, 2], False, True)
+    with pytest.raises(RuntimeError,
+                       match="derivative for lenetx::conv2d_relu_pool2d_backward is not implemented"):
+        grads[1].sum().backward()
 
 
 @pytest.mark.parametrize("max_pool", [False, True], ids=["avg", "max"])

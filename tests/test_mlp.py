@@ -73,15 +73,42 @@ def test_transposed_input_and_weight_match_torch(generator):
     check_against_torch(input, [weights[0], second], biases, torch.float64, generator)
 
 
-def test_gradcheck(generator):
+def gradcheck_tensors(generator):
     weights, biases = layer_tensors([5, 4, 3, 2], [True, False, True], torch.float64, generator)
-    tensors = [t.requires_grad_() for t in [torch.randn(3, 5, dtype=torch.float64, generator=generator),
-                                            *weights, biases[0], biases[2]]]
+    return [t.requires_grad_() for t in [torch.randn(3, 5, dtype=torch.float64, generator=generator),
+                                         *weights, biases[0], biases[2]]]
 
-    def stack(x, w0, w1, w2, b0, b2):
-        return LF.mlp(x, [w0, w1, w2], [b0, None, b2])
 
-    assert torch.autograd.gradcheck(stack, tensors)
+def stack(x, w0, w1, w2, b0, b2):
+    return LF.mlp(x, [w0, w1, w2], [b0, None, b2])
+
+
+def test_gradcheck(generator):
+    assert torch.autograd.gradcheck(stack, gradcheck_tensors(generator))
+
+
+def test_gradgradcheck(generator):
+    assert torch.autograd.gradgradcheck(stack, gradcheck_tensors(generator))
+
+
+def test_second_derivatives_match_torch(generator):
+    # Under create_graph the backward differentiates torch's linear layers with the forward's own
+    # ReLU pattern: its first derivatives are the fused backward's, its second torch's.
+    tensors = gradcheck_tensors(generator)
+
+    def gradients(fn, create_graph=True):
+        x, w0, w1, w2, b0, b2 = tensors
+        first = torch.autograd.grad(fn(x, [w0, w1, w2], [b0, None, b2]).sin().sum(), tensors,
+                                    create_graph=create_graph)
+        if not create_graph:
+            return first, ()
+        return first, torch.autograd.grad(sum(g.square().sum() for g in first), tensors)
+
+    plain, ours, theirs = gradients(LF.mlp, create_graph=False), gradients(LF.mlp), gradients(torch_reference)
+    for a, b in zip(ours[0], plain[0]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_relu_and_its_gradient_treat_nan_as_torch(generator):

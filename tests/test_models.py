@@ -54,3 +54,22 @@ def test_vgg16_has_thirteen_3x3_convolutions_and_five_pools():
 def test_create_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.create(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "improved_lenet"])
+def test_gradient_penalty_matches_torch(name):
+    # Second derivatives (create_graph=True) through the fused operators that lenetx.models'
+    # LeNets run, as a gradient penalty or a Hessian-vector product takes them.
+    torch.manual_seed(0)
+    ours = models.create(name).double().eval()
+    theirs = models.create(name, backend="torch").double().eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+
+    def penalty_gradients(model):
+        input = x.clone().requires_grad_()
+        (grad_input,) = torch.autograd.grad(model(input).logsumexp(1).sum(), input, create_graph=True)
+        return torch.autograd.grad(grad_input.square().sum(), list(model.parameters()))
+
+    for a, b in zip(penalty_gradients(ours), penalty_gradients(theirs), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)

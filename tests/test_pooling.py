@@ -118,17 +118,31 @@ def test_unbatched_and_empty_batch_inputs_match_torch(name, kwargs, generator):
                              lambda x: getattr(F, name)(x, **kwargs), [input], torch.float32, generator)
 
 
-@pytest.mark.parametrize("name, kwargs", [
+GRADCHECK_ARGUMENTS = [
     ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
     ("avg_pool2d", dict(kernel_size=(2, 3), divisor_override=5)),
+    ("avg_pool2d", dict(kernel_size=2, relu_input=True)),
     ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, dilation=2)),
+    ("max_pool2d", dict(kernel_size=2, ceil_mode=True, relu_input=True)),
     ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
-])
+]
+
+
+def gradcheck_input(generator):
+    # Distinct values, so that no max-pool window has a tie that finite differences would split,
+    # and none at relu's kink (0).
+    input = (torch.randperm(2 * 3 * 9 * 8, generator=generator).to(torch.float64).view(2, 3, 9, 8) - 200.5) / 7
+    return input.requires_grad_()
+
+
+@pytest.mark.parametrize("name, kwargs", GRADCHECK_ARGUMENTS)
 def test_gradcheck(name, kwargs, generator):
-    # Distinct values, so that no max-pool window has a tie that finite differences would split.
-    input = torch.randperm(2 * 3 * 9 * 8, generator=generator).to(torch.float64).view(2, 3, 9, 8) / 7
-    input.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: getattr(LF, name)(x, **kwargs), (input,))
+    assert torch.autograd.gradcheck(lambda x: getattr(LF, name)(x, **kwargs), (gradcheck_input(generator),))
+
+
+@pytest.mark.parametrize("name, kwargs", GRADCHECK_ARGUMENTS)
+def test_gradgradcheck(name, kwargs, generator):
+    assert torch.autograd.gradgradcheck(lambda x: getattr(LF, name)(x, **kwargs), (gradcheck_input(generator),))
 
 
 def test_results_are_bit_identical_from_run_to_run(generator):
@@ -142,16 +156,23 @@ def test_results_are_bit_identical_from_run_to_run(generator):
             assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
 
 
-@pytest.mark.parametrize("pool, backward", [
-    (lambda x: LF.avg_pool2d(x, 2), "avg_pool2d_backward"),
-    (lambda x: LF.max_pool2d(x, 2), "max_pool2d_backward"),
-    (lambda x: LF.adaptive_avg_pool2d(x, 3), "adaptive_avg_pool2d_backward"),
+@pytest.mark.parametrize("name, kwargs", [
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
 ])
-def test_second_derivative_raises_instead_of_being_wrong(pool, backward, generator):
-    input = torch.randn(2, 3, 8, 8, generator=generator, requires_grad=True)
-    (grad_input,) = torch.autograd.grad(pool(input).square().sum(), input, create_graph=True)
-    with pytest.raises(RuntimeError, match=f"derivative for lenetx::{backward} is not implemented"):
-        grad_input.sum().backward()
+def test_second_derivatives_match_torch(name, kwargs, generator):
+    # A gradient penalty: the gradient of |d loss / d input|^2, with the loss a smooth function
+    # of the pooled values, so that the second derivative is not zero.
+    input = gradcheck_input(generator)
+
+    def penalty_gradient(pool):
+        (grad_input,) = torch.autograd.grad(pool(input, **kwargs).sin().sum(), input, create_graph=True)
+        return torch.autograd.grad(grad_input.square().sum(), input)[0]
+
+    expected = penalty_gradient(getattr(F, name))
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(penalty_gradient(getattr(LF, name)), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_max_pool2d_backward_follows_indices_outside_their_windows(generator):
