@@ -1,7 +1,13 @@
-"""Functional interface with the signatures and semantics of torch.nn.functional."""
+"""Functional interface with the signatures and semantics of torch.nn.functional.
+
+Like torch.nn.functional's Python functions, each hands a call whose tensors override
+__torch_function__ to them before looking at its arguments: torch.fx's symbolic tracing
+(torchvision's feature extraction included) records the call, and tensor subclasses and
+TorchFunctionModes see it, as they see torch's."""
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from .ops import ops
 
@@ -64,6 +70,9 @@ def _same_padding(input, kernel_size, stride, dilation):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution; see torch.nn.functional.conv2d."""
+    if has_torch_function((input, weight, bias)):
+        return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride=stride,
+                                     padding=padding, dilation=dilation, groups=groups)
     input, unbatched = _batched(input, "lenetx.conv2d")
     input, stride, padding, dilation = _conv_arguments(input, weight, stride, padding, dilation)
     output = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -94,6 +103,10 @@ def conv2d_relu_pool2d(input, weight, bias=None, stride=1, padding=0, dilation=1
     windows of pool_size at stride pool_size, without padding, in floor mode. On the CPU one
     operator computes it a chunk of images at a time, without the convolution's output ever
     reaching memory; elsewhere it is conv2d, then the pooling with relu_input."""
+    if has_torch_function((input, weight, bias)):
+        return handle_torch_function(conv2d_relu_pool2d, (input, weight, bias), input, weight, bias, stride=stride,
+                                     padding=padding, dilation=dilation, groups=groups, pool_size=pool_size,
+                                     max_pool=max_pool)
     input, unbatched = _batched(input, "lenetx.conv2d_relu_pool2d")
     pool_size = _pair("pool_size", pool_size)
     if input.device.type != "cpu":
@@ -115,6 +128,8 @@ def mlp(input, weights, biases=None):
     its backward every layer's backward; elsewhere it is F.linear and relu, layer by layer."""
     weights = list(weights)
     biases = [None] * len(weights) if biases is None else list(biases)
+    if has_torch_function((input, *weights, *biases)):
+        return handle_torch_function(mlp, (input, *weights, *biases), input, weights, biases)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"lenetx.mlp: input must be a Tensor, but got {type(input).__name__}")
     if len(biases) != len(weights):
@@ -136,6 +151,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None, *, relu_input=False):
     """2-D average pooling; see torch.nn.functional.avg_pool2d. relu_input=True pools
     relu(input) in one pass, and its backward masks the gradient as relu's would."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride=stride, padding=padding,
+                                     ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                                     divisor_override=divisor_override, relu_input=relu_input)
     input, unbatched = _batched(input, "lenetx.avg_pool2d")
     kernel_size = _pair("kernel_size", kernel_size)
     stride = _pool_stride(stride, kernel_size)
@@ -148,6 +167,9 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
                             ceil_mode=False, *, relu_input=False):
     """2-D max pooling that also returns, per output, the flat index within its H x W plane.
     relu_input=True pools relu(input) in one pass, as avg_pool2d's does."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(max_pool2d_with_indices, (input,), input, kernel_size, stride=stride,
+                                     padding=padding, dilation=dilation, ceil_mode=ceil_mode, relu_input=relu_input)
     input, unbatched = _batched(input, "lenetx.max_pool2d")
     kernel_size = _pair("kernel_size", kernel_size)
     stride = _pool_stride(stride, kernel_size)
@@ -164,6 +186,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                return_indices=False, *, relu_input=False):
     """2-D max pooling; see torch.nn.functional.max_pool2d. relu_input=True pools relu(input) in
     one pass, as avg_pool2d's does."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(max_pool2d, (input,), input, kernel_size, stride=stride, padding=padding,
+                                     dilation=dilation, ceil_mode=ceil_mode, return_indices=return_indices,
+                                     relu_input=relu_input)
     output, indices = max_pool2d_with_indices(input, kernel_size, stride, padding, dilation,
                                               ceil_mode, relu_input=relu_input)
     return (output, indices) if return_indices else output
@@ -172,6 +198,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling; see torch.nn.functional.adaptive_avg_pool2d. A None entry in
     output_size keeps that dimension's input size."""
+    if has_torch_function_unary(input):
+        return handle_torch_function(adaptive_avg_pool2d, (input,), input, output_size)
     input, unbatched = _batched(input, "lenetx.adaptive_avg_pool2d")
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         output_size = [input.shape[2 + i] if size is None else size

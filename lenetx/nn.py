@@ -176,7 +176,11 @@ def conv_relu_mlp(conv, linears, input):
 
 
 def _acts_as_linear(conv, input):
-    return (isinstance(conv, Conv2d) and input.dim() == 4 and input.device.type == "cpu"
+    # Decided on the input's shape and device, which a torch.fx Proxy does not have, and through an
+    # operator whose list of optional biases torch.jit.trace cannot record: traced either way, the
+    # layers run one by one.
+    return (isinstance(conv, Conv2d) and isinstance(input, torch.Tensor) and not torch.jit.is_tracing()
+            and input.dim() == 4 and input.device.type == "cpu"
             and conv.groups == 1 and conv.padding_mode == "zeros"
             and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
             and tuple(input.shape[2:]) == conv.kernel_size)
