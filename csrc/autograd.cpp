@@ -17,6 +17,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -44,10 +45,29 @@ using AvgPool2dBackwardSignature = at::Tensor(const at::Tensor&, const at::Tenso
                                               bool, std::optional<int64_t>, bool);
 using MaxPool2dBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, IntList,
                                               IntList, IntList, IntList, bool, bool);
+using Conv2dReluPool2dSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                     const std::optional<at::Tensor>&, IntList,
+                                                                     IntList, IntList, int64_t, IntList, bool);
+using MaxPool2dSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, IntList, IntList, IntList,
+                                                              IntList, bool, bool);
+using MlpSignature = std::tuple<at::Tensor, std::vector<at::Tensor>>(const at::Tensor&, at::TensorList,
+                                                                     const c10::List<std::optional<at::Tensor>>&);
 
 // The operators that more than one autograd kernel calls: forwards below autograd, and backward
 // formulas through the dispatcher's top, where under create_graph their own autograd kernels
 // record them.
+const c10::TypedOperatorHandle<Conv2dReluPool2dSignature>& conv2d_relu_pool2d_op() {
+  static const auto op = lenetx_op<Conv2dReluPool2dSignature>("lenetx::conv2d_relu_pool2d");
+  return op;
+}
+const c10::TypedOperatorHandle<MaxPool2dSignature>& max_pool2d_with_indices_op() {
+  static const auto op = lenetx_op<MaxPool2dSignature>("lenetx::max_pool2d_with_indices");
+  return op;
+}
+const c10::TypedOperatorHandle<MlpSignature>& mlp_op() {
+  static const auto op = lenetx_op<MlpSignature>("lenetx::mlp");
+  return op;
+}
 const c10::TypedOperatorHandle<Conv2dSignature>& conv2d_op() {
   static const auto op = lenetx_op<Conv2dSignature>("lenetx::conv2d");
   return op;
@@ -224,14 +244,11 @@ class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, IntList stride, IntList padding,
                                IntList dilation, int64_t groups, IntList pool_size, bool max_pool) {
-    static const auto op =
-        lenetx_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                     const std::optional<at::Tensor>&, IntList, IntList, IntList,
-                                                     int64_t, IntList, bool)>("lenetx::conv2d_relu_pool2d");
     at::Tensor output, mask;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, mask) = op.call(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
+      std::tie(output, mask) =
+          conv2d_relu_pool2d_op().call(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
     }
     // The bias only for a second derivative (below), which recomputes the convolution.
     ctx->save_for_backward({input, weight, mask, bias.value_or(at::Tensor())});
@@ -349,13 +366,10 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, IntList kernel_size,
                                IntList stride, IntList padding, IntList dilation, bool ceil_mode,
                                bool relu_input) {
-    static const auto op = lenetx_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, IntList, IntList,
-                                                                        IntList, IntList, bool, bool)>(
-        "lenetx::max_pool2d_with_indices");
     at::Tensor output, indices;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, indices) = op.call(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
+      std::tie(output, indices) = max_pool2d_with_indices_op().call(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
     }
     ctx->save_for_backward({input, indices});
     ctx->mark_non_differentiable({indices});
@@ -472,9 +486,6 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
                                at::TensorList defined_biases, const c10::List<bool>& has_bias) {
-    static const auto op =
-        lenetx_op<std::tuple<at::Tensor, std::vector<at::Tensor>>(
-            const at::Tensor&, at::TensorList, const c10::List<std::optional<at::Tensor>>&)>("lenetx::mlp");
     c10::List<std::optional<at::Tensor>> biases;
     for (size_t l = 0, next = 0; l < has_bias.size(); ++l)
       biases.push_back(has_bias.get(l) ? std::optional<at::Tensor>(defined_biases[next++]) : std::nullopt);
@@ -482,7 +493,7 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
     std::vector<at::Tensor> hidden;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, hidden) = op.call(input, weights, biases);
+      std::tie(output, hidden) = mlp_op().call(input, weights, biases);
     }
     variable_list saved{input};
     saved.insert(saved.end(), weights.begin(), weights.end());
@@ -553,8 +564,48 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
   }
 };
 
+// Whether autograd has anything to do with a call: record it (grad mode on, and a tensor among
+// its arguments that requires a gradient) or carry a forward-mode tangent through it (which
+// Function::apply refuses with an error). Elsewhere (inference, a first layer's images, a training
+// step's backward operators, which run with grad mode off) the autograd kernels call the operator
+// below autograd directly: Function::apply would build a node and save its values for nothing,
+// 1.7 us of a batch-1 pooling's 6.6 (benchmarks/NOTES.md, section 33).
+bool differentiable(const at::Tensor& tensor, bool grad_mode) {
+  return tensor.defined() && ((grad_mode && tensor.requires_grad()) || tensor._fw_grad(/*level=*/0).defined());
+}
+bool differentiable(const std::optional<at::Tensor>& tensor, bool grad_mode) {
+  return tensor.has_value() && differentiable(*tensor, grad_mode);
+}
+bool differentiable(at::TensorList tensors, bool grad_mode) {
+  return std::any_of(tensors.begin(), tensors.end(),
+                     [&](const at::Tensor& tensor) { return differentiable(tensor, grad_mode); });
+}
+bool differentiable(const c10::List<std::optional<at::Tensor>>& tensors, bool grad_mode) {
+  for (const std::optional<at::Tensor> tensor : tensors)
+    if (differentiable(tensor, grad_mode)) return true;
+  return false;
+}
+template <typename NotATensor>
+bool differentiable(const NotATensor&, bool) {
+  return false;
+}
+
+template <typename... Args>
+bool recorded(const Args&... args) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  return (differentiable(args, grad_mode) || ...);
+}
+
+template <typename Signature, typename... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
+}
+
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                   IntList stride, IntList padding, IntList dilation, int64_t groups) {
+  if (!recorded(input, weight, bias))
+    return call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
 }
 
@@ -562,6 +613,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, c
                                                       const std::optional<at::Tensor>& bias, IntList stride,
                                                       IntList padding, IntList dilation, int64_t groups,
                                                       IntList pool_size, bool max_pool) {
+  if (!recorded(input, weight, bias))
+    return call_below_autograd(conv2d_relu_pool2d_op(), input, weight, bias, stride, padding, dilation, groups,
+                               pool_size, max_pool);
   const variable_list outputs =
       Conv2dReluPool2dFunction::apply(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
   return {outputs[0], outputs[1]};
@@ -570,6 +624,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, c
 at::Tensor avg_pool2d(const at::Tensor& input, IntList kernel_size, IntList stride, IntList padding,
                       bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
                       bool relu_input) {
+  if (!recorded(input))
+    return call_below_autograd(avg_pool2d_op(), input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                               divisor_override, relu_input);
   return AvgPool2dFunction::apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                   divisor_override, relu_input);
 }
@@ -577,6 +634,9 @@ at::Tensor avg_pool2d(const at::Tensor& input, IntList kernel_size, IntList stri
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& input, IntList kernel_size,
                                                            IntList stride, IntList padding, IntList dilation,
                                                            bool ceil_mode, bool relu_input) {
+  if (!recorded(input))
+    return call_below_autograd(max_pool2d_with_indices_op(), input, kernel_size, stride, padding, dilation,
+                               ceil_mode, relu_input);
   const variable_list outputs =
       MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
   return {outputs[0], outputs[1]};
@@ -584,6 +644,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& inp
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
                                                     const c10::List<std::optional<at::Tensor>>& biases) {
+  if (!recorded(input, weights, biases)) return call_below_autograd(mlp_op(), input, weights, biases);
   std::vector<at::Tensor> defined_biases;
   c10::List<bool> has_bias;
   for (const std::optional<at::Tensor> bias : biases) {
@@ -598,17 +659,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at:
 }
 
 at::Tensor adaptive_avg_pool2d(const at::Tensor& input, IntList output_size) {
+  if (!recorded(input)) return call_below_autograd(adaptive_avg_pool2d_op(), input, output_size);
   return AdaptiveAvgPool2dFunction::apply(input, output_size);
 }
 
-// A backward operator recorded by its Function only under create_graph: a training step's
-// backward (grad mode off) goes straight to the kernel, without the node and saved values that
-// Function::apply makes even when nothing will be differentiated.
+// A backward operator is recorded by its Function only under create_graph (above).
 template <typename Fn, typename Signature, typename... Args>
 at::Tensor backward_operator(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
-  if (at::GradMode::is_enabled()) return Fn::apply(args...);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(args...);
+  if (!recorded(args...)) return call_below_autograd(op, args...);
+  return Fn::apply(args...);
 }
 
 at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,

@@ -539,6 +539,22 @@ def test_gradgradcheck(kwargs, generator):
                                         gradcheck_tensors(kwargs, generator))
 
 
+# torch's forward_ad scripts a helper on its first use.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("function", [
+    lambda x: LF.conv2d(x, torch.ones(2, 3, 3, 3)), lambda x: LF.avg_pool2d(x, 2), lambda x: LF.max_pool2d(x, 2),
+    lambda x: LF.adaptive_avg_pool2d(x, 3), lambda x: LF.conv2d_relu_pool2d(x, torch.ones(2, 3, 3, 3)),
+], ids=["conv2d", "avg_pool2d", "max_pool2d", "adaptive_avg_pool2d", "conv2d_relu_pool2d"])
+def test_forward_mode_ad_raises_instead_of_dropping_the_tangent(function, generator):
+    # The autograd kernels are C++ Functions, without forward-mode derivatives; a call that needs
+    # no backward skips them, but not one that carries a tangent.
+    input = torch.randn(2, 3, 8, 8, generator=generator)
+    with torch.autograd.forward_ad.dual_level(), torch.no_grad():
+        dual = torch.autograd.forward_ad.make_dual(input, torch.ones_like(input))
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            function(dual)
+
+
 def test_second_derivatives_match_torch(generator):
     # A gradient penalty: the gradient of |d loss / d input|^2 with respect to every tensor.
     input, weight, bias = gradcheck_tensors(dict(stride=2, padding=1), generator)
