@@ -53,9 +53,9 @@ using MaxPool2dSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
 using MlpSignature = std::tuple<at::Tensor, std::vector<at::Tensor>>(const at::Tensor&, at::TensorList,
                                                                      const c10::List<std::optional<at::Tensor>>&);
 
-// The operators that more than one autograd kernel calls: forwards below autograd, and backward
-// formulas through the dispatcher's top, where under create_graph their own autograd kernels
-// record them.
+// The operators' handles. The autograd kernels call each below autograd (in a Function's forward,
+// or directly where autograd has nothing to record); backward formulas call them through the
+// dispatcher's top, where under create_graph their own autograd kernels record them.
 const c10::TypedOperatorHandle<Conv2dReluPool2dSignature>& conv2d_relu_pool2d_op() {
   static const auto op = lenetx_op<Conv2dReluPool2dSignature>("lenetx::conv2d_relu_pool2d");
   return op;
