@@ -369,7 +369,8 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
     at::Tensor output, indices;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, indices) = max_pool2d_with_indices_op().call(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
+      std::tie(output, indices) =
+          max_pool2d_with_indices_op().call(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
     }
     ctx->save_for_backward({input, indices});
     ctx->mark_non_differentiable({indices});
@@ -480,20 +481,25 @@ class AdaptiveAvgPool2dBackwardFunction : public torch::autograd::Function<Adapt
   }
 };
 
+// Each layer's bias or none, from the defined biases in layer order and has_bias.
+c10::List<std::optional<at::Tensor>> layer_biases(at::TensorList defined_biases, const c10::List<bool>& has_bias) {
+  c10::List<std::optional<at::Tensor>> biases;
+  for (size_t l = 0, next = 0; l < has_bias.size(); ++l)
+    biases.push_back(has_bias.get(l) ? std::optional<at::Tensor>(defined_biases[next++]) : std::nullopt);
+  return biases;
+}
+
 // The biases arrive as the defined ones alone, has_bias saying which layers they belong to:
 // torch::autograd::Function takes a list of tensors as inputs only when none is missing.
 class MlpFunction : public torch::autograd::Function<MlpFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
                                at::TensorList defined_biases, const c10::List<bool>& has_bias) {
-    c10::List<std::optional<at::Tensor>> biases;
-    for (size_t l = 0, next = 0; l < has_bias.size(); ++l)
-      biases.push_back(has_bias.get(l) ? std::optional<at::Tensor>(defined_biases[next++]) : std::nullopt);
     at::Tensor output;
     std::vector<at::Tensor> hidden;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, hidden) = mlp_op().call(input, weights, biases);
+      std::tie(output, hidden) = mlp_op().call(input, weights, layer_biases(defined_biases, has_bias));
     }
     variable_list saved{input};
     saved.insert(saved.end(), weights.begin(), weights.end());
@@ -547,10 +553,10 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
     const size_t layers = has_bias.size();
     const at::TensorList weights(saved.data() + 1, layers), hidden(saved.data() + 1 + layers, layers - 1);
     const at::TensorList biases(saved.data() + 2 * layers, saved.size() - 2 * layers);
+    const c10::List<std::optional<at::Tensor>> biases_by_layer = layer_biases(biases, has_bias);
     at::Tensor x = saved[0];
-    for (size_t l = 0, next = 0; l < layers; ++l) {
-      const std::optional<at::Tensor> bias = has_bias.get(l) ? std::optional<at::Tensor>(biases[next++]) : std::nullopt;
-      x = at::linear(x, weights[l], bias);
+    for (size_t l = 0; l < layers; ++l) {
+      x = at::linear(x, weights[l], biases_by_layer.get(l));
       if (l + 1 < layers) x = x.masked_fill(hidden[l] <= 0, 0);
     }
     // The inputs in the order of the gradients: input, each weight, each defined bias.
@@ -570,30 +576,30 @@ class MlpFunction : public torch::autograd::Function<MlpFunction> {
 // step's backward operators, which run with grad mode off) the autograd kernels call the operator
 // below autograd directly: Function::apply would build a node and save its values for nothing,
 // 1.7 us of a batch-1 pooling's 6.6 (benchmarks/NOTES.md, section 33).
-bool differentiable(const at::Tensor& tensor, bool grad_mode) {
+bool engages_autograd(const at::Tensor& tensor, bool grad_mode) {
   return tensor.defined() && ((grad_mode && tensor.requires_grad()) || tensor._fw_grad(/*level=*/0).defined());
 }
-bool differentiable(const std::optional<at::Tensor>& tensor, bool grad_mode) {
-  return tensor.has_value() && differentiable(*tensor, grad_mode);
+bool engages_autograd(const std::optional<at::Tensor>& tensor, bool grad_mode) {
+  return tensor.has_value() && engages_autograd(*tensor, grad_mode);
 }
-bool differentiable(at::TensorList tensors, bool grad_mode) {
+bool engages_autograd(at::TensorList tensors, bool grad_mode) {
   return std::any_of(tensors.begin(), tensors.end(),
-                     [&](const at::Tensor& tensor) { return differentiable(tensor, grad_mode); });
+                     [&](const at::Tensor& tensor) { return engages_autograd(tensor, grad_mode); });
 }
-bool differentiable(const c10::List<std::optional<at::Tensor>>& tensors, bool grad_mode) {
+bool engages_autograd(const c10::List<std::optional<at::Tensor>>& tensors, bool grad_mode) {
   for (const std::optional<at::Tensor> tensor : tensors)
-    if (differentiable(tensor, grad_mode)) return true;
+    if (engages_autograd(tensor, grad_mode)) return true;
   return false;
 }
 template <typename NotATensor>
-bool differentiable(const NotATensor&, bool) {
+bool engages_autograd(const NotATensor&, bool) {
   return false;
 }
 
 template <typename... Args>
 bool recorded(const Args&... args) {
   const bool grad_mode = at::GradMode::is_enabled();
-  return (differentiable(args, grad_mode) || ...);
+  return (engages_autograd(args, grad_mode) || ...);
 }
 
 template <typename Signature, typename... Args>

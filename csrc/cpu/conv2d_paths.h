@@ -325,12 +325,11 @@ GradWeightPath grad_weight_path(const Conv2dShape& s, bool with_winograd = true)
 template <typename T>
 void conv2d_grad_weight_paths(const T* grad_output, const T* input, T* grad_weight, const Conv2dShape& s) {
   GradWeightPath path = grad_weight_path<T>(s);
-  if (path == GradWeightPath::winograd) {
-    if (conv2d_grad_weight_winograd<T>(grad_output, input, grad_weight, s)) return;
-    path = grad_weight_path<T>(s, false);
-  }
-  if (path == GradWeightPath::winograd_rows) {
-    if (conv2d_grad_weight_winograd_rows<T>(grad_output, input, grad_weight, s)) return;
+  if (path == GradWeightPath::winograd || path == GradWeightPath::winograd_rows) {
+    const bool done = path == GradWeightPath::winograd
+                          ? conv2d_grad_weight_winograd<T>(grad_output, input, grad_weight, s)
+                          : conv2d_grad_weight_winograd_rows<T>(grad_output, input, grad_weight, s);
+    if (done) return;
     path = grad_weight_path<T>(s, false);
   }
   switch (path) {
