@@ -42,13 +42,18 @@ def _timer(device):
     return measure
 
 
-def time_pair(case, device, repeats, warmup=2):
+def time_pair(case, device, repeats=None, warmup=2, budget_s=0.5):
     """Median seconds of lenetx and of torch, and the median of their ratio torch / lenetx,
-    measured alternately so that drifts hit both."""
+    measured alternately so that drifts hit both. repeats defaults to as many pairs as fill
+    budget_s (5 to 501): a stretch of a slow machine then moves a case of microseconds no more
+    than one of a second."""
     measure = _timer(device)
     for _ in range(warmup):
         case.lenetx()
         case.torch()
+    if repeats is None:
+        pair_s = measure(case.lenetx) + measure(case.torch)
+        repeats = min(max(int(budget_s / pair_s), 5), 501)
     ours, theirs = [], []
     for _ in range(repeats):
         ours.append(measure(case.lenetx))
@@ -265,11 +270,7 @@ def run(device="cpu", quick=False, repeats=None, allow_tf32=False, log=print):
     cases += model_cases(device, vgg_batch=16 if quick else 64)
     rows = []
     for case in cases:
-        # VGG cases take up to a second each: 5 repeats. LeNet train steps take milliseconds and
-        # vary with the machine's load, so their medians take more.
-        heavy = "vgg" in case.name.lower() or "VGG" in case.group
-        count = repeats or (5 if heavy else 21 if case.group == "models" else 7)
-        ours, theirs, ratio = time_pair(case, device, count)
+        ours, theirs, ratio = time_pair(case, device, repeats, budget_s=0.1 if quick else 0.5)
         rows.append((case.group, case.name, 1000 * ours, 1000 * theirs, ratio))
         log(f"{case.group:22s} {case.name:70s} {ratio:6.2f}x")
     return rows

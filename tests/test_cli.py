@@ -249,6 +249,23 @@ def test_bench_times_both_sides_and_writes_a_ratio_table():
     assert "conv1 1->6 5x5 on 32x32, batch 1, forward+backward" in names
 
 
+@pytest.mark.parametrize("budget_s, call_s, timed_pairs", [(0.0, 1e-3, 5), (10.0, 1e-6, 501), (0.06, 2e-3, 15)])
+def test_bench_fills_a_time_budget_with_5_to_501_repeats(monkeypatch, budget_s, call_s, timed_pairs):
+    from lenetx import bench
+
+    calls = []
+
+    def measure(fn):
+        fn()
+        return call_s
+
+    monkeypatch.setattr(bench, "_timer", lambda device: measure)
+    case = bench.Case("group", "case", lambda: calls.append("lenetx"), lambda: calls.append("torch"))
+    assert bench.time_pair(case, torch.device("cpu"), warmup=1, budget_s=budget_s) == (call_s, call_s, 1.0)
+    # One warm-up pair, one pair that sizes the count, then the timed pairs.
+    assert calls == ["lenetx", "torch"] * (2 + timed_pairs)
+
+
 @pytest.mark.parametrize("name", ["lenet5", "improved_lenet"])
 def test_bench_converts_a_plain_torch_model_without_lenetx_helpers(name):
     # The converted case must not reach lenetx.nn's fusing helpers through lenetx.models' forward.
