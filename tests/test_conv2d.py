@@ -401,6 +401,10 @@ ROW_TRANSFORM_GRAD_INPUT_SHAPES = [
     dict(input=(9, 6, 14, 14), weight=(16, 6, 5, 5)),  # LeNet-5's conv2: a group and one image
     dict(input=(3, 13, 13, 11), weight=(5, 13, 5, 5)),  # odd rows, blocks of 6, 6 and 1 channels
     dict(input=(17, 1, 10, 15), weight=(24, 1, 5, 5)),  # rows of three whole segments
+    # Rows shorter than half a vector: a whole vector stored at a plane's second-to-last row would
+    # run into the next channel's plane, the next image's, or past grad_input's end.
+    dict(input=(9, 2, 15, 7), weight=(3, 2, 5, 5)),
+    dict(input=(5, 3, 24, 6), weight=(4, 3, 5, 5)),
 ]
 
 

@@ -613,10 +613,12 @@ std::vector<int64_t> winograd_rows_grad_input(const T* grad_output, const T* u, 
             const int64_t i = lane % I, row = 2 * pair + lane / I;
             if (i >= images || row >= s.in_h) continue;
             T* destination = grad_input + ((n0 + i) * ic_n + ic) * in_plane + row * s.in_w;
-            // A whole vector: past the row, it writes the start of the next, which is written after
-            // it (the pair's second row, or the next pair's first). Through memory, a copy of the
-            // row's values took 14 % of this path's samples, its loads waiting on the vector's store.
-            if (row + 1 < s.in_h) {
+            // A whole vector where it ends inside the plane: past the row, it writes rows of the plane
+            // below it, which are written after it (the pair's second row, or later pairs'). Through
+            // memory, a copy of the row's values took 14 % of this path's samples, its loads waiting
+            // on the vector's store. Past the plane it would write another channel's or image's rows,
+            // some written before it, or past grad_input's end.
+            if (row * s.in_w + L <= in_plane) {
               store_vec(destination, square[lane]);
             } else {
               alignas(64) T values[L];
