@@ -608,11 +608,18 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, const Ar
   return op.call(args...);
 }
 
+// The autograd kernel of an operator with one output: its Function records the call where
+// autograd has something to record (for a backward operator, only under create_graph, whose
+// backward runs with grad mode on), else the operator runs directly below autograd.
+template <typename Fn, typename Signature, typename... Args>
+at::Tensor through_function(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
+  if (!recorded(args...)) return call_below_autograd(op, args...);
+  return Fn::apply(args...);
+}
+
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                   IntList stride, IntList padding, IntList dilation, int64_t groups) {
-  if (!recorded(input, weight, bias))
-    return call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
-  return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
+  return through_function<Conv2dFunction>(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, const at::Tensor& weight,
@@ -630,11 +637,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, c
 at::Tensor avg_pool2d(const at::Tensor& input, IntList kernel_size, IntList stride, IntList padding,
                       bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
                       bool relu_input) {
-  if (!recorded(input))
-    return call_below_autograd(avg_pool2d_op(), input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                               divisor_override, relu_input);
-  return AvgPool2dFunction::apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                  divisor_override, relu_input);
+  return through_function<AvgPool2dFunction>(avg_pool2d_op(), input, kernel_size, stride, padding, ceil_mode,
+                                             count_include_pad, divisor_override, relu_input);
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& input, IntList kernel_size,
@@ -665,37 +669,29 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at:
 }
 
 at::Tensor adaptive_avg_pool2d(const at::Tensor& input, IntList output_size) {
-  if (!recorded(input)) return call_below_autograd(adaptive_avg_pool2d_op(), input, output_size);
-  return AdaptiveAvgPool2dFunction::apply(input, output_size);
-}
-
-// A backward operator is recorded by its Function only under create_graph (above).
-template <typename Fn, typename Signature, typename... Args>
-at::Tensor backward_operator(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
-  if (!recorded(args...)) return call_below_autograd(op, args...);
-  return Fn::apply(args...);
+  return through_function<AdaptiveAvgPool2dFunction>(adaptive_avg_pool2d_op(), input, output_size);
 }
 
 at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                              IntList stride, IntList padding, IntList dilation, int64_t groups) {
-  return backward_operator<Conv2dGradInputFunction>(conv2d_grad_input_op(), grad_output, input, weight, stride,
+  return through_function<Conv2dGradInputFunction>(conv2d_grad_input_op(), grad_output, input, weight, stride,
                                                     padding, dilation, groups);
 }
 
 at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                               IntList stride, IntList padding, IntList dilation, int64_t groups) {
-  return backward_operator<Conv2dGradWeightFunction>(conv2d_grad_weight_op(), grad_output, input, weight, stride,
+  return through_function<Conv2dGradWeightFunction>(conv2d_grad_weight_op(), grad_output, input, weight, stride,
                                                      padding, dilation, groups);
 }
 
 at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
-  return backward_operator<Conv2dGradBiasFunction>(conv2d_grad_bias_op(), grad_output);
+  return through_function<Conv2dGradBiasFunction>(conv2d_grad_bias_op(), grad_output);
 }
 
 at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, IntList kernel_size,
                                IntList stride, IntList padding, bool ceil_mode, bool count_include_pad,
                                std::optional<int64_t> divisor_override, bool relu_input) {
-  return backward_operator<AvgPool2dBackwardFunction>(avg_pool2d_backward_op(), grad_output, input, kernel_size,
+  return through_function<AvgPool2dBackwardFunction>(avg_pool2d_backward_op(), grad_output, input, kernel_size,
                                                       stride, padding, ceil_mode, count_include_pad,
                                                       divisor_override, relu_input);
 }
@@ -703,12 +699,12 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                IntList kernel_size, IntList stride, IntList padding, IntList dilation, bool ceil_mode,
                                bool relu_input) {
-  return backward_operator<MaxPool2dBackwardFunction>(max_pool2d_backward_op(), grad_output, input, indices,
+  return through_function<MaxPool2dBackwardFunction>(max_pool2d_backward_op(), grad_output, input, indices,
                                                       kernel_size, stride, padding, dilation, ceil_mode, relu_input);
 }
 
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {
-  return backward_operator<AdaptiveAvgPool2dBackwardFunction>(adaptive_avg_pool2d_backward_op(), grad_output, input);
+  return through_function<AdaptiveAvgPool2dBackwardFunction>(adaptive_avg_pool2d_backward_op(), grad_output, input);
 }
 
 }  // namespace
