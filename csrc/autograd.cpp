@@ -22,6 +22,8 @@
 #include <tuple>
 #include <vector>
 
+#include "pooling_windows.h"
+
 namespace lenetx {
 namespace {
 
@@ -444,6 +446,19 @@ class AvgPool2dBackwardFunction : public torch::autograd::Function<AvgPool2dBack
   }
 };
 
+// The max-pooling windows that hold no input element (max_pool_window_empty), as a bool
+// (out_h, out_w) tensor on input's device; undefined where no window can be empty.
+at::Tensor empty_max_pool_windows(const at::Tensor& input, IntList kernel_size, IntList stride, IntList padding,
+                                  IntList dilation, bool ceil_mode) {
+  const Pool2dShape s = check_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, "lenetx.max_pool2d");
+  if (!max_pool_windows_may_be_empty(s)) return {};
+  at::Tensor empty = at::empty({s.out_h, s.out_w}, at::kBool);
+  bool* flags = empty.mutable_data_ptr<bool>();
+  for (int64_t oh = 0; oh < s.out_h; ++oh)
+    for (int64_t ow = 0; ow < s.out_w; ++ow) flags[oh * s.out_w + ow] = max_pool_window_empty(s, oh, ow);
+  return empty.to(input.device());
+}
+
 class MaxPool2dBackwardFunction : public torch::autograd::Function<MaxPool2dBackwardFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
@@ -452,17 +467,25 @@ class MaxPool2dBackwardFunction : public torch::autograd::Function<MaxPool2dBack
     ctx->save_for_backward({input, indices});
     ctx->saved_data["relu_input"] = relu_input;
     at::AutoDispatchBelowADInplaceOrView guard;
-    return max_pool2d_backward_op().call(grad_output, input, indices, kernel_size, stride, padding, dilation,
-                                         ceil_mode, relu_input);
+    at::Tensor grad_input = max_pool2d_backward_op().call(grad_output, input, indices, kernel_size, stride, padding,
+                                                          dilation, ceil_mode, relu_input);
+    ctx->saved_data["empty_windows"] =
+        empty_max_pool_windows(input, kernel_size, stride, padding, dilation, ceil_mode);
+    return grad_input;
   }
 
+  // A window that holds no input element gave no gradient (its index names no tap of it), so the
+  // gradient along grad_output is zero there.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &indices = saved[1];
-    const at::Tensor along_grad_output = relu_masked(grads[0], input, ctx->saved_data["relu_input"].toBool())
-                                             .flatten(2)
-                                             .gather(2, indices.flatten(2))
-                                             .view(indices.sizes());
+    const at::Tensor empty_windows = ctx->saved_data["empty_windows"].toTensor();
+    const bool any_empty = empty_windows.defined();
+    at::Tensor along_grad_output = relu_masked(grads[0], input, ctx->saved_data["relu_input"].toBool())
+                                       .flatten(2)
+                                       .gather(2, (any_empty ? indices.masked_fill(empty_windows, 0) : indices).flatten(2))
+                                       .view(indices.sizes());
+    if (any_empty) along_grad_output = along_grad_output.masked_fill(empty_windows, 0);
     return {along_grad_output, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
   }

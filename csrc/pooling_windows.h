@@ -80,6 +80,21 @@ C10_HOST_DEVICE inline MaxPoolTaps max_pool_taps(int64_t o, int64_t kernel, int6
   return {first, min_of(start + (kernel - 1) * dilation + 1, in)};
 }
 
+// Whether a window can hold no input element at all: only a dilated one that starts in the
+// padding can step over the whole input (2 rows, padding 1, dilation 3: taps at rows -1 and 2).
+inline bool max_pool_windows_may_be_empty(const Pool2dShape& s) {
+  return (s.pad_h > 0 && s.dilation_h > 1) || (s.pad_w > 0 && s.dilation_w > 1);
+}
+
+// Such a window's output is -inf whatever the input, so it has no gradient to give; the index
+// the forward reports for it, PyTorch's, lies past its last tap and may name another element or
+// none (torch's backward adds the gradient there: pytorch/pytorch#114216).
+C10_HOST_DEVICE inline bool max_pool_window_empty(const Pool2dShape& s, int64_t oh, int64_t ow) {
+  const MaxPoolTaps rows = max_pool_taps(oh, s.kernel_h, s.stride_h, s.pad_h, s.dilation_h, s.in_h);
+  const MaxPoolTaps cols = max_pool_taps(ow, s.kernel_w, s.stride_w, s.pad_w, s.dilation_w, s.in_w);
+  return rows.first >= rows.end || cols.first >= cols.end;
+}
+
 // Adaptive average pooling: cell o of `out` covers input [floor(o * in / out),
 // ceil((o + 1) * in / out)), so windows overlap when the sizes do not divide.
 C10_HOST_DEVICE inline int64_t adaptive_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }

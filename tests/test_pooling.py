@@ -54,6 +54,12 @@ def test_avg_pool2d_matches_torch(case, generator):
                          [input], dtype, generator)
 
 
+def has_empty_windows(input, case):
+    # From finite input, -inf comes only from a window that holds no input element; torch's
+    # backward gives such windows' gradient to an unrelated element (test_max_pool2d_windows_of_padding_alone).
+    return bool(torch.isinf(F.max_pool2d(input, **case)).any())
+
+
 @pytest.mark.parametrize("case", pool_cases(150, 9, dilated=True), ids=_case_id)
 def test_max_pool2d_matches_torch_with_identical_indices(case, generator):
     case = dict(case)
@@ -61,7 +67,7 @@ def test_max_pool2d_matches_torch_with_identical_indices(case, generator):
     dtype = case.pop("dtype")
     assert_matches_torch(lambda x: LF.max_pool2d(x, **case, return_indices=True),
                          lambda x: F.max_pool2d(x, **case, return_indices=True),
-                         [input], dtype, generator)
+                         [input], dtype, generator, grad=not has_empty_windows(input, case))
     # assert_close already compared the int64 indices exactly; ties must resolve like torch too.
     ties = torch.randint(0, 3, input.shape, generator=generator).to(dtype)
     assert torch.equal(LF.max_pool2d(ties, **case, return_indices=True)[1],
@@ -79,6 +85,35 @@ def test_max_pool2d_propagates_nan_like_torch(generator):
         theirs = F.max_pool2d(input, return_indices=True, **kwargs)
         torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
         assert torch.equal(ours[1], theirs[1])
+
+
+# (shape, (kernel_size, stride, padding, dilation, ceil_mode))
+@pytest.mark.parametrize("shape, pooling", [
+    # Each window's rows -1 and 2: the index torch reports, 2 * 5 + column, is past the plane.
+    ((2, 3, 2, 5), ([2, 2], [1, 1], [1, 1], [3, 3], False)),
+    # Each window's columns -1 and 1 of a one-column input: the index names the next row's element.
+    ((1, 2, 8, 1), ([2, 2], [1, 1], [0, 1], [2, 2], True)),
+    ((3, 2, 2, 24), ([2, 4], [3, 2], [1, 2], [3, 1], False)),
+])
+@pytest.mark.parametrize("relu_input", [False, True])
+def test_max_pool2d_windows_of_padding_alone(shape, pooling, relu_input, generator):
+    """A dilated window that starts in the padding can step over the whole input: its output is
+    -inf with torch's index, past its last tap, and it gives no gradient, where torch's backward
+    adds it at that index (pytorch/pytorch#114216: another element, or memory past the plane)."""
+    input = torch.randn(shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    output, indices = LF.max_pool2d(input, *pooling, return_indices=True, relu_input=relu_input)
+    theirs, their_indices = F.max_pool2d(input.detach(), *pooling, return_indices=True)
+    assert torch.equal(output, theirs) and torch.equal(indices, their_indices)
+    assert torch.isinf(output).all()
+    upstream = torch.randn(output.shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    (grad,) = torch.autograd.grad(output, input, upstream, create_graph=True)
+    assert torch.equal(grad, torch.zeros_like(input))
+    (along_upstream,) = torch.autograd.grad(grad, upstream, torch.randn_like(grad))
+    assert torch.equal(along_upstream, torch.zeros_like(upstream))
+    # The backward operator takes any index at such a window: none of them has a tap to name.
+    hand_made = torch.full_like(indices, -7)
+    grad_input = torch.ops.lenetx.max_pool2d_backward(upstream.detach(), input.detach(), hand_made, *pooling)
+    assert torch.equal(grad_input, torch.zeros_like(input))
 
 
 # Rows of 14 windows (blocks of 8 that overlap), of 7 and 15, of 3 (fewer than a block), of one.
@@ -205,7 +240,7 @@ def test_max_pool2d_of_relu_matches_torch_with_identical_indices(case, generator
     dtype = case.pop("dtype")
     assert_matches_torch(lambda x: LF.max_pool2d(x, **case, return_indices=True, relu_input=True),
                          lambda x: F.max_pool2d(F.relu(x), **case, return_indices=True),
-                         [input], dtype, generator)
+                         [input], dtype, generator, grad=not has_empty_windows(input, case))
 
 
 @pytest.mark.parametrize("ours, theirs", [

@@ -104,14 +104,17 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
   }
 }
 
-// Returns false when an index points outside the plane: only a hand-made indices tensor can.
-// With `relu_of` (the plane's input, for relu_input) the finished plane, still in cache, drops
-// its gradient where that input <= 0.
+// Returns false when a window's index points outside the plane: only a hand-made indices tensor
+// can, but for windows that hold no input element, which give no gradient whatever their index
+// (checked only where `may_be_empty`). With `relu_of` (the plane's input, for relu_input) the
+// finished plane, still in cache, drops its gradient where that input <= 0.
 template <typename T>
-bool backward_plane(const T* grad_output, const int64_t* indices, T* grad_input,
-                    int64_t out_plane, int64_t in_plane, const T* relu_of) {
+bool backward_plane(const T* grad_output, const int64_t* indices, T* grad_input, const Pool2dShape& s,
+                    bool may_be_empty, const T* relu_of) {
+  const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
   std::fill_n(grad_input, in_plane, T(0));
   for (int64_t i = 0; i < out_plane; ++i) {
+    if (may_be_empty && max_pool_window_empty(s, i / s.out_w, i % s.out_w)) continue;
     const int64_t index = indices[i];
     if (index < 0 || index >= in_plane) return false;
     grad_input[index] += grad_output[i];
@@ -164,10 +167,11 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     const int64_t* idx_data = idx.const_data_ptr<int64_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    const int64_t out_plane = go.size(2) * go.size(3), in_plane = input.size(2) * input.size(3);
-    parallel_for(input.size(0) * input.size(1), in_plane, [&](int64_t plane) {
+    const int64_t out_plane = s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
+    const bool may_be_empty = max_pool_windows_may_be_empty(s);
+    parallel_for(s.batch * s.channels, in_plane, [&](int64_t plane) {
       if (!backward_plane<scalar_t>(go_data + plane * out_plane, idx_data + plane * out_plane,
-                                    gi_data + plane * in_plane, out_plane, in_plane,
+                                    gi_data + plane * in_plane, s, may_be_empty,
                                     relu_input ? in.const_data_ptr<scalar_t>() + plane * in_plane : nullptr)) {
         indices_valid = false;
       }

@@ -50,7 +50,7 @@ __device__ void candidate_outputs(int64_t i, int64_t kernel, int64_t stride, int
 template <typename T>
 __global__ void backward_kernel(const T* __restrict__ grad_output, const int64_t* __restrict__ indices,
                                 const T* __restrict__ input, T* __restrict__ grad_input, Pool2dShape s,
-                                bool relu_input) {
+                                bool relu_input, bool may_be_empty) {
   using acc_t = at::acc_type<T, true>;
   const int64_t total = s.batch * s.channels * s.in_h * s.in_w;
   LENETX_GRID_STRIDE_LOOP(index, total) {
@@ -64,7 +64,8 @@ __global__ void backward_kernel(const T* __restrict__ grad_output, const int64_t
     for (int64_t oh = oh0; oh <= oh1; ++oh)
       for (int64_t ow = ow0; ow <= ow1; ++ow) {
         const int64_t o = plane_offset + oh * s.out_w + ow;
-        if (indices[o] == flat) sum += static_cast<acc_t>(grad_output[o]);
+        if (indices[o] == flat && !(may_be_empty && max_pool_window_empty(s, oh, ow)))
+          sum += static_cast<acc_t>(grad_output[o]);
       }
     grad_input[index] = static_cast<T>(relu_input ? relu_backward(sum, static_cast<acc_t>(input[index])) : sum);
   }
@@ -105,7 +106,7 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lenetx_max_pool2d_backward_cuda", [&] {
     backward_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         go.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(), relu_input ? in.const_data_ptr<scalar_t>() : nullptr,
-        grad_input.mutable_data_ptr<scalar_t>(), s, relu_input);
+        grad_input.mutable_data_ptr<scalar_t>(), s, relu_input, max_pool_windows_may_be_empty(s));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input;
