@@ -194,8 +194,10 @@ __attribute__((always_inline)) inline void store_masks(uint8_t* top, uint8_t* bo
     const __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(halves), _mm256_extracti128_si256(halves, 1));
     const __m128i rows = _mm_and_si128(
         _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15)), _mm_set1_epi8(1));
+    // Mask rows have no alignment: _mm_storel_epi64 stores through an unaligned type, where GCC's
+    // _mm_storeh_pd stores a double (misaligned: undefined behaviour, by -fsanitize=undefined).
     _mm_storel_epi64(reinterpret_cast<__m128i*>(top), rows);
-    _mm_storeh_pd(reinterpret_cast<double*>(bottom), _mm_castsi128_pd(rows));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(bottom), _mm_unpackhi_epi64(rows, rows));
     return;
   }
   if constexpr (P::kAvx512Floats) {
