@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "operators.h"
 #include "pooling_windows.h"
 
 namespace lenetx {
@@ -29,84 +30,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> lenetx_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-using IntList = c10::IntArrayRef;
-
-using Conv2dSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, IntList,
-                                   IntList, IntList, int64_t);
-using ConvGradSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, IntList, IntList,
-                                     IntList, int64_t);
-using AvgPool2dSignature = at::Tensor(const at::Tensor&, IntList, IntList, IntList, bool, bool,
-                                      std::optional<int64_t>, bool);
-using AvgPool2dBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, IntList, IntList, IntList, bool,
-                                              bool, std::optional<int64_t>, bool);
-using MaxPool2dBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, IntList,
-                                              IntList, IntList, IntList, bool, bool);
-using Conv2dReluPool2dSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                     const std::optional<at::Tensor>&, IntList,
-                                                                     IntList, IntList, int64_t, IntList, bool);
-using MaxPool2dSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, IntList, IntList, IntList,
-                                                              IntList, bool, bool);
-using MlpSignature = std::tuple<at::Tensor, std::vector<at::Tensor>>(const at::Tensor&, at::TensorList,
-                                                                     const c10::List<std::optional<at::Tensor>>&);
-
-// The operators' handles. The autograd kernels call each below autograd (in a Function's forward,
-// or directly where autograd has nothing to record); backward formulas call them through the
-// dispatcher's top, where under create_graph their own autograd kernels record them.
-const c10::TypedOperatorHandle<Conv2dReluPool2dSignature>& conv2d_relu_pool2d_op() {
-  static const auto op = lenetx_op<Conv2dReluPool2dSignature>("lenetx::conv2d_relu_pool2d");
-  return op;
-}
-const c10::TypedOperatorHandle<MaxPool2dSignature>& max_pool2d_with_indices_op() {
-  static const auto op = lenetx_op<MaxPool2dSignature>("lenetx::max_pool2d_with_indices");
-  return op;
-}
-const c10::TypedOperatorHandle<MlpSignature>& mlp_op() {
-  static const auto op = lenetx_op<MlpSignature>("lenetx::mlp");
-  return op;
-}
-const c10::TypedOperatorHandle<Conv2dSignature>& conv2d_op() {
-  static const auto op = lenetx_op<Conv2dSignature>("lenetx::conv2d");
-  return op;
-}
-const c10::TypedOperatorHandle<ConvGradSignature>& conv2d_grad_input_op() {
-  static const auto op = lenetx_op<ConvGradSignature>("lenetx::conv2d_grad_input");
-  return op;
-}
-const c10::TypedOperatorHandle<ConvGradSignature>& conv2d_grad_weight_op() {
-  static const auto op = lenetx_op<ConvGradSignature>("lenetx::conv2d_grad_weight");
-  return op;
-}
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&)>& conv2d_grad_bias_op() {
-  static const auto op = lenetx_op<at::Tensor(const at::Tensor&)>("lenetx::conv2d_grad_bias");
-  return op;
-}
-const c10::TypedOperatorHandle<AvgPool2dSignature>& avg_pool2d_op() {
-  static const auto op = lenetx_op<AvgPool2dSignature>("lenetx::avg_pool2d");
-  return op;
-}
-const c10::TypedOperatorHandle<AvgPool2dBackwardSignature>& avg_pool2d_backward_op() {
-  static const auto op = lenetx_op<AvgPool2dBackwardSignature>("lenetx::avg_pool2d_backward");
-  return op;
-}
-const c10::TypedOperatorHandle<MaxPool2dBackwardSignature>& max_pool2d_backward_op() {
-  static const auto op = lenetx_op<MaxPool2dBackwardSignature>("lenetx::max_pool2d_backward");
-  return op;
-}
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, IntList)>& adaptive_avg_pool2d_op() {
-  static const auto op = lenetx_op<at::Tensor(const at::Tensor&, IntList)>("lenetx::adaptive_avg_pool2d");
-  return op;
-}
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&)>& adaptive_avg_pool2d_backward_op() {
-  static const auto op =
-      lenetx_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("lenetx::adaptive_avg_pool2d_backward");
-  return op;
-}
 
 // What a convolution's backward, and the backward of its backward operators, need besides
 // their tensors.

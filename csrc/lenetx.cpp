@@ -71,6 +71,10 @@ TORCH_LIBRARY(lenetx, m) {
       "int padding, Tensor mean, Tensor std) -> Tensor");
 }
 
+namespace lenetx {
+int add_functional_methods(PyObject* module);  // python_functional.cpp
+}  // namespace lenetx
+
 namespace {
 
 PyObject* cpu_capability(PyObject*, PyObject*) {
@@ -87,5 +91,10 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
 }  // namespace
 
 PyMODINIT_FUNC PyInit__C(void) {
-  return PyModule_Create(&module);
+  PyObject* created = PyModule_Create(&module);
+  if (created != nullptr && lenetx::add_functional_methods(created) != 0) {
+    Py_DECREF(created);
+    return nullptr;
+  }
+  return created;
 }

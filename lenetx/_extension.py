@@ -25,14 +25,17 @@ def check_cpu_isa(requested) -> None:
         raise ValueError(f"{CPU_ISA_VARIABLE}={requested!r} is not one of {', '.join(CPU_ISAS)}")
 
 
-def load() -> None:
+def load():
+    """Returns lenetx._C once its build is known to match the torch imported."""
     try:
         from . import _build_info
     except ImportError:
         raise ImportError(f"lenetx's kernels (lenetx._C) are not built; {REBUILD_HINT}") from None
     check_torch_version(_build_info.TORCH_VERSION, torch.__version__)
     check_cpu_isa(os.environ.get(CPU_ISA_VARIABLE))
-    from . import _C  # noqa: F401  (registers the lenetx operators with the dispatcher)
+    from . import _C  # registers the lenetx operators with the dispatcher
+
+    return _C
 
 
-load()
+kernels = load()

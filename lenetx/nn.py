@@ -82,13 +82,23 @@ def _fusable_pool(pool):
     if isinstance(pool, AvgPool2d):
         plain = pool.divisor_override is None
     elif isinstance(pool, MaxPool2d):
-        plain = LF._pair("dilation", pool.dilation) == [1, 1] and not pool.return_indices
+        plain = _as_pair(pool.dilation) == (1, 1) and not pool.return_indices
     else:
         return False
-    kernel_size = LF._pair("kernel_size", pool.kernel_size)
-    stride = LF._pool_stride(pool.stride, kernel_size)
-    return (plain and stride == kernel_size and LF._pair("padding", pool.padding) == [0, 0]
+    kernel_size = _as_pair(pool.kernel_size)
+    stride = kernel_size if pool.stride is None or pool.stride in ((), []) else _as_pair(pool.stride)
+    return (plain and kernel_size is not None and stride == kernel_size and _as_pair(pool.padding) == (0, 0)
             and not pool.ceil_mode)
+
+
+def _as_pair(value):
+    """A layer's int or sequence of one or two ints as a pair, None for anything else: the layer's
+    own call, unfused, then rejects it with the functional interface's message."""
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) in (1, 2):
+        return value[0], value[-1]
+    return None
 
 
 def _without_hooks(*modules):

@@ -34,6 +34,10 @@ CONV_ERRORS = [
     (dict(input=torch.randn(2, 3, 8, 8, dtype=torch.complex64)), r"dtype"),
     (dict(stride=(1, 2, 3)), r"stride=\(1, 2, 3\)"),
     (dict(stride=1.5), r"stride=1.5"),
+    (dict(groups=1.0), r"groups=1.0"),
+    (dict(weight="w"), r"weight must be a Tensor, but got str"),
+    (dict(bias=[1.0]), r"bias must be a Tensor or None, but got list"),
+    (dict(padding="\ud800"), r"padding string '\\ud800'"),
 ]
 
 
@@ -61,6 +65,13 @@ POOL_ERRORS = [
     ("max_pool2d", dict(kernel_size=(2, 2, 2)), r"kernel_size=\(2, 2, 2\)"),
     ("adaptive_avg_pool2d", dict(output_size=(-1, 2)), r"output_size=\[-1, 2\]"),
     ("adaptive_avg_pool2d", dict(output_size=(1, 2, 3)), r"output_size=\(1, 2, 3\)"),
+    ("adaptive_avg_pool2d", dict(output_size=(None, "a")), r"output_size=\(None, 'a'\)"),
+    ("avg_pool2d", dict(kernel_size=2, ceil_mode=1), r"ceil_mode must be a bool, but got ceil_mode=1"),
+    ("avg_pool2d", dict(kernel_size=2, count_include_pad=None), r"count_include_pad=None"),
+    ("avg_pool2d", dict(kernel_size=2, divisor_override=2.0), r"divisor_override=2.0"),
+    ("avg_pool2d", dict(kernel_size=True), r"kernel_size=True"),
+    ("max_pool2d", dict(kernel_size=2, ceil_mode="no"), r"ceil_mode='no'"),
+    ("max_pool2d", dict(kernel_size=2.0), r"kernel_size=2.0"),
 ]
 
 
