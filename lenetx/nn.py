@@ -93,11 +93,11 @@ def _fusable_pool(pool):
 
 def _as_pair(value):
     """A layer's int or sequence of one or two ints as a pair, None for anything else: the layer's
-    own call, unfused, then rejects it with the functional interface's message."""
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) in (1, 2):
-        return value[0], value[-1]
+    own call, unfused, then takes it as the functional interface does or rejects it with its
+    message."""
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    if len(values) in (1, 2) and all(type(v) is int for v in values):
+        return values[0], values[-1]
     return None
 
 
