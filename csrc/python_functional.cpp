@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "operators.h"
+#include "shape_checks.h"
 
 namespace lenetx {
 namespace {
@@ -195,8 +196,7 @@ ConvArguments conv_arguments(at::Tensor input, const at::Tensor& weight, PyObjec
   TORCH_CHECK(arguments.stride == Pair({1, 1}), op,
               ": padding='same' is not supported for strided convolutions, but got stride=(",
               arguments.stride[0], ", ", arguments.stride[1], ")");
-  TORCH_CHECK(weight.dim() == 4, op, ": expected a 4-D weight (C_out, C_in / groups, kH, kW), but got weight of size ",
-              weight.sizes());
+  check_4d(weight, "weight", op);
   Pair odd{};
   for (int dim = 0; dim < 2; ++dim) {
     const int64_t total = arguments.dilation[dim] * (weight.size(2 + dim) - 1);
@@ -209,19 +209,33 @@ ConvArguments conv_arguments(at::Tensor input, const at::Tensor& weight, PyObjec
   return arguments;
 }
 
+// The arguments conv2d and conv2d_relu_pool2d share, args[0] to args[6].
+struct ConvCall {
+  Batched batch;
+  at::Tensor weight;
+  std::optional<at::Tensor> bias;
+  ConvArguments arguments;
+  int64_t groups;
+};
+
+ConvCall conv_call(PyObject* const* args, const char* op) {
+  const at::Tensor& input = tensor_argument(args[0], op, "input");
+  const at::Tensor& weight = tensor_argument(args[1], op, "weight");
+  auto bias = optional_tensor_argument(args[2], op, "bias");
+  Batched batch = batched(input, op);
+  ConvArguments arguments = conv_arguments(batch.input, weight, args[3], args[4], args[5], op);
+  return {std::move(batch), weight, std::move(bias), std::move(arguments), int_argument(args[6], "groups")};
+}
+
 PyObject* conv2d(PyObject*, PyObject* const* args, Py_ssize_t count) {
   HANDLE_TH_ERRORS
   constexpr const char* op = "lenetx.conv2d";
   check_argument_count(count, 7, op);
-  const at::Tensor& input = tensor_argument(args[0], op, "input");
-  const at::Tensor& weight = tensor_argument(args[1], op, "weight");
-  const auto bias = optional_tensor_argument(args[2], op, "bias");
-  const Batched batch = batched(input, op);
-  const ConvArguments a = conv_arguments(batch.input, weight, args[3], args[4], args[5], op);
-  const int64_t groups = int_argument(args[6], "groups");
-  at::Tensor output =
-      without_gil([&] { return conv2d_op().call(a.input, weight, bias, a.stride, a.padding, a.dilation, groups); });
-  return wrap(batch.result(std::move(output)));
+  const ConvCall c = conv_call(args, op);
+  const ConvArguments& a = c.arguments;
+  at::Tensor output = without_gil(
+      [&] { return conv2d_op().call(a.input, c.weight, c.bias, a.stride, a.padding, a.dilation, c.groups); });
+  return wrap(c.batch.result(std::move(output)));
   END_HANDLE_TH_ERRORS
 }
 
@@ -229,27 +243,23 @@ PyObject* conv2d_relu_pool2d(PyObject*, PyObject* const* args, Py_ssize_t count)
   HANDLE_TH_ERRORS
   constexpr const char* op = "lenetx.conv2d_relu_pool2d";
   check_argument_count(count, 9, op);
-  const at::Tensor& input = tensor_argument(args[0], op, "input");
-  const at::Tensor& weight = tensor_argument(args[1], op, "weight");
-  const auto bias = optional_tensor_argument(args[2], op, "bias");
-  const Batched batch = batched(input, op);
-  const ConvArguments a = conv_arguments(batch.input, weight, args[3], args[4], args[5], op);
-  const int64_t groups = int_argument(args[6], "groups");
+  const ConvCall c = conv_call(args, op);
+  const ConvArguments& a = c.arguments;
   const Pair pool_size = pair_argument(args[7], "pool_size");
   const bool max_pool = bool_argument(args[8], "max_pool");
   at::Tensor output = without_gil([&] {
     if (a.input.device().is_cpu()) {
-      return std::get<0>(conv2d_relu_pool2d_op().call(a.input, weight, bias, a.stride, a.padding, a.dilation, groups,
-                                                      pool_size, max_pool));
+      return std::get<0>(conv2d_relu_pool2d_op().call(a.input, c.weight, c.bias, a.stride, a.padding, a.dilation,
+                                                      c.groups, pool_size, max_pool));
     }
     // The fused operator is CPU only: elsewhere the convolution, then the pooling of its ReLU.
-    const at::Tensor conv = conv2d_op().call(a.input, weight, bias, a.stride, a.padding, a.dilation, groups);
+    const at::Tensor conv = conv2d_op().call(a.input, c.weight, c.bias, a.stride, a.padding, a.dilation, c.groups);
     return max_pool ? std::get<0>(max_pool2d_with_indices_op().call(conv, pool_size, pool_size, {0, 0}, {1, 1},
                                                                     /*ceil_mode=*/false, /*relu_input=*/true))
                     : avg_pool2d_op().call(conv, pool_size, pool_size, {0, 0}, /*ceil_mode=*/false,
                                            /*count_include_pad=*/true, std::nullopt, /*relu_input=*/true);
   });
-  return wrap(batch.result(std::move(output)));
+  return wrap(c.batch.result(std::move(output)));
   END_HANDLE_TH_ERRORS
 }
 

@@ -22,11 +22,6 @@ void check_non_negative(at::IntArrayRef values, const char* name, const char* op
               " must be non-negative, but got ", name, "=", values);
 }
 
-void check_4d(const at::Tensor& tensor, const char* name, const char* op) {
-  TORCH_CHECK(tensor.dim() == 4, op, ": expected a 4-D ", name, " (N, C, H, W), but got ", name,
-              " of size ", tensor.sizes());
-}
-
 void check_spatial_non_empty(const at::Tensor& input, const char* op) {
   TORCH_CHECK(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, op,
               ": expected input with non-zero channels, height and width, but got input of size ",
@@ -45,6 +40,11 @@ int64_t pooled_size(int64_t input, int64_t kernel, int64_t pad, int64_t stride, 
 }
 
 }  // namespace
+
+void check_4d(const at::Tensor& tensor, const char* name, const char* op) {
+  TORCH_CHECK(tensor.dim() == 4, op, ": expected a 4-D ", name, " (N, C, H, W), but got ", name,
+              " of size ", tensor.sizes());
+}
 
 void check_floating_dtype(const at::Tensor& input, const char* op) {
   const auto dtype = input.scalar_type();

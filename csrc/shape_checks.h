@@ -23,6 +23,9 @@ struct Pool2dShape {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
+// A RuntimeError naming the tensor and its size unless it is 4-D.
+void check_4d(const at::Tensor& tensor, const char* name, const char* op);
+
 // The CPU kernels take float32/float64; the CUDA kernels also float16/bfloat16.
 void check_floating_dtype(const at::Tensor& input, const char* op);
 

@@ -11,9 +11,9 @@ def cpu_capability() -> str:
     """The instruction set lenetx's CPU convolution kernels run with: "avx512", "avx2" or
     "baseline", the widest this machine runs unless the environment variable LENETX_CPU_ISA
     names a lower one."""
-    from . import _C
+    from ._extension import kernels
 
-    return _C.cpu_capability()
+    return kernels.cpu_capability()
 
 
 __all__ = ["functional", "nn", "ops", "convert", "conv_output_size", "cpu_capability", "__version__"]

@@ -15,6 +15,7 @@ CONV_ERRORS = [
     (dict(input=torch.randn(3, 8)), r"input of size \[3, 8\]"),
     (dict(input=torch.randn(1, 2, 3, 8, 8)), r"input of size \[1, 2, 3, 8, 8\]"),
     (dict(weight=torch.randn(6, 3, 3)), r"weight of size \[6, 3, 3\]"),
+    (dict(weight=torch.randn(6, 3, 3), padding="same"), r"4-D weight .*weight of size \[6, 3, 3\]"),
     (dict(weight=torch.randn(6, 2, 3, 3)), r"2 channels \(weight.size\(1\)=2.*input of size \[2, 3, 8, 8\]"),
     (dict(weight=torch.randn(6, 1, 3, 3), groups=2), r"weight.size\(1\)=1 times groups=2"),
     (dict(weight=torch.randn(5, 1, 3, 3), groups=3), r"weight.size\(0\)=5\) must be divisible by groups=3"),
