@@ -124,6 +124,16 @@ inline T zero_if(bool condition, T value) {
   return __builtin_bit_cast(T, static_cast<Bits>(__builtin_bit_cast(Bits, value) & keep));
 }
 
+// The one divisor of windows that tile the input 2x2 (windows_tile_2x2: each whole, none in the
+// padding), without the plan's table of every window's, whose building cost a batch-1 pooling
+// as much as its kernel.
+template <typename T>
+T tiled_2x2_divisor(const Pool2dShape& s, bool count_include_pad, int64_t divisor_override) {
+  return static_cast<T>(avg_pool_divisor(avg_pool_span(0, s.kernel_h, s.stride_h, s.pad_h, s.in_h),
+                                         avg_pool_span(0, s.kernel_w, s.stride_w, s.pad_w, s.in_w),
+                                         count_include_pad, divisor_override));
+}
+
 // forward_plane for 2x2 windows at stride 2 that tile the input: one pass, adding in
 // forward_plane's order (each column's two rows, then the pair of columns).
 template <typename T, bool RELU>
@@ -176,14 +186,15 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_avg_pool2d", [&] {
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-    const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
     if (windows_tile_2x2(s)) {
       const auto plane_kernel = relu_input ? forward_plane_2x2<scalar_t, true> : forward_plane_2x2<scalar_t, false>;
+      const scalar_t divisor = tiled_2x2_divisor<scalar_t>(s, count_include_pad, divisor_override.value_or(0));
       parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
-        plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * s.out_h * s.out_w, s, plan.divisors[0]);
+        plane_kernel(in_data + plane * s.in_h * s.in_w, out_data + plane * s.out_h * s.out_w, s, divisor);
       });
       return;
     }
+    const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
     const auto plane_kernel = relu_input ? forward_plane<scalar_t, true> : forward_plane<scalar_t, false>;
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       Scratch<scalar_t> row_sum(s.in_w, scalar_t(0));
@@ -209,16 +220,17 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenetx_avg_pool2d_backward", [&] {
     const scalar_t* go_data = go.const_data_ptr<scalar_t>();
     scalar_t* gi_data = grad_input.mutable_data_ptr<scalar_t>();
-    const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
     const scalar_t* relu_of = relu_input ? in.const_data_ptr<scalar_t>() : nullptr;
     if (windows_tile_2x2(s)) {
       const auto plane_kernel = relu_input ? backward_plane_2x2<scalar_t, true> : backward_plane_2x2<scalar_t, false>;
+      const scalar_t divisor = tiled_2x2_divisor<scalar_t>(s, count_include_pad, divisor_override.value_or(0));
       parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
-        plane_kernel(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w, s, plan.divisors[0],
+        plane_kernel(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w, s, divisor,
                      relu_input ? relu_of + plane * s.in_h * s.in_w : nullptr);
       });
       return;
     }
+    const AvgPoolPlan<scalar_t> plan(s, count_include_pad, divisor_override.value_or(0));
     parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
       Scratch<scalar_t> spread(s.in_w, scalar_t(0));
       for (int64_t plane = first; plane < last; ++plane)
