@@ -1,8 +1,12 @@
-// Autograd kernels of the lenetx operators, for every device: each forward saves what its
-// backward reads, and each backward calls lenetx's own backward operators for only the
-// gradients that are needed. Registered in C++ rather than with torch.library.register_autograd:
+// Autograd kernels of the lenetx operators, for every device: each forward records a node that
+// saves what its backward reads, and each backward calls lenetx's own backward operators for only
+// the gradients that are needed. Registered in C++ rather than with torch.library.register_autograd:
 // the Python formula cost about 145 us per forward and backward (benchmarks/NOTES.md, section 5),
 // the whole time of a small layer.
+//
+// The nodes are written as torch's generated ones are, their saved state in typed fields, rather
+// than as torch::autograd::Function, whose node builds and reads a map of IValues and wraps every
+// input and output: 3.5 us of a batch-1 pooling's forward and backward of 25 (section 37).
 //
 // Second derivatives (create_graph=True: gradient penalties, Hessian-vector products): the
 // backward operators of the convolution and the poolings have derivatives of their own, written
@@ -14,12 +18,20 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "operators.h"
@@ -28,28 +40,154 @@
 namespace lenetx {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-// What a convolution's backward, and the backward of its backward operators, need besides
-// their tensors.
-struct ConvArguments {
-  std::vector<int64_t> stride, padding, dilation;
-  int64_t groups;
+// torch counts its nodes with c10::intrusive_ptr since mid-2026, with std::shared_ptr before
+// (torch 2.11 among them): an edge's pointer says which this build has.
+using NodePointer = decltype(torch::autograd::Edge::function);
 
-  static void save(AutogradContext* ctx, IntList stride, IntList padding, IntList dilation, int64_t groups) {
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
+template <typename NodeType>
+auto make_node() {
+  if constexpr (std::is_same_v<NodePointer, std::shared_ptr<torch::autograd::Node>>) {
+    // torch's deleter frees a long graph without recursing once per node; found by argument-
+    // dependent lookup, as only this branch's torch declares it.
+    return std::shared_ptr<NodeType>(new NodeType(), [](NodeType* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<NodeType>();
+  }
+}
+
+// What compiled autograd and release_variables do with each kind of saved field.
+void collect(torch::dynamo::autograd::CompiledNodeArgs& args, const SavedVariable& saved) {
+  args.collect(saved, /*is_output=*/false);
+}
+void collect(torch::dynamo::autograd::CompiledNodeArgs& args, const std::vector<SavedVariable>& saved) {
+  args.collect(saved, /*is_output=*/false);
+}
+template <typename Value>
+void collect(torch::dynamo::autograd::CompiledNodeArgs& args, const Value& value) {
+  args.collect(value);
+}
+
+void release(SavedVariable& saved) { saved.reset_data(); }
+void release(std::vector<SavedVariable>& saved) {
+  for (SavedVariable& s : saved) s.reset_data();
+}
+template <typename Value>
+void release(Value&) {}
+
+// The backward node of a lenetx operator. Derived declares its saved state as fields, ties them
+// in fields() (for release_variables and compiled autograd), names itself in kName and computes
+// the gradients of its inputs, in the order of its next edges, in backward().
+template <typename Derived>
+struct OperatorNode : torch::autograd::Node {
+  std::string name() const override { return Derived::kName; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    visit_fields([](auto& field) { release(field); });
   }
 
-  explicit ConvArguments(AutogradContext* ctx)
-      : stride(ctx->saved_data["stride"].toIntVector()),
-        padding(ctx->saved_data["padding"].toIntVector()),
-        dilation(ctx->saved_data["dilation"].toIntVector()),
-        groups(ctx->saved_data["groups"].toInt()) {}
+  // Not marked override: torch before 2025 declares it non-const, and there compiled autograd
+  // refuses the node instead of the build failing.
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const {
+    // Collecting only reads the fields.
+    const_cast<OperatorNode*>(this)->visit_fields([&](auto& field) { collect(args, field); });
+  }
+
+  // Compiled autograd traces apply with its own tensors swapped in for the saved ones.
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    visit_fields([&](auto& field) { saved.before(field); });
+    variable_list result = apply(variable_list(grads));
+    visit_fields([&](auto& field) { saved.after(field); });
+    return result;
+  }
+
+ protected:
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<Derived*>(this)->backward(grads);
+  }
+
+  // Whether the gradient of input i is wanted by this backward pass.
+  bool needs_grad(size_t i) const { return task_should_compute_output(i); }
+
+ private:
+  template <typename Visitor>
+  void visit_fields(Visitor&& visitor) {
+    std::apply([&](auto&... fields) { (visitor(fields), ...); }, static_cast<Derived*>(this)->fields());
+  }
 };
+
+// Whether autograd has anything to do with a call: record it (grad mode on, and a tensor among
+// its arguments that requires a gradient) or carry a forward-mode tangent through it. Elsewhere
+// (inference, a first layer's images, a training step's backward operators, which run with grad
+// mode off) the autograd kernels call the operator below autograd directly.
+bool requires_grad(const at::Tensor& tensor) { return tensor.defined() && tensor.requires_grad(); }
+bool requires_grad(const std::optional<at::Tensor>& tensor) { return tensor.has_value() && requires_grad(*tensor); }
+bool requires_grad(at::TensorList tensors) {
+  return std::any_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return requires_grad(t); });
+}
+bool requires_grad(const c10::List<std::optional<at::Tensor>>& tensors) {
+  for (const std::optional<at::Tensor> tensor : tensors)
+    if (requires_grad(tensor)) return true;
+  return false;
+}
+template <typename NotATensor>
+bool requires_grad(const NotATensor&) {
+  return false;
+}
+
+bool has_tangent(const at::Tensor& tensor) { return tensor.defined() && tensor._fw_grad(/*level=*/0).defined(); }
+bool has_tangent(const std::optional<at::Tensor>& tensor) { return tensor.has_value() && has_tangent(*tensor); }
+bool has_tangent(at::TensorList tensors) {
+  return std::any_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return has_tangent(t); });
+}
+bool has_tangent(const c10::List<std::optional<at::Tensor>>& tensors) {
+  for (const std::optional<at::Tensor> tensor : tensors)
+    if (has_tangent(tensor)) return true;
+  return false;
+}
+template <typename NotATensor>
+bool has_tangent(const NotATensor&) {
+  return false;
+}
+
+// Whether the call is recorded; a forward-mode tangent is refused, none of the nodes having a
+// forward derivative, rather than dropped.
+template <typename... Args>
+bool recorded(const char* op_name, const Args&... args) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!(has_tangent(args) || ...), op_name,
+                              ": forward-mode automatic differentiation is not implemented (an input carries a "
+                              "tangent of torch.autograd.forward_ad)");
+  return at::GradMode::is_enabled() && (requires_grad(args) || ...);
+}
+
+template <typename Signature, typename... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
+}
+
+// A new node whose next edges lead to the gradients of `inputs`, in order; an undefined input, or
+// one that requires no gradient, has an edge to nothing.
+template <typename NodeType>
+auto node_for(std::initializer_list<at::Tensor> inputs) {
+  auto node = make_node<NodeType>();
+  torch::autograd::edge_list edges;
+  edges.reserve(inputs.size());
+  for (const at::Tensor& input : inputs)
+    edges.push_back(requires_grad(input) ? torch::autograd::impl::gradient_edge(input) : torch::autograd::Edge());
+  node->set_next_edges(std::move(edges));
+  return node;
+}
+
+at::Tensor or_undefined(const std::optional<at::Tensor>& tensor) { return tensor.value_or(at::Tensor()); }
+std::optional<at::Tensor> or_none(const at::Tensor& tensor) {
+  return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
+}
 
 // The gradients of `outputs` (weighted by `grad_outputs`) with respect to those of `inputs`
 // whose entry in `needed` is set, as a graph of their own (create_graph); undefined elsewhere.
@@ -67,146 +205,127 @@ variable_list differentiate(const variable_list& outputs, const variable_list& g
   return grads;
 }
 
-class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, IntList stride, IntList padding,
-                            IntList dilation, int64_t groups) {
-    ctx->save_for_backward({input, weight});
-    ConvArguments::save(ctx, stride, padding, dilation, groups);
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return conv2d_op().call(input, weight, bias, stride, padding, dilation, groups);
-  }
+// ---- Convolution --------------------------------------------------------------------------------
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &weight = saved[1], &grad_output = grad_outputs[0];
-    const ConvArguments a(ctx);
-    at::Tensor grad_input, grad_weight, grad_bias;
-    if (ctx->needs_input_grad(0))
-      grad_input = conv2d_grad_input_op().call(grad_output, input, weight, a.stride, a.padding, a.dilation, a.groups);
-    if (ctx->needs_input_grad(1))
-      grad_weight = conv2d_grad_weight_op().call(grad_output, input, weight, a.stride, a.padding, a.dilation, a.groups);
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2))
-      grad_bias = conv2d_grad_bias_op().call(grad_output);
-    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+// What a convolution's backward, and the backward of its backward operators, need besides
+// their tensors.
+struct ConvArguments {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
+
+  void save(IntList stride_, IntList padding_, IntList dilation_, int64_t groups_) {
+    stride = stride_.vec();
+    padding = padding_.vec();
+    dilation = dilation_.vec();
+    groups = groups_;
+  }
+};
+
+// Inputs: input, weight, bias.
+struct Conv2dBackward : OperatorNode<Conv2dBackward> {
+  static constexpr const char* kName = "lenetx::Conv2dBackward";
+  SavedVariable input, weight;
+  ConvArguments a;
+  bool has_bias = false;
+  auto fields() { return std::tie(input, weight, a.stride, a.padding, a.dilation, a.groups, has_bias); }
+
+  variable_list backward(const variable_list& grads) {
+    const at::Tensor& grad_output = grads[0];
+    variable_list result(3);
+    if (!grad_output.defined()) return result;
+    const at::Tensor x = input.unpack(), w = weight.unpack();
+    if (needs_grad(0))
+      result[0] = conv2d_grad_input_op().call(grad_output, x, w, a.stride, a.padding, a.dilation, a.groups);
+    if (needs_grad(1))
+      result[1] = conv2d_grad_weight_op().call(grad_output, x, w, a.stride, a.padding, a.dilation, a.groups);
+    if (has_bias && needs_grad(2)) result[2] = conv2d_grad_bias_op().call(grad_output);
+    return result;
   }
 };
 
 // grad_input is linear in grad_output and in the weight, <v, grad_input(g, w)> = <conv2d(v, w), g>:
 // along grad_output its derivative is the convolution of the incoming gradient v, along the
 // weight grad_weight with v as the input. The input gives only its shape.
-class Conv2dGradInputFunction : public torch::autograd::Function<Conv2dGradInputFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& weight, IntList stride, IntList padding, IntList dilation,
-                            int64_t groups) {
-    ctx->save_for_backward({grad_output, weight});
-    ConvArguments::save(ctx, stride, padding, dilation, groups);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return conv2d_grad_input_op().call(grad_output, input, weight, stride, padding, dilation, groups);
-  }
+// Inputs: grad_output, input, weight.
+struct Conv2dGradInputBackward : OperatorNode<Conv2dGradInputBackward> {
+  static constexpr const char* kName = "lenetx::Conv2dGradInputBackward";
+  SavedVariable grad_output, weight;
+  ConvArguments a;
+  auto fields() { return std::tie(grad_output, weight, a.stride, a.padding, a.dilation, a.groups); }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &grad_output = saved[0], &weight = saved[1], &v = grads[0];
-    const ConvArguments a(ctx);
-    at::Tensor along_grad_output, along_weight;
-    if (ctx->needs_input_grad(0))
-      along_grad_output = conv2d_op().call(v, weight, std::nullopt, a.stride, a.padding, a.dilation, a.groups);
-    if (ctx->needs_input_grad(2))
-      along_weight = conv2d_grad_weight_op().call(grad_output, v, weight, a.stride, a.padding, a.dilation, a.groups);
-    return {along_grad_output, at::Tensor(), along_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  variable_list backward(const variable_list& grads) {
+    const at::Tensor& v = grads[0];
+    variable_list result(3);
+    if (!v.defined()) return result;
+    const at::Tensor w = weight.unpack();
+    if (needs_grad(0)) result[0] = conv2d_op().call(v, w, std::nullopt, a.stride, a.padding, a.dilation, a.groups);
+    if (needs_grad(2))
+      result[2] = conv2d_grad_weight_op().call(grad_output.unpack(), v, w, a.stride, a.padding, a.dilation, a.groups);
+    return result;
   }
 };
 
 // grad_weight is linear in grad_output and in the input, <v, grad_weight(g, x)> = <conv2d(x, v), g>:
 // along grad_output its derivative is the convolution of the input by v, along the input
 // grad_input with v as the weight. The weight gives only its shape.
-class Conv2dGradWeightFunction : public torch::autograd::Function<Conv2dGradWeightFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& weight, IntList stride, IntList padding, IntList dilation,
-                            int64_t groups) {
-    ctx->save_for_backward({grad_output, input});
-    ConvArguments::save(ctx, stride, padding, dilation, groups);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return conv2d_grad_weight_op().call(grad_output, input, weight, stride, padding, dilation, groups);
-  }
+// Inputs: grad_output, input, weight.
+struct Conv2dGradWeightBackward : OperatorNode<Conv2dGradWeightBackward> {
+  static constexpr const char* kName = "lenetx::Conv2dGradWeightBackward";
+  SavedVariable grad_output, input;
+  ConvArguments a;
+  auto fields() { return std::tie(grad_output, input, a.stride, a.padding, a.dilation, a.groups); }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &grad_output = saved[0], &input = saved[1], &v = grads[0];
-    const ConvArguments a(ctx);
-    at::Tensor along_grad_output, along_input;
-    if (ctx->needs_input_grad(0))
-      along_grad_output = conv2d_op().call(input, v, std::nullopt, a.stride, a.padding, a.dilation, a.groups);
-    if (ctx->needs_input_grad(1))
-      along_input = conv2d_grad_input_op().call(grad_output, input, v, a.stride, a.padding, a.dilation, a.groups);
-    return {along_grad_output, along_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  variable_list backward(const variable_list& grads) {
+    const at::Tensor& v = grads[0];
+    variable_list result(3);
+    if (!v.defined()) return result;
+    const at::Tensor x = input.unpack();
+    if (needs_grad(0)) result[0] = conv2d_op().call(x, v, std::nullopt, a.stride, a.padding, a.dilation, a.groups);
+    if (needs_grad(1))
+      result[1] = conv2d_grad_input_op().call(grad_output.unpack(), x, v, a.stride, a.padding, a.dilation, a.groups);
+    return result;
   }
 };
 
 // grad_bias sums grad_output over everything but its channels: its derivative spreads each
-// channel's incoming gradient over the channel's plane.
-class Conv2dGradBiasFunction : public torch::autograd::Function<Conv2dGradBiasFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output) {
-    ctx->saved_data["sizes"] = grad_output.sizes();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return conv2d_grad_bias_op().call(grad_output);
-  }
+// channel's incoming gradient over the channel's plane. Inputs: grad_output.
+struct Conv2dGradBiasBackward : OperatorNode<Conv2dGradBiasBackward> {
+  static constexpr const char* kName = "lenetx::Conv2dGradBiasBackward";
+  std::vector<int64_t> grad_output_sizes;
+  auto fields() { return std::tie(grad_output_sizes); }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const std::vector<int64_t> sizes = ctx->saved_data["sizes"].toIntVector();
-    return {grads[0].reshape({1, -1, 1, 1}).expand(sizes)};
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {grads[0].reshape({1, -1, 1, 1}).expand(grad_output_sizes)};
   }
 };
 
-class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool2dFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, IntList stride, IntList padding,
-                               IntList dilation, int64_t groups, IntList pool_size, bool max_pool) {
-    at::Tensor output, mask;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, mask) =
-          conv2d_relu_pool2d_op().call(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
-    }
-    // The bias only for a second derivative (below), which recomputes the convolution.
-    ctx->save_for_backward({input, weight, mask, bias.value_or(at::Tensor())});
-    ctx->mark_non_differentiable({mask});
-    // Otherwise autograd would zero a mask-sized gradient for the mask every backward (217 us
-    // of LeNet-5's 4.6 ms step for conv1's mask, by the profiler).
-    ctx->set_materialize_grads(false);
-    ConvArguments::save(ctx, stride, padding, dilation, groups);
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["pool_size"] = pool_size;
-    ctx->saved_data["max_pool"] = max_pool;
-    return {output, mask};
+// Inputs: input, weight, bias.
+struct Conv2dReluPool2dBackward : OperatorNode<Conv2dReluPool2dBackward> {
+  static constexpr const char* kName = "lenetx::Conv2dReluPool2dBackward";
+  // The bias only for a second derivative (below), which recomputes the convolution.
+  SavedVariable input, weight, mask, bias;
+  ConvArguments a;
+  std::vector<int64_t> pool_size;
+  bool max_pool = false;
+  auto fields() {
+    return std::tie(input, weight, mask, bias, a.stride, a.padding, a.dilation, a.groups, pool_size, max_pool);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  variable_list backward(const variable_list& grads) {
     static const auto op =
         lenetx_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                  const at::Tensor&, const at::Tensor&, IntList,
                                                                  IntList, IntList, int64_t, IntList, bool, bool)>(
             "lenetx::conv2d_relu_pool2d_backward");
-    if (!grad_outputs[0].defined()) return variable_list(9);
-    if (at::GradMode::is_enabled()) return differentiable_backward(ctx, grad_outputs[0]);
-    const variable_list saved = ctx->get_saved_variables();
-    auto& data = ctx->saved_data;
-    const ConvArguments a(ctx);
-    const bool input_grad = ctx->needs_input_grad(0);
-    auto [grad_input, grad_weight, grad_bias] =
-        op.call(grad_outputs[0], saved[2], saved[0], saved[1], a.stride, a.padding, a.dilation, a.groups,
-                data["pool_size"].toIntVector(), data["max_pool"].toBool(), input_grad);
-    return {input_grad ? grad_input : at::Tensor(),
-            ctx->needs_input_grad(1) ? grad_weight : at::Tensor(),
-            data["has_bias"].toBool() && ctx->needs_input_grad(2) ? grad_bias : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined()) return variable_list(3);
+    if (at::GradMode::is_enabled()) return differentiable_backward(grads[0]);
+    const bool input_grad = needs_grad(0);
+    auto [grad_input, grad_weight, grad_bias] = op.call(grads[0], mask.unpack(), input.unpack(), weight.unpack(),
+                                                        a.stride, a.padding, a.dilation, a.groups, pool_size,
+                                                        max_pool, input_grad);
+    return {input_grad ? grad_input : at::Tensor(), needs_grad(1) ? grad_weight : at::Tensor(),
+            needs_grad(2) ? grad_bias : at::Tensor()};
   }
 
  private:
@@ -214,126 +333,82 @@ class Conv2dReluPool2dFunction : public torch::autograd::Function<Conv2dReluPool
   // (1 where relu passes and, for max pooling, at the window's chosen maximum), which is the
   // forward's function with the forward's own choices: an average pooling, or a sum for max
   // pooling.
-  static variable_list differentiable_backward(AutogradContext* ctx, const at::Tensor& grad_output) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &weight = saved[1], &mask = saved[2], &bias = saved[3];
-    const ConvArguments a(ctx);
-    const std::vector<int64_t> pool_size = ctx->saved_data["pool_size"].toIntVector();
-    const bool max_pool = ctx->saved_data["max_pool"].toBool();
-    const std::optional<at::Tensor> optional_bias = bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
-    const at::Tensor conv = conv2d_op().call(input, weight, optional_bias, a.stride, a.padding, a.dilation, a.groups);
+  variable_list differentiable_backward(const at::Tensor& grad_output) {
+    const at::Tensor x = input.unpack(), w = weight.unpack(), b = bias.unpack();
+    const at::Tensor conv = conv2d_op().call(x, w, or_none(b), a.stride, a.padding, a.dilation, a.groups);
     const at::Tensor pooled =
-        avg_pool2d_op().call(conv * mask, pool_size, pool_size, {0, 0}, /*ceil_mode=*/false,
+        avg_pool2d_op().call(conv * mask.unpack(), pool_size, pool_size, {0, 0}, /*ceil_mode=*/false,
                              /*count_include_pad=*/true, max_pool ? std::optional<int64_t>(1) : std::nullopt,
                              /*relu_input=*/false);
-    variable_list grads =
-        differentiate({pooled}, {grad_output}, {input, weight, bias},
-                      {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                       bias.defined() && ctx->needs_input_grad(2)});
-    grads.resize(9);
-    return grads;
+    return differentiate({pooled}, {grad_output}, {x, w, b},
+                         {needs_grad(0), needs_grad(1), b.defined() && needs_grad(2)});
   }
 };
+
+// ---- Pooling ------------------------------------------------------------------------------------
 
 // What an average pooling's backward, and that backward's, need besides its tensors.
 struct AvgPoolArguments {
   std::vector<int64_t> kernel_size, stride, padding;
-  bool ceil_mode, count_include_pad;
+  bool ceil_mode = false, count_include_pad = true;
   std::optional<int64_t> divisor_override;
-  bool relu_input;
+  bool relu_input = false;
 
-  static void save(AutogradContext* ctx, IntList kernel_size, IntList stride, IntList padding, bool ceil_mode,
-                   bool count_include_pad, std::optional<int64_t> divisor_override, bool relu_input) {
-    ctx->saved_data["kernel_size"] = kernel_size;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    ctx->saved_data["count_include_pad"] = count_include_pad;
-    ctx->saved_data["divisor_override"] = divisor_override;
-    ctx->saved_data["relu_input"] = relu_input;
-  }
-
-  explicit AvgPoolArguments(AutogradContext* ctx)
-      : kernel_size(ctx->saved_data["kernel_size"].toIntVector()),
-        stride(ctx->saved_data["stride"].toIntVector()),
-        padding(ctx->saved_data["padding"].toIntVector()),
-        ceil_mode(ctx->saved_data["ceil_mode"].toBool()),
-        count_include_pad(ctx->saved_data["count_include_pad"].toBool()),
-        divisor_override(ctx->saved_data["divisor_override"].toOptional<int64_t>()),
-        relu_input(ctx->saved_data["relu_input"].toBool()) {}
-};
-
-class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, IntList kernel_size, IntList stride,
-                            IntList padding, bool ceil_mode, bool count_include_pad,
-                            std::optional<int64_t> divisor_override, bool relu_input) {
-    ctx->save_for_backward({input});
-    AvgPoolArguments::save(ctx, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                           relu_input);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return avg_pool2d_op().call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                                relu_input);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const AvgPoolArguments a(ctx);
-    const at::Tensor grad_input =
-        avg_pool2d_backward_op().call(grad_outputs[0], ctx->get_saved_variables()[0], a.kernel_size, a.stride,
-                                      a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override, a.relu_input);
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+  void save(IntList kernel_size_, IntList stride_, IntList padding_, bool ceil_mode_, bool count_include_pad_,
+            std::optional<int64_t> divisor_override_, bool relu_input_) {
+    kernel_size = kernel_size_.vec();
+    stride = stride_.vec();
+    padding = padding_.vec();
+    ceil_mode = ceil_mode_;
+    count_include_pad = count_include_pad_;
+    divisor_override = divisor_override_;
+    relu_input = relu_input_;
   }
 };
 
-class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, IntList kernel_size,
-                               IntList stride, IntList padding, IntList dilation, bool ceil_mode,
-                               bool relu_input) {
-    at::Tensor output, indices;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, indices) =
-          max_pool2d_with_indices_op().call(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
-    }
-    ctx->save_for_backward({input, indices});
-    ctx->mark_non_differentiable({indices});
-    // A graph that uses only the indices passes no gradient for the values: nothing to scatter.
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["kernel_size"] = kernel_size;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    ctx->saved_data["relu_input"] = relu_input;
-    return {output, indices};
+// The average pooling's backward reads the input for its shape and, with relu_input, relu's
+// mask. Inputs: input.
+struct AvgPool2dBackward : OperatorNode<AvgPool2dBackward> {
+  static constexpr const char* kName = "lenetx::AvgPool2dBackward";
+  SavedVariable input;
+  AvgPoolArguments a;
+  auto fields() {
+    return std::tie(input, a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override,
+                    a.relu_input);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    at::Tensor grad_input;
-    if (grad_outputs[0].defined()) {
-      auto& data = ctx->saved_data;
-      const variable_list saved = ctx->get_saved_variables();
-      grad_input = max_pool2d_backward_op().call(grad_outputs[0], saved[0], saved[1], data["kernel_size"].toIntVector(),
-                                                 data["stride"].toIntVector(), data["padding"].toIntVector(),
-                                                 data["dilation"].toIntVector(), data["ceil_mode"].toBool(),
-                                                 data["relu_input"].toBool());
-    }
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {avg_pool2d_backward_op().call(grads[0], input.unpack(), a.kernel_size, a.stride, a.padding, a.ceil_mode,
+                                          a.count_include_pad, a.divisor_override, a.relu_input)};
   }
 };
 
-class AdaptiveAvgPool2dFunction : public torch::autograd::Function<AdaptiveAvgPool2dFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, IntList output_size) {
-    ctx->save_for_backward({input});
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return adaptive_avg_pool2d_op().call(input, output_size);
-  }
+// Inputs: input.
+struct MaxPool2dBackward : OperatorNode<MaxPool2dBackward> {
+  static constexpr const char* kName = "lenetx::MaxPool2dBackward";
+  SavedVariable input, indices;
+  std::vector<int64_t> kernel_size, stride, padding, dilation;
+  bool ceil_mode = false, relu_input = false;
+  auto fields() { return std::tie(input, indices, kernel_size, stride, padding, dilation, ceil_mode, relu_input); }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    return {adaptive_avg_pool2d_backward_op().call(grad_outputs[0], ctx->get_saved_variables()[0]), at::Tensor()};
+  // A graph that uses only the indices passes no gradient for the values: nothing to scatter.
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {max_pool2d_backward_op().call(grads[0], input.unpack(), indices.unpack(), kernel_size, stride, padding,
+                                          dilation, ceil_mode, relu_input)};
+  }
+};
+
+// Inputs: input.
+struct AdaptiveAvgPool2dBackward : OperatorNode<AdaptiveAvgPool2dBackward> {
+  static constexpr const char* kName = "lenetx::AdaptiveAvgPool2dBackward";
+  SavedVariable input;
+  auto fields() { return std::tie(input); }
+
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {adaptive_avg_pool2d_backward_op().call(grads[0], input.unpack())};
   }
 };
 
@@ -345,27 +420,22 @@ at::Tensor relu_masked(const at::Tensor& v, const at::Tensor& input, bool relu_i
   return relu_input ? v.masked_fill(input <= 0, 0) : v;
 }
 
-class AvgPool2dBackwardFunction : public torch::autograd::Function<AvgPool2dBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
-                            IntList kernel_size, IntList stride, IntList padding, bool ceil_mode,
-                            bool count_include_pad, std::optional<int64_t> divisor_override, bool relu_input) {
-    ctx->save_for_backward({input});
-    AvgPoolArguments::save(ctx, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                           relu_input);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return avg_pool2d_backward_op().call(grad_output, input, kernel_size, stride, padding, ceil_mode,
-                                         count_include_pad, divisor_override, relu_input);
+// Inputs: grad_output, input.
+struct AvgPool2dBackwardBackward : OperatorNode<AvgPool2dBackwardBackward> {
+  static constexpr const char* kName = "lenetx::AvgPool2dBackwardBackward";
+  SavedVariable input;
+  AvgPoolArguments a;
+  auto fields() {
+    return std::tie(input, a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override,
+                    a.relu_input);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const AvgPoolArguments a(ctx);
-    const at::Tensor along_grad_output =
-        avg_pool2d_op().call(relu_masked(grads[0], ctx->get_saved_variables()[0], a.relu_input), a.kernel_size,
-                             a.stride, a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override,
-                             /*relu_input=*/false);
-    return {along_grad_output, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined() || !needs_grad(0)) return variable_list(2);
+    return {avg_pool2d_op().call(relu_masked(grads[0], input.unpack(), a.relu_input), a.kernel_size, a.stride,
+                                 a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override,
+                                 /*relu_input=*/false),
+            at::Tensor()};
   }
 };
 
@@ -382,275 +452,271 @@ at::Tensor empty_max_pool_windows(const at::Tensor& input, IntList kernel_size, 
   return empty.to(input.device());
 }
 
-class MaxPool2dBackwardFunction : public torch::autograd::Function<MaxPool2dBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& indices, IntList kernel_size, IntList stride, IntList padding,
-                            IntList dilation, bool ceil_mode, bool relu_input) {
-    ctx->save_for_backward({input, indices});
-    ctx->saved_data["relu_input"] = relu_input;
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor grad_input = max_pool2d_backward_op().call(grad_output, input, indices, kernel_size, stride, padding,
-                                                          dilation, ceil_mode, relu_input);
-    ctx->saved_data["empty_windows"] =
-        empty_max_pool_windows(input, kernel_size, stride, padding, dilation, ceil_mode);
-    return grad_input;
-  }
+// A window that holds no input element gave no gradient (its index names no tap of it), so the
+// gradient along grad_output is zero there. Inputs: grad_output, input, indices.
+struct MaxPool2dBackwardBackward : OperatorNode<MaxPool2dBackwardBackward> {
+  static constexpr const char* kName = "lenetx::MaxPool2dBackwardBackward";
+  SavedVariable input, indices, empty_windows;
+  bool relu_input = false;
+  auto fields() { return std::tie(input, indices, empty_windows, relu_input); }
 
-  // A window that holds no input element gave no gradient (its index names no tap of it), so the
-  // gradient along grad_output is zero there.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &indices = saved[1];
-    const at::Tensor empty_windows = ctx->saved_data["empty_windows"].toTensor();
-    const bool any_empty = empty_windows.defined();
-    at::Tensor along_grad_output = relu_masked(grads[0], input, ctx->saved_data["relu_input"].toBool())
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined() || !needs_grad(0)) return variable_list(3);
+    const at::Tensor index = indices.unpack(), empty = empty_windows.unpack();
+    const bool any_empty = empty.defined();
+    at::Tensor along_grad_output = relu_masked(grads[0], input.unpack(), relu_input)
                                        .flatten(2)
-                                       .gather(2, (any_empty ? indices.masked_fill(empty_windows, 0) : indices).flatten(2))
-                                       .view(indices.sizes());
-    if (any_empty) along_grad_output = along_grad_output.masked_fill(empty_windows, 0);
-    return {along_grad_output, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+                                       .gather(2, (any_empty ? index.masked_fill(empty, 0) : index).flatten(2))
+                                       .view(index.sizes());
+    if (any_empty) along_grad_output = along_grad_output.masked_fill(empty, 0);
+    return {along_grad_output, at::Tensor(), at::Tensor()};
   }
 };
 
-class AdaptiveAvgPool2dBackwardFunction : public torch::autograd::Function<AdaptiveAvgPool2dBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input) {
-    ctx->saved_data["output_size"] = grad_output.sizes().slice(grad_output.dim() - 2);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return adaptive_avg_pool2d_backward_op().call(grad_output, input);
-  }
+// Inputs: grad_output, input.
+struct AdaptiveAvgPool2dBackwardBackward : OperatorNode<AdaptiveAvgPool2dBackwardBackward> {
+  static constexpr const char* kName = "lenetx::AdaptiveAvgPool2dBackwardBackward";
+  std::vector<int64_t> output_size;
+  auto fields() { return std::tie(output_size); }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {adaptive_avg_pool2d_op().call(grads[0], ctx->saved_data["output_size"].toIntVector()), at::Tensor()};
+  variable_list backward(const variable_list& grads) {
+    if (!grads[0].defined() || !needs_grad(0)) return variable_list(2);
+    return {adaptive_avg_pool2d_op().call(grads[0], output_size), at::Tensor()};
   }
 };
 
-// Each layer's bias or none, from the defined biases in layer order and has_bias.
-c10::List<std::optional<at::Tensor>> layer_biases(at::TensorList defined_biases, const c10::List<bool>& has_bias) {
-  c10::List<std::optional<at::Tensor>> biases;
-  for (size_t l = 0, next = 0; l < has_bias.size(); ++l)
-    biases.push_back(has_bias.get(l) ? std::optional<at::Tensor>(defined_biases[next++]) : std::nullopt);
-  return biases;
-}
+// ---- Fully connected layers ---------------------------------------------------------------------
 
-// The biases arrive as the defined ones alone, has_bias saying which layers they belong to:
-// torch::autograd::Function takes a list of tensors as inputs only when none is missing.
-class MlpFunction : public torch::autograd::Function<MlpFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
-                               at::TensorList defined_biases, const c10::List<bool>& has_bias) {
-    at::Tensor output;
-    std::vector<at::Tensor> hidden;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(output, hidden) = mlp_op().call(input, weights, layer_biases(defined_biases, has_bias));
-    }
-    variable_list saved{input};
-    saved.insert(saved.end(), weights.begin(), weights.end());
-    saved.insert(saved.end(), hidden.begin(), hidden.end());
-    // The biases only for a second derivative (below), which recomputes the layers.
-    saved.insert(saved.end(), defined_biases.begin(), defined_biases.end());
-    ctx->save_for_backward(saved);
-    ctx->mark_non_differentiable(hidden);
-    // No zeroed gradients for the hidden outputs, which never get any.
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["has_bias"] = has_bias;
-    variable_list outputs{output};
-    outputs.insert(outputs.end(), hidden.begin(), hidden.end());
-    return outputs;
-  }
+// Inputs: input, each layer's weight, each layer's bias (an edge to nothing where it has none).
+struct MlpBackward : OperatorNode<MlpBackward> {
+  static constexpr const char* kName = "lenetx::MlpBackward";
+  SavedVariable input;
+  // The biases only for a second derivative (below), which recomputes the layers.
+  std::vector<SavedVariable> weights, biases, hidden;
+  auto fields() { return std::tie(input, weights, biases, hidden); }
 
-  // Gradients in the order of the inputs: input, each weight, each defined bias, has_bias.
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  variable_list backward(const variable_list& grads) {
     static const auto op =
         lenetx_op<std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
             const at::Tensor&, const at::Tensor&, at::TensorList, at::TensorList, bool)>("lenetx::mlp_backward");
-    const c10::List<bool> has_bias = ctx->saved_data["has_bias"].toBoolList();
-    const size_t layers = has_bias.size();
-    size_t defined_biases = 0;
-    for (const bool b : has_bias) defined_biases += b;
-    variable_list grads(1 + layers + defined_biases + 1);
-    if (!grad_outputs[0].defined()) return grads;
-    const variable_list saved = ctx->get_saved_variables();
-    if (at::GradMode::is_enabled()) return differentiable_backward(ctx, saved, grad_outputs[0], grads.size());
-    const at::TensorList weights(saved.data() + 1, layers), hidden(saved.data() + 1 + layers, layers - 1);
-    const bool input_grad = ctx->needs_input_grad(0);
-    auto [grad_input, grad_weights, grad_biases] = op.call(grad_outputs[0], saved[0], weights, hidden, input_grad);
-    if (input_grad) grads[0] = grad_input;
-    for (size_t l = 0, next = 0; l < layers; ++l) {
-      if (ctx->needs_input_grad(1 + l)) grads[1 + l] = grad_weights[l];
-      if (!has_bias.get(l)) continue;
-      if (ctx->needs_input_grad(1 + layers + next)) grads[1 + layers + next] = grad_biases[l];
-      ++next;
+    const size_t layers = weights.size();
+    variable_list result(1 + 2 * layers);
+    if (!grads[0].defined()) return result;
+    if (at::GradMode::is_enabled()) return differentiable_backward(grads[0]);
+    const bool input_grad = needs_grad(0);
+    auto [grad_input, grad_weights, grad_biases] =
+        op.call(grads[0], input.unpack(), unpacked(weights), unpacked(hidden), input_grad);
+    if (input_grad) result[0] = grad_input;
+    for (size_t l = 0; l < layers; ++l) {
+      if (needs_grad(1 + l)) result[1 + l] = grad_weights[l];
+      if (needs_grad(1 + layers + l)) result[1 + layers + l] = grad_biases[l];
     }
-    return grads;
+    return result;
   }
 
  private:
+  static std::vector<at::Tensor> unpacked(const std::vector<SavedVariable>& saved) {
+    std::vector<at::Tensor> tensors;
+    tensors.reserve(saved.size());
+    for (const SavedVariable& s : saved) tensors.push_back(s.unpack());
+    return tensors;
+  }
+
   // Under create_graph: the gradients of the layers recomputed with torch's linear, each ReLU
   // kept where the forward's own hidden activation is positive (relu's derivative, with the
-  // forward's choices). `saved`: the input, the weights, the hidden activations, the defined
-  // biases.
-  static variable_list differentiable_backward(AutogradContext* ctx, const variable_list& saved,
-                                               const at::Tensor& grad_output, size_t gradients) {
-    const c10::List<bool> has_bias = ctx->saved_data["has_bias"].toBoolList();
-    const size_t layers = has_bias.size();
-    const at::TensorList weights(saved.data() + 1, layers), hidden(saved.data() + 1 + layers, layers - 1);
-    const at::TensorList biases(saved.data() + 2 * layers, saved.size() - 2 * layers);
-    const c10::List<std::optional<at::Tensor>> biases_by_layer = layer_biases(biases, has_bias);
-    at::Tensor x = saved[0];
+  // forward's choices).
+  variable_list differentiable_backward(const at::Tensor& grad_output) {
+    const size_t layers = weights.size();
+    variable_list inputs{input.unpack()};
+    std::vector<bool> needed{needs_grad(0)};
+    for (const auto* saved : {&weights, &biases})
+      for (const SavedVariable& s : *saved) {
+        inputs.push_back(s.unpack());
+        needed.push_back(inputs.back().defined() && needs_grad(needed.size()));
+      }
+    const std::vector<at::Tensor> activations = unpacked(hidden);
+    at::Tensor x = inputs[0];
     for (size_t l = 0; l < layers; ++l) {
-      x = at::linear(x, weights[l], biases_by_layer.get(l));
-      if (l + 1 < layers) x = x.masked_fill(hidden[l] <= 0, 0);
+      x = at::linear(x, inputs[1 + l], or_none(inputs[1 + layers + l]));
+      if (l + 1 < layers) x = x.masked_fill(activations[l] <= 0, 0);
     }
-    // The inputs in the order of the gradients: input, each weight, each defined bias.
-    variable_list inputs(saved.begin(), saved.begin() + 1 + layers);
-    inputs.insert(inputs.end(), biases.begin(), biases.end());
-    std::vector<bool> needed;
-    for (size_t i = 0; i < inputs.size(); ++i) needed.push_back(ctx->needs_input_grad(i));
-    variable_list grads = differentiate({x}, {grad_output}, inputs, needed);
-    grads.resize(gradients);
-    return grads;
+    return differentiate({x}, {grad_output}, inputs, needed);
   }
 };
 
-// Whether autograd has anything to do with a call: record it (grad mode on, and a tensor among
-// its arguments that requires a gradient) or carry a forward-mode tangent through it (which
-// Function::apply refuses with an error). Elsewhere (inference, a first layer's images, a training
-// step's backward operators, which run with grad mode off) the autograd kernels call the operator
-// below autograd directly: Function::apply would build a node and save its values for nothing,
-// 1.7 us of a batch-1 pooling's 6.6 (benchmarks/NOTES.md, section 33).
-bool engages_autograd(const at::Tensor& tensor, bool grad_mode) {
-  return tensor.defined() && ((grad_mode && tensor.requires_grad()) || tensor._fw_grad(/*level=*/0).defined());
-}
-bool engages_autograd(const std::optional<at::Tensor>& tensor, bool grad_mode) {
-  return tensor.has_value() && engages_autograd(*tensor, grad_mode);
-}
-bool engages_autograd(at::TensorList tensors, bool grad_mode) {
-  return std::any_of(tensors.begin(), tensors.end(),
-                     [&](const at::Tensor& tensor) { return engages_autograd(tensor, grad_mode); });
-}
-bool engages_autograd(const c10::List<std::optional<at::Tensor>>& tensors, bool grad_mode) {
-  for (const std::optional<at::Tensor> tensor : tensors)
-    if (engages_autograd(tensor, grad_mode)) return true;
-  return false;
-}
-template <typename NotATensor>
-bool engages_autograd(const NotATensor&, bool) {
-  return false;
-}
-
-template <typename... Args>
-bool recorded(const Args&... args) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  return (engages_autograd(args, grad_mode) || ...);
-}
-
-template <typename Signature, typename... Args>
-auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(args...);
-}
-
-// The autograd kernel of an operator with one output: its Function records the call where
-// autograd has something to record (for a backward operator, only under create_graph, whose
-// backward runs with grad mode on), else the operator runs directly below autograd.
-template <typename Fn, typename Signature, typename... Args>
-at::Tensor through_function(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
-  if (!recorded(args...)) return call_below_autograd(op, args...);
-  return Fn::apply(args...);
-}
+// ---- The autograd kernels -----------------------------------------------------------------------
 
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                   IntList stride, IntList padding, IntList dilation, int64_t groups) {
-  return through_function<Conv2dFunction>(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
+  at::Tensor output = call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
+  if (!recorded("lenetx.conv2d", input, weight, bias)) return output;
+  auto node = node_for<Conv2dBackward>({input, weight, or_undefined(bias)});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->weight = SavedVariable(weight, /*is_output=*/false);
+  node->a.save(stride, padding, dilation, groups);
+  node->has_bias = bias.has_value() && bias->defined();
+  torch::autograd::set_history(output, node);
+  return output;
 }
 
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_pool2d(const at::Tensor& input, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias, IntList stride,
                                                       IntList padding, IntList dilation, int64_t groups,
                                                       IntList pool_size, bool max_pool) {
-  if (!recorded(input, weight, bias))
-    return call_below_autograd(conv2d_relu_pool2d_op(), input, weight, bias, stride, padding, dilation, groups,
-                               pool_size, max_pool);
-  const variable_list outputs =
-      Conv2dReluPool2dFunction::apply(input, weight, bias, stride, padding, dilation, groups, pool_size, max_pool);
-  return {outputs[0], outputs[1]};
+  auto [output, mask] = call_below_autograd(conv2d_relu_pool2d_op(), input, weight, bias, stride, padding, dilation,
+                                            groups, pool_size, max_pool);
+  if (!recorded("lenetx.conv2d_relu_pool2d", input, weight, bias)) return {output, mask};
+  auto node = node_for<Conv2dReluPool2dBackward>({input, weight, or_undefined(bias)});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->weight = SavedVariable(weight, /*is_output=*/false);
+  node->mask = SavedVariable(mask, /*is_output=*/false);
+  node->bias = SavedVariable(or_undefined(bias), /*is_output=*/false);
+  node->a.save(stride, padding, dilation, groups);
+  node->pool_size = pool_size.vec();
+  node->max_pool = max_pool;
+  // The node takes no gradient for the mask, so none is zeroed for it every backward (217 us of
+  // LeNet-5's 4.6 ms step for conv1's mask, by the profiler, when one was).
+  torch::autograd::set_history(output, node);
+  return {output, mask};
 }
 
 at::Tensor avg_pool2d(const at::Tensor& input, IntList kernel_size, IntList stride, IntList padding,
                       bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
                       bool relu_input) {
-  return through_function<AvgPool2dFunction>(avg_pool2d_op(), input, kernel_size, stride, padding, ceil_mode,
-                                             count_include_pad, divisor_override, relu_input);
+  at::Tensor output = call_below_autograd(avg_pool2d_op(), input, kernel_size, stride, padding, ceil_mode,
+                                          count_include_pad, divisor_override, relu_input);
+  if (!recorded("lenetx.avg_pool2d", input)) return output;
+  auto node = node_for<AvgPool2dBackward>({input});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->a.save(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, relu_input);
+  torch::autograd::set_history(output, node);
+  return output;
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& input, IntList kernel_size,
                                                            IntList stride, IntList padding, IntList dilation,
                                                            bool ceil_mode, bool relu_input) {
-  if (!recorded(input))
-    return call_below_autograd(max_pool2d_with_indices_op(), input, kernel_size, stride, padding, dilation,
-                               ceil_mode, relu_input);
-  const variable_list outputs =
-      MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode, relu_input);
-  return {outputs[0], outputs[1]};
+  auto [output, indices] = call_below_autograd(max_pool2d_with_indices_op(), input, kernel_size, stride, padding,
+                                               dilation, ceil_mode, relu_input);
+  if (!recorded("lenetx.max_pool2d", input)) return {output, indices};
+  auto node = node_for<MaxPool2dBackward>({input});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->indices = SavedVariable(indices, /*is_output=*/false);
+  node->kernel_size = kernel_size.vec();
+  node->stride = stride.vec();
+  node->padding = padding.vec();
+  node->dilation = dilation.vec();
+  node->ceil_mode = ceil_mode;
+  node->relu_input = relu_input;
+  torch::autograd::set_history(output, node);
+  return {output, indices};
+}
+
+at::Tensor adaptive_avg_pool2d(const at::Tensor& input, IntList output_size) {
+  at::Tensor output = call_below_autograd(adaptive_avg_pool2d_op(), input, output_size);
+  if (!recorded("lenetx.adaptive_avg_pool2d", input)) return output;
+  auto node = node_for<AdaptiveAvgPool2dBackward>({input});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  torch::autograd::set_history(output, node);
+  return output;
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
                                                     const c10::List<std::optional<at::Tensor>>& biases) {
-  if (!recorded(input, weights, biases)) return call_below_autograd(mlp_op(), input, weights, biases);
-  std::vector<at::Tensor> defined_biases;
-  c10::List<bool> has_bias;
-  for (const std::optional<at::Tensor> bias : biases) {
-    has_bias.push_back(bias.has_value() && bias->defined());
-    if (has_bias.get(has_bias.size() - 1)) defined_biases.push_back(*bias);
+  auto [output, hidden] = call_below_autograd(mlp_op(), input, weights, biases);
+  if (!recorded("lenetx.mlp", input, weights, biases)) return {output, hidden};
+  auto node = make_node<MlpBackward>();
+  torch::autograd::edge_list edges{requires_grad(input) ? torch::autograd::impl::gradient_edge(input)
+                                                        : torch::autograd::Edge()};
+  node->input = SavedVariable(input, /*is_output=*/false);
+  for (const at::Tensor& weight : weights) {
+    edges.push_back(requires_grad(weight) ? torch::autograd::impl::gradient_edge(weight) : torch::autograd::Edge());
+    node->weights.emplace_back(weight, /*is_output=*/false);
   }
-  // As a TensorList: Function::apply takes a std::vector of tensors for one non-tensor argument.
-  variable_list outputs = MlpFunction::apply(input, weights, at::TensorList(defined_biases), has_bias);
-  const at::Tensor output = outputs[0];
-  outputs.erase(outputs.begin());
-  return {output, outputs};
+  for (const std::optional<at::Tensor> bias : biases) {
+    edges.push_back(requires_grad(bias) ? torch::autograd::impl::gradient_edge(*bias) : torch::autograd::Edge());
+    node->biases.emplace_back(or_undefined(bias), /*is_output=*/false);
+  }
+  for (const at::Tensor& activation : hidden) node->hidden.emplace_back(activation, /*is_output=*/false);
+  node->set_next_edges(std::move(edges));
+  // The hidden activations take no gradient.
+  torch::autograd::set_history(output, node);
+  return {output, hidden};
 }
 
-at::Tensor adaptive_avg_pool2d(const at::Tensor& input, IntList output_size) {
-  return through_function<AdaptiveAvgPool2dFunction>(adaptive_avg_pool2d_op(), input, output_size);
-}
-
+// The backward operators record a node only under create_graph, whose backward runs with grad
+// mode on.
 at::Tensor conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                              IntList stride, IntList padding, IntList dilation, int64_t groups) {
-  return through_function<Conv2dGradInputFunction>(conv2d_grad_input_op(), grad_output, input, weight, stride,
-                                                    padding, dilation, groups);
+  at::Tensor grad_input = call_below_autograd(conv2d_grad_input_op(), grad_output, input, weight, stride, padding,
+                                              dilation, groups);
+  if (!recorded("lenetx.conv2d_grad_input", grad_output, input, weight)) return grad_input;
+  auto node = node_for<Conv2dGradInputBackward>({grad_output, input, weight});
+  node->grad_output = SavedVariable(grad_output, /*is_output=*/false);
+  node->weight = SavedVariable(weight, /*is_output=*/false);
+  node->a.save(stride, padding, dilation, groups);
+  torch::autograd::set_history(grad_input, node);
+  return grad_input;
 }
 
 at::Tensor conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                               IntList stride, IntList padding, IntList dilation, int64_t groups) {
-  return through_function<Conv2dGradWeightFunction>(conv2d_grad_weight_op(), grad_output, input, weight, stride,
-                                                     padding, dilation, groups);
+  at::Tensor grad_weight = call_below_autograd(conv2d_grad_weight_op(), grad_output, input, weight, stride, padding,
+                                               dilation, groups);
+  if (!recorded("lenetx.conv2d_grad_weight", grad_output, input, weight)) return grad_weight;
+  auto node = node_for<Conv2dGradWeightBackward>({grad_output, input, weight});
+  node->grad_output = SavedVariable(grad_output, /*is_output=*/false);
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->a.save(stride, padding, dilation, groups);
+  torch::autograd::set_history(grad_weight, node);
+  return grad_weight;
 }
 
 at::Tensor conv2d_grad_bias(const at::Tensor& grad_output) {
-  return through_function<Conv2dGradBiasFunction>(conv2d_grad_bias_op(), grad_output);
+  at::Tensor grad_bias = call_below_autograd(conv2d_grad_bias_op(), grad_output);
+  if (!recorded("lenetx.conv2d_grad_bias", grad_output)) return grad_bias;
+  auto node = node_for<Conv2dGradBiasBackward>({grad_output});
+  node->grad_output_sizes = grad_output.sizes().vec();
+  torch::autograd::set_history(grad_bias, node);
+  return grad_bias;
 }
 
 at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, IntList kernel_size,
                                IntList stride, IntList padding, bool ceil_mode, bool count_include_pad,
                                std::optional<int64_t> divisor_override, bool relu_input) {
-  return through_function<AvgPool2dBackwardFunction>(avg_pool2d_backward_op(), grad_output, input, kernel_size,
-                                                      stride, padding, ceil_mode, count_include_pad,
-                                                      divisor_override, relu_input);
+  at::Tensor grad_input = call_below_autograd(avg_pool2d_backward_op(), grad_output, input, kernel_size, stride,
+                                              padding, ceil_mode, count_include_pad, divisor_override, relu_input);
+  if (!recorded("lenetx.avg_pool2d_backward", grad_output, input)) return grad_input;
+  auto node = node_for<AvgPool2dBackwardBackward>({grad_output, input});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->a.save(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, relu_input);
+  torch::autograd::set_history(grad_input, node);
+  return grad_input;
 }
 
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                IntList kernel_size, IntList stride, IntList padding, IntList dilation, bool ceil_mode,
                                bool relu_input) {
-  return through_function<MaxPool2dBackwardFunction>(max_pool2d_backward_op(), grad_output, input, indices,
-                                                      kernel_size, stride, padding, dilation, ceil_mode, relu_input);
+  at::Tensor grad_input = call_below_autograd(max_pool2d_backward_op(), grad_output, input, indices, kernel_size,
+                                              stride, padding, dilation, ceil_mode, relu_input);
+  if (!recorded("lenetx.max_pool2d_backward", grad_output, input, indices)) return grad_input;
+  auto node = node_for<MaxPool2dBackwardBackward>({grad_output, input, indices});
+  node->input = SavedVariable(input, /*is_output=*/false);
+  node->indices = SavedVariable(indices, /*is_output=*/false);
+  node->empty_windows = SavedVariable(
+      empty_max_pool_windows(input, kernel_size, stride, padding, dilation, ceil_mode), /*is_output=*/false);
+  node->relu_input = relu_input;
+  torch::autograd::set_history(grad_input, node);
+  return grad_input;
 }
 
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {
-  return through_function<AdaptiveAvgPool2dBackwardFunction>(adaptive_avg_pool2d_backward_op(), grad_output, input);
+  at::Tensor grad_input = call_below_autograd(adaptive_avg_pool2d_backward_op(), grad_output, input);
+  if (!recorded("lenetx.adaptive_avg_pool2d_backward", grad_output, input)) return grad_input;
+  auto node = node_for<AdaptiveAvgPool2dBackwardBackward>({grad_output, input});
+  node->output_size = grad_output.sizes().slice(grad_output.dim() - 2).vec();
+  torch::autograd::set_history(grad_input, node);
+  return grad_input;
 }
 
 }  // namespace

@@ -550,12 +550,12 @@ def test_gradgradcheck(kwargs, generator):
     lambda x: LF.adaptive_avg_pool2d(x, 3), lambda x: LF.conv2d_relu_pool2d(x, torch.ones(2, 3, 3, 3)),
 ], ids=["conv2d", "avg_pool2d", "max_pool2d", "adaptive_avg_pool2d", "conv2d_relu_pool2d"])
 def test_forward_mode_ad_raises_instead_of_dropping_the_tangent(function, generator):
-    # The autograd kernels are C++ Functions, without forward-mode derivatives; a call that needs
-    # no backward skips them, but not one that carries a tangent.
+    # The autograd kernels have no forward-mode derivatives; a call that needs no backward skips
+    # them, but not one that carries a tangent.
     input = torch.randn(2, 3, 8, 8, generator=generator)
     with torch.autograd.forward_ad.dual_level(), torch.no_grad():
         dual = torch.autograd.forward_ad.make_dual(input, torch.ones_like(input))
-        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+        with pytest.raises(NotImplementedError, match="forward-mode automatic differentiation is not implemented"):
             function(dual)
 
 
