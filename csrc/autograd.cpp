@@ -43,8 +43,8 @@ namespace {
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-// torch counts its nodes with c10::intrusive_ptr since mid-2026, with std::shared_ptr before
-// (torch 2.11 among them): an edge's pointer says which this build has.
+// torch counts its nodes with c10::intrusive_ptr since pytorch/pytorch#181782 (2026-04), with
+// std::shared_ptr before it (the GPU machine's torch 2.11): an edge's pointer says which.
 using NodePointer = decltype(torch::autograd::Edge::function);
 
 template <typename NodeType>
