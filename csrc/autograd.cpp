@@ -89,8 +89,8 @@ struct OperatorNode : torch::autograd::Node {
     visit_fields([](auto& field) { release(field); });
   }
 
-  // Not marked override: torch before 2025 declares it non-const, and there compiled autograd
-  // refuses the node instead of the build failing.
+  // Not marked override: older torch declares it non-const, and there compiled autograd refuses
+  // the node instead of the build failing.
   void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const {
     // Collecting only reads the fields.
     const_cast<OperatorNode*>(this)->visit_fields([&](auto& field) { collect(args, field); });
@@ -121,48 +121,44 @@ struct OperatorNode : torch::autograd::Node {
   }
 };
 
-// Whether autograd has anything to do with a call: record it (grad mode on, and a tensor among
-// its arguments that requires a gradient) or carry a forward-mode tangent through it. Elsewhere
-// (inference, a first layer's images, a training step's backward operators, which run with grad
-// mode off) the autograd kernels call the operator below autograd directly.
 bool requires_grad(const at::Tensor& tensor) { return tensor.defined() && tensor.requires_grad(); }
-bool requires_grad(const std::optional<at::Tensor>& tensor) { return tensor.has_value() && requires_grad(*tensor); }
-bool requires_grad(at::TensorList tensors) {
-  return std::any_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return requires_grad(t); });
-}
-bool requires_grad(const c10::List<std::optional<at::Tensor>>& tensors) {
-  for (const std::optional<at::Tensor> tensor : tensors)
-    if (requires_grad(tensor)) return true;
-  return false;
-}
-template <typename NotATensor>
-bool requires_grad(const NotATensor&) {
-  return false;
-}
-
 bool has_tangent(const at::Tensor& tensor) { return tensor.defined() && tensor._fw_grad(/*level=*/0).defined(); }
-bool has_tangent(const std::optional<at::Tensor>& tensor) { return tensor.has_value() && has_tangent(*tensor); }
-bool has_tangent(at::TensorList tensors) {
-  return std::any_of(tensors.begin(), tensors.end(), [](const at::Tensor& t) { return has_tangent(t); });
+
+// Whether `test` holds for a tensor in an argument: a tensor, an optional one or a list of
+// either; never for the other arguments.
+template <typename Test>
+bool any_tensor(const at::Tensor& tensor, Test test) {
+  return test(tensor);
 }
-bool has_tangent(const c10::List<std::optional<at::Tensor>>& tensors) {
+template <typename Test>
+bool any_tensor(const std::optional<at::Tensor>& tensor, Test test) {
+  return tensor.has_value() && test(*tensor);
+}
+template <typename Test>
+bool any_tensor(at::TensorList tensors, Test test) {
+  return std::any_of(tensors.begin(), tensors.end(), test);
+}
+template <typename Test>
+bool any_tensor(const c10::List<std::optional<at::Tensor>>& tensors, Test test) {
   for (const std::optional<at::Tensor> tensor : tensors)
-    if (has_tangent(tensor)) return true;
+    if (any_tensor(tensor, test)) return true;
   return false;
 }
-template <typename NotATensor>
-bool has_tangent(const NotATensor&) {
+template <typename NotATensor, typename Test>
+bool any_tensor(const NotATensor&, Test) {
   return false;
 }
 
-// Whether the call is recorded; a forward-mode tangent is refused, none of the nodes having a
-// forward derivative, rather than dropped.
+// Whether autograd records a call: grad mode on, and a tensor among its arguments that requires a
+// gradient. Elsewhere (inference, a first layer's images, a training step's backward operators,
+// which run with grad mode off) the autograd kernels return the operator's result alone. A
+// forward-mode tangent is refused, rather than dropped: no node has a forward derivative.
 template <typename... Args>
 bool recorded(const char* op_name, const Args&... args) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!(has_tangent(args) || ...), op_name,
+  TORCH_CHECK_NOT_IMPLEMENTED(!(any_tensor(args, has_tangent) || ...), op_name,
                               ": forward-mode automatic differentiation is not implemented (an input carries a "
                               "tangent of torch.autograd.forward_ad)");
-  return at::GradMode::is_enabled() && (requires_grad(args) || ...);
+  return at::GradMode::is_enabled() && (any_tensor(args, requires_grad) || ...);
 }
 
 template <typename Signature, typename... Args>
@@ -171,15 +167,19 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, const Ar
   return op.call(args...);
 }
 
-// A new node whose next edges lead to the gradients of `inputs`, in order; an undefined input, or
-// one that requires no gradient, has an edge to nothing.
+// Where a node's gradient for `input` goes: nowhere for an undefined input, or one that requires
+// no gradient.
+torch::autograd::Edge edge_to(const at::Tensor& input) {
+  return requires_grad(input) ? torch::autograd::impl::gradient_edge(input) : torch::autograd::Edge();
+}
+
+// A new node whose next edges lead to the gradients of `inputs`, in order.
 template <typename NodeType>
 auto node_for(std::initializer_list<at::Tensor> inputs) {
   auto node = make_node<NodeType>();
   torch::autograd::edge_list edges;
   edges.reserve(inputs.size());
-  for (const at::Tensor& input : inputs)
-    edges.push_back(requires_grad(input) ? torch::autograd::impl::gradient_edge(input) : torch::autograd::Edge());
+  for (const at::Tensor& input : inputs) edges.push_back(edge_to(input));
   node->set_next_edges(std::move(edges));
   return node;
 }
@@ -626,15 +626,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at:
   auto [output, hidden] = call_below_autograd(mlp_op(), input, weights, biases);
   if (!recorded("lenetx.mlp", input, weights, biases)) return {output, hidden};
   auto node = make_node<MlpBackward>();
-  torch::autograd::edge_list edges{requires_grad(input) ? torch::autograd::impl::gradient_edge(input)
-                                                        : torch::autograd::Edge()};
+  torch::autograd::edge_list edges{edge_to(input)};
   node->input = SavedVariable(input, /*is_output=*/false);
   for (const at::Tensor& weight : weights) {
-    edges.push_back(requires_grad(weight) ? torch::autograd::impl::gradient_edge(weight) : torch::autograd::Edge());
+    edges.push_back(edge_to(weight));
     node->weights.emplace_back(weight, /*is_output=*/false);
   }
   for (const std::optional<at::Tensor> bias : biases) {
-    edges.push_back(requires_grad(bias) ? torch::autograd::impl::gradient_edge(*bias) : torch::autograd::Edge());
+    edges.push_back(edge_to(or_undefined(bias)));
     node->biases.emplace_back(or_undefined(bias), /*is_output=*/false);
   }
   for (const at::Tensor& activation : hidden) node->hidden.emplace_back(activation, /*is_output=*/false);
