@@ -111,7 +111,8 @@ struct OperatorNode : torch::autograd::Node {
     return static_cast<Derived*>(this)->backward(grads);
   }
 
-  // Whether the gradient of input i is wanted by this backward pass.
+  // Whether the gradient of input i is wanted by this backward pass (never where its edge leads
+  // nowhere: an undefined input, or one that requires no gradient).
   bool needs_grad(size_t i) const { return task_should_compute_output(i); }
 
  private:
@@ -226,8 +227,7 @@ struct Conv2dBackward : OperatorNode<Conv2dBackward> {
   static constexpr const char* kName = "lenetx::Conv2dBackward";
   SavedVariable input, weight;
   ConvArguments a;
-  bool has_bias = false;
-  auto fields() { return std::tie(input, weight, a.stride, a.padding, a.dilation, a.groups, has_bias); }
+  auto fields() { return std::tie(input, weight, a.stride, a.padding, a.dilation, a.groups); }
 
   variable_list backward(const variable_list& grads) {
     const at::Tensor& grad_output = grads[0];
@@ -238,7 +238,7 @@ struct Conv2dBackward : OperatorNode<Conv2dBackward> {
       result[0] = conv2d_grad_input_op().call(grad_output, x, w, a.stride, a.padding, a.dilation, a.groups);
     if (needs_grad(1))
       result[1] = conv2d_grad_weight_op().call(grad_output, x, w, a.stride, a.padding, a.dilation, a.groups);
-    if (has_bias && needs_grad(2)) result[2] = conv2d_grad_bias_op().call(grad_output);
+    if (needs_grad(2)) result[2] = conv2d_grad_bias_op().call(grad_output);
     return result;
   }
 };
@@ -341,7 +341,7 @@ struct Conv2dReluPool2dBackward : OperatorNode<Conv2dReluPool2dBackward> {
                              /*count_include_pad=*/true, max_pool ? std::optional<int64_t>(1) : std::nullopt,
                              /*relu_input=*/false);
     return differentiate({pooled}, {grad_output}, {x, w, b},
-                         {needs_grad(0), needs_grad(1), b.defined() && needs_grad(2)});
+                         {needs_grad(0), needs_grad(1), needs_grad(2)});
   }
 };
 
@@ -532,7 +532,7 @@ struct MlpBackward : OperatorNode<MlpBackward> {
     for (const auto* saved : {&weights, &biases})
       for (const SavedVariable& s : *saved) {
         inputs.push_back(s.unpack());
-        needed.push_back(inputs.back().defined() && needs_grad(needed.size()));
+        needed.push_back(needs_grad(needed.size()));
       }
     const std::vector<at::Tensor> activations = unpacked(hidden);
     at::Tensor x = inputs[0];
@@ -554,7 +554,6 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   node->input = SavedVariable(input, /*is_output=*/false);
   node->weight = SavedVariable(weight, /*is_output=*/false);
   node->a.save(stride, padding, dilation, groups);
-  node->has_bias = bias.has_value() && bias->defined();
   torch::autograd::set_history(output, node);
   return output;
 }
