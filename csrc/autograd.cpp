@@ -313,17 +313,12 @@ struct Conv2dReluPool2dBackward : OperatorNode<Conv2dReluPool2dBackward> {
   }
 
   variable_list backward(const variable_list& grads) {
-    static const auto op =
-        lenetx_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, const at::Tensor&, IntList,
-                                                                 IntList, IntList, int64_t, IntList, bool, bool)>(
-            "lenetx::conv2d_relu_pool2d_backward");
     if (!grads[0].defined()) return variable_list(3);
     if (at::GradMode::is_enabled()) return differentiable_backward(grads[0]);
     const bool input_grad = needs_grad(0);
-    auto [grad_input, grad_weight, grad_bias] = op.call(grads[0], mask.unpack(), input.unpack(), weight.unpack(),
-                                                        a.stride, a.padding, a.dilation, a.groups, pool_size,
-                                                        max_pool, input_grad);
+    auto [grad_input, grad_weight, grad_bias] =
+        conv2d_relu_pool2d_backward_op().call(grads[0], mask.unpack(), input.unpack(), weight.unpack(), a.stride,
+                                              a.padding, a.dilation, a.groups, pool_size, max_pool, input_grad);
     return {input_grad ? grad_input : at::Tensor(), needs_grad(1) ? grad_weight : at::Tensor(),
             needs_grad(2) ? grad_bias : at::Tensor()};
   }
@@ -496,16 +491,13 @@ struct MlpBackward : OperatorNode<MlpBackward> {
   auto fields() { return std::tie(input, weights, biases, hidden); }
 
   variable_list backward(const variable_list& grads) {
-    static const auto op =
-        lenetx_op<std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
-            const at::Tensor&, const at::Tensor&, at::TensorList, at::TensorList, bool)>("lenetx::mlp_backward");
     const size_t layers = weights.size();
     variable_list result(1 + 2 * layers);
     if (!grads[0].defined()) return result;
     if (at::GradMode::is_enabled()) return differentiable_backward(grads[0]);
     const bool input_grad = needs_grad(0);
     auto [grad_input, grad_weights, grad_biases] =
-        op.call(grads[0], input.unpack(), unpacked(weights), unpacked(hidden), input_grad);
+        mlp_backward_op().call(grads[0], input.unpack(), unpacked(weights), unpacked(hidden), input_grad);
     if (input_grad) result[0] = grad_input;
     for (size_t l = 0; l < layers; ++l) {
       if (needs_grad(1 + l)) result[1 + l] = grad_weights[l];

@@ -34,10 +34,16 @@ using MaxPool2dSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
                                                               IntList, bool, bool);
 using MlpSignature = std::tuple<at::Tensor, std::vector<at::Tensor>>(const at::Tensor&, at::TensorList,
                                                                      const c10::List<std::optional<at::Tensor>>&);
+// The fused backwards, whose last argument says whether grad_input is wanted.
+using Conv2dReluPool2dBackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, IntList, IntList, IntList, int64_t,
+    IntList, bool, bool);
+using MlpBackwardSignature = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+    const at::Tensor&, const at::Tensor&, at::TensorList, at::TensorList, bool);
 
-// The autograd kernels call each below autograd (in a Function's forward, or directly where
-// autograd has nothing to record). Backward formulas and the functional interface call them
-// through the dispatcher's top, where autograd (under create_graph too) records them.
+// The autograd kernels call each below autograd, then record a node where autograd has something
+// to record. Backward formulas and the functional interface call them through the dispatcher's
+// top, where autograd (under create_graph too) records them.
 inline const c10::TypedOperatorHandle<Conv2dReluPool2dSignature>& conv2d_relu_pool2d_op() {
   static const auto op = lenetx_op<Conv2dReluPool2dSignature>("lenetx::conv2d_relu_pool2d");
   return op;
@@ -48,6 +54,14 @@ inline const c10::TypedOperatorHandle<MaxPool2dSignature>& max_pool2d_with_indic
 }
 inline const c10::TypedOperatorHandle<MlpSignature>& mlp_op() {
   static const auto op = lenetx_op<MlpSignature>("lenetx::mlp");
+  return op;
+}
+inline const c10::TypedOperatorHandle<Conv2dReluPool2dBackwardSignature>& conv2d_relu_pool2d_backward_op() {
+  static const auto op = lenetx_op<Conv2dReluPool2dBackwardSignature>("lenetx::conv2d_relu_pool2d_backward");
+  return op;
+}
+inline const c10::TypedOperatorHandle<MlpBackwardSignature>& mlp_backward_op() {
+  static const auto op = lenetx_op<MlpBackwardSignature>("lenetx::mlp_backward");
   return op;
 }
 inline const c10::TypedOperatorHandle<Conv2dSignature>& conv2d_op() {

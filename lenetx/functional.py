@@ -73,7 +73,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                                      ceil_mode=ceil_mode, count_include_pad=count_include_pad,
                                      divisor_override=divisor_override, relu_input=relu_input)
     return kernels.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                         relu_input)
+                              relu_input)
 
 
 def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1,
