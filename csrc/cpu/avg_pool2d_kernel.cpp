@@ -134,8 +134,10 @@ T tiled_2x2_divisor(const Pool2dShape& s, bool count_include_pad, int64_t diviso
                                          count_include_pad, divisor_override));
 }
 
-// forward_plane for 2x2 windows at stride 2 that tile the input: one pass, adding in
-// forward_plane's order (each column's two rows, then the pair of columns).
+// forward_plane for 2x2 windows at stride 2 that tile the input: adding in forward_plane's order
+// (each column's two rows, then the pair of columns), then dividing the plane's sums in one loop.
+// A row has fewer windows than a vector has lanes (14 at LeNet-5's pool1, 5 at its pool2), and
+// dividing row by row left them to the loop's scalar tail, a divss each.
 template <typename T, bool RELU>
 LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restrict output, const Pool2dShape& s,
                                           T divisor) {
@@ -148,28 +150,33 @@ LENETX_SIMD_CLONES void forward_plane_2x2(const T* __restrict input, T* __restri
       const auto read = [](T value) { return RELU ? zero_if(value < T(0), value) : value; };  // relu
       const T left = T(0) + read(top[2 * ow]) + read(bottom[2 * ow]);
       const T right = T(0) + read(top[2 * ow + 1]) + read(bottom[2 * ow + 1]);
-      out[ow] = (left + right) / divisor;
+      out[ow] = left + right;
     }
   }
+#pragma omp simd
+  for (int64_t i = 0; i < s.out_h * s.out_w; ++i) output[i] /= divisor;
 }
 
 // backward_plane for 2x2 windows at stride 2 that tile the input from its corner (no padding,
 // no window past the edge): every input takes at most one share, so each is written once
-// instead of zero-filled, then added to and then masked. 0 + share, as the general path
-// computes it, keeps its -0.0 -> +0.0.
+// instead of zero-filled, then added to and then masked. The plane's shares are divided first,
+// in one loop, for forward_plane_2x2's reason, into `shares` (a plane of grad_output's size).
+// 0 + share, as the general path computes it, keeps its -0.0 -> +0.0.
 template <typename T, bool RELU>
 LENETX_SIMD_CLONES void backward_plane_2x2(const T* __restrict grad_output, T* __restrict grad_input,
-                                           const Pool2dShape& s, T divisor, const T* __restrict relu_of) {
+                                           T* __restrict shares, const Pool2dShape& s, T divisor,
+                                           const T* __restrict relu_of) {
+#pragma omp simd
+  for (int64_t i = 0; i < s.out_h * s.out_w; ++i) shares[i] = T(0) + grad_output[i] / divisor;
   for (int64_t r = 0; r < 2 * s.out_h; ++r) {
     T* gi = grad_input + r * s.in_w;
-    const T* go = grad_output + r / 2 * s.out_w;
+    const T* share = shares + r / 2 * s.out_w;
     const T* x = RELU ? relu_of + r * s.in_w : nullptr;
 #pragma omp simd
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      const T share = T(0) + go[ow] / divisor;
       // relu_backward
-      gi[2 * ow] = RELU ? zero_if(x[2 * ow] <= T(0), share) : share;
-      gi[2 * ow + 1] = RELU ? zero_if(x[2 * ow + 1] <= T(0), share) : share;
+      gi[2 * ow] = RELU ? zero_if(x[2 * ow] <= T(0), share[ow]) : share[ow];
+      gi[2 * ow + 1] = RELU ? zero_if(x[2 * ow + 1] <= T(0), share[ow]) : share[ow];
     }
     std::fill(gi + 2 * s.out_w, gi + s.in_w, T(0));
   }
@@ -224,9 +231,11 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     if (windows_tile_2x2(s)) {
       const auto plane_kernel = relu_input ? backward_plane_2x2<scalar_t, true> : backward_plane_2x2<scalar_t, false>;
       const scalar_t divisor = tiled_2x2_divisor<scalar_t>(s, count_include_pad, divisor_override.value_or(0));
-      parallel_for(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t plane) {
-        plane_kernel(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w, s, divisor,
-                     relu_input ? relu_of + plane * s.in_h * s.in_w : nullptr);
+      parallel_for_ranges(s.batch * s.channels, s.in_h * s.in_w, [&](int64_t first, int64_t last) {
+        Scratch<scalar_t> shares(s.out_h * s.out_w);
+        for (int64_t plane = first; plane < last; ++plane)
+          plane_kernel(go_data + plane * s.out_h * s.out_w, gi_data + plane * s.in_h * s.in_w, shares.data(), s,
+                       divisor, relu_input ? relu_of + plane * s.in_h * s.in_w : nullptr);
       });
       return;
     }
