@@ -209,10 +209,12 @@ variable_list differentiate(const variable_list& outputs, const variable_list& g
 // ---- Convolution --------------------------------------------------------------------------------
 
 // What a convolution's backward, and the backward of its backward operators, need besides
-// their tensors.
+// their tensors; fields() ties them for the nodes' own.
 struct ConvArguments {
   std::vector<int64_t> stride, padding, dilation;
   int64_t groups = 1;
+
+  auto fields() { return std::tie(stride, padding, dilation, groups); }
 
   void save(IntList stride_, IntList padding_, IntList dilation_, int64_t groups_) {
     stride = stride_.vec();
@@ -227,7 +229,7 @@ struct Conv2dBackward : OperatorNode<Conv2dBackward> {
   static constexpr const char* kName = "lenetx::Conv2dBackward";
   SavedVariable input, weight;
   ConvArguments a;
-  auto fields() { return std::tie(input, weight, a.stride, a.padding, a.dilation, a.groups); }
+  auto fields() { return std::tuple_cat(std::tie(input, weight), a.fields()); }
 
   variable_list backward(const variable_list& grads) {
     const at::Tensor& grad_output = grads[0];
@@ -251,7 +253,7 @@ struct Conv2dGradInputBackward : OperatorNode<Conv2dGradInputBackward> {
   static constexpr const char* kName = "lenetx::Conv2dGradInputBackward";
   SavedVariable grad_output, weight;
   ConvArguments a;
-  auto fields() { return std::tie(grad_output, weight, a.stride, a.padding, a.dilation, a.groups); }
+  auto fields() { return std::tuple_cat(std::tie(grad_output, weight), a.fields()); }
 
   variable_list backward(const variable_list& grads) {
     const at::Tensor& v = grads[0];
@@ -273,7 +275,7 @@ struct Conv2dGradWeightBackward : OperatorNode<Conv2dGradWeightBackward> {
   static constexpr const char* kName = "lenetx::Conv2dGradWeightBackward";
   SavedVariable grad_output, input;
   ConvArguments a;
-  auto fields() { return std::tie(grad_output, input, a.stride, a.padding, a.dilation, a.groups); }
+  auto fields() { return std::tuple_cat(std::tie(grad_output, input), a.fields()); }
 
   variable_list backward(const variable_list& grads) {
     const at::Tensor& v = grads[0];
@@ -308,9 +310,7 @@ struct Conv2dReluPool2dBackward : OperatorNode<Conv2dReluPool2dBackward> {
   ConvArguments a;
   std::vector<int64_t> pool_size;
   bool max_pool = false;
-  auto fields() {
-    return std::tie(input, weight, mask, bias, a.stride, a.padding, a.dilation, a.groups, pool_size, max_pool);
-  }
+  auto fields() { return std::tuple_cat(std::tie(input, weight, mask, bias, pool_size, max_pool), a.fields()); }
 
   variable_list backward(const variable_list& grads) {
     if (!grads[0].defined()) return variable_list(3);
@@ -342,12 +342,17 @@ struct Conv2dReluPool2dBackward : OperatorNode<Conv2dReluPool2dBackward> {
 
 // ---- Pooling ------------------------------------------------------------------------------------
 
-// What an average pooling's backward, and that backward's, need besides its tensors.
+// What an average pooling's backward, and that backward's, need besides its tensors; fields()
+// ties them for the nodes' own.
 struct AvgPoolArguments {
   std::vector<int64_t> kernel_size, stride, padding;
   bool ceil_mode = false, count_include_pad = true;
   std::optional<int64_t> divisor_override;
   bool relu_input = false;
+
+  auto fields() {
+    return std::tie(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, relu_input);
+  }
 
   void save(IntList kernel_size_, IntList stride_, IntList padding_, bool ceil_mode_, bool count_include_pad_,
             std::optional<int64_t> divisor_override_, bool relu_input_) {
@@ -367,10 +372,7 @@ struct AvgPool2dBackward : OperatorNode<AvgPool2dBackward> {
   static constexpr const char* kName = "lenetx::AvgPool2dBackward";
   SavedVariable input;
   AvgPoolArguments a;
-  auto fields() {
-    return std::tie(input, a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override,
-                    a.relu_input);
-  }
+  auto fields() { return std::tuple_cat(std::tie(input), a.fields()); }
 
   variable_list backward(const variable_list& grads) {
     if (!grads[0].defined()) return {at::Tensor()};
@@ -420,10 +422,7 @@ struct AvgPool2dBackwardBackward : OperatorNode<AvgPool2dBackwardBackward> {
   static constexpr const char* kName = "lenetx::AvgPool2dBackwardBackward";
   SavedVariable input;
   AvgPoolArguments a;
-  auto fields() {
-    return std::tie(input, a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad, a.divisor_override,
-                    a.relu_input);
-  }
+  auto fields() { return std::tuple_cat(std::tie(input), a.fields()); }
 
   variable_list backward(const variable_list& grads) {
     if (!grads[0].defined() || !needs_grad(0)) return variable_list(2);

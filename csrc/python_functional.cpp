@@ -36,13 +36,13 @@ std::optional<std::string> utf8(PyObject* text) {
 }
 
 std::string python_repr(PyObject* value) {
-  PyObject* repr = PyObject_Repr(value);
-  if (repr == nullptr) {
+  std::optional<std::string> text;
+  if (PyObject* repr = PyObject_Repr(value)) {
+    text = utf8(repr);
+    Py_DECREF(repr);
+  } else {
     PyErr_Clear();
-    return "<unprintable " + std::string(Py_TYPE(value)->tp_name) + ">";
   }
-  const auto text = utf8(repr);
-  Py_DECREF(repr);
   return text.value_or("<unprintable " + std::string(Py_TYPE(value)->tp_name) + ">");
 }
 
